@@ -1,0 +1,64 @@
+"""One error tree for the whole agent.
+
+Every error the agent raises on purpose derives from :class:`AgentError` and
+also from the built-in that best describes it, so callers may catch either::
+
+    AgentError
+    ├── ConfigError (ValueError)            bad or unreadable configuration; exit 78
+    ├── CredentialError (LookupError)       a secret file is missing or unreadable
+    ├── ProtocolError (ValueError)          a peer sent a malformed or unknown message
+    │   └── MessageTooLarge                 refused locally before sending
+    ├── AudioError (OSError)                an audio device failed
+    │   └── DeviceUnavailable               opening failed / device vanished (ENODEV)
+    ├── GpioUnavailable (OSError)           no GPIO chip or pin factory
+    └── LinkError (ConnectionError)         a link could not be (re)established
+        └── AuthRefused                     the service refused our credentials
+
+Messages never contain secret values: they name the credential file instead.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError, ValueError):
+    """The configuration is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class CredentialError(AgentError, LookupError):
+    """A credential file is missing, empty or unreadable."""
+
+
+class ProtocolError(AgentError, ValueError):
+    """The peer sent a malformed message, or one we cannot accept."""
+
+
+class MessageTooLarge(ProtocolError):
+    """An outgoing message breaks a documented size limit; it is not sent."""
+
+
+class AudioError(AgentError, OSError):
+    """An audio device failed."""
+
+
+class DeviceUnavailable(AudioError):
+    """An audio device cannot be opened or has vanished (e.g. USB card pulled)."""
+
+
+class GpioUnavailable(AgentError, OSError):
+    """GPIO cannot be used on this machine (no gpiochip, no pin factory)."""
+
+
+class LinkError(AgentError, ConnectionError):
+    """A link could not be established or broke."""
+
+
+class AuthRefused(LinkError):
+    """The service refused our credentials (HTTP 401/403, close 4401, ...)."""

@@ -1,0 +1,1 @@
+"""Hardware behind typed ports, each with a real and a simulated implementation."""

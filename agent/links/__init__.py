@@ -1,0 +1,1 @@
+"""Network links: drive the sans-I/O protocols in :mod:`agent.proto` over real sockets."""

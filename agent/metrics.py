@@ -1,0 +1,72 @@
+"""Counters and gauges shared by every part of the agent.
+
+A deliberately small, thread-safe registry: the audio threads, gpiozero's
+threads and the event loop all count into it. Exposition (Prometheus text on
+``metrics.listen``) is built on top of :meth:`Metrics.snapshot`.
+
+Names follow Prometheus conventions: ``*_total`` for counters, plain names for
+gauges. Labels are keyword arguments::
+
+    metrics.inc("frames_dropped_total", link="videosdk", reason="link_down")
+    metrics.set("jitter_depth_ms", 40.0, source="orgo")
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+LabelKey = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, LabelKey]
+
+
+def _key(name: str, labels: Mapping[str, str]) -> SeriesKey:
+    return name, tuple(sorted(labels.items()))
+
+
+class Metrics:
+    """A registry of monotonically increasing counters and settable gauges."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[SeriesKey, float] = {}
+        self._gauges: dict[SeriesKey, float] = {}
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        """Add ``amount`` to the counter ``name`` with ``labels``."""
+        key = _key(name, labels)
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """Set the gauge ``name`` with ``labels`` to ``value``."""
+        with self._lock:
+            self._gauges[_key(name, labels)] = value
+
+    def get(self, name: str, **labels: str) -> float:
+        """The current value of one series (0 when never touched)."""
+        key = _key(name, labels)
+        with self._lock:
+            return self._counters.get(key, self._gauges.get(key, 0))
+
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of every series of ``name`` whose labels include ``labels``."""
+        want = set(labels.items())
+        with self._lock:
+            return sum(
+                v
+                for (n, lk), v in (*self._counters.items(), *self._gauges.items())
+                if n == name and want <= set(lk)
+            )
+
+    def snapshot(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Every series, grouped by name: ``{name: [(labels, value), ...]}``."""
+        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        with self._lock:
+            for (name, lk), v in sorted((*self._counters.items(), *self._gauges.items())):
+                out.setdefault(name, []).append((dict(lk), v))
+        return out
+
+    def counter_names(self) -> set[str]:
+        with self._lock:
+            return {n for n, _ in self._counters}

@@ -1,0 +1,190 @@
+"""The agent's live state: what STATUS=, the LEDs, /status and the status topic show.
+
+One :class:`StatusBoard` per agent, touched only from the event loop. Parts of
+the agent report into it (``board.set_link("videosdk", LinkState.UP, "room x")``);
+listeners are called on every *significant* change (link states, PTT, volume,
+mute, errors; not the mic level, which moves every frame and is only sampled).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class LinkState(enum.Enum):
+    """The state of one link or device, as a user would name it."""
+
+    CONNECTING = "connecting"
+    UP = "up"
+    RETRY = "retry"  # down, next attempt scheduled (see ``retry_at``)
+    ATTENTION = "attention"  # needs a person: auth refused, no credentials, device missing
+    STOPPED = "stopped"
+
+
+class Led(enum.Enum):
+    """What the status LED shows (DESIGN.md, "Behaviour users see")."""
+
+    OFF = "off"
+    BLINK_1HZ = "blink-1hz"  # connecting or reconnecting
+    ON = "on"  # every enabled link up
+    BLINK_4HZ = "blink-4hz"  # needs attention
+
+
+@dataclass
+class PartStatus:
+    state: LinkState
+    detail: str = ""
+    retry_at: float | None = None  # time.monotonic() of the next attempt
+
+    def describe(self, now: float) -> str:
+        if self.state is LinkState.RETRY and self.retry_at is not None:
+            secs = max(0, math.ceil(self.retry_at - now))
+            text = f"retry in {secs}s"
+            return f"{self.detail}, {text}" if self.detail else text
+        if self.state is LinkState.ATTENTION:
+            return f"needs attention: {self.detail}" if self.detail else "needs attention"
+        return f"{self.state.value} ({self.detail})" if self.detail else self.state.value
+
+
+@dataclass
+class StatusBoard:
+    """Aggregated, user-facing state of the agent."""
+
+    ptt_mode: str = "hold"
+    clock: Callable[[], float] = time.monotonic
+    links: dict[str, PartStatus] = field(default_factory=dict)
+    devices: dict[str, PartStatus] = field(default_factory=dict)
+    ptt_state: str = "idle"  # idle | talking
+    volume: float = 0.8
+    muted: bool = False
+    mic_dbfs: float | None = None
+    last_error: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+    _listeners: list[Callable[[StatusBoard], None]] = field(default_factory=list, repr=False)
+
+    # -- reporting -----------------------------------------------------------------
+    def set_link(
+        self, name: str, state: LinkState, detail: str = "", *, retry_in: float | None = None
+    ) -> None:
+        """Report the state of link ``name`` (videosdk, orgo, fastrtc, pbx)."""
+        self._set(self.links, name, state, detail, retry_in)
+
+    def set_device(
+        self, name: str, state: LinkState, detail: str = "", *, retry_in: float | None = None
+    ) -> None:
+        """Report the state of a device (mic, speaker, gpio)."""
+        self._set(self.devices, name, state, detail, retry_in)
+
+    def remove_link(self, name: str) -> None:
+        if self.links.pop(name, None) is not None:
+            self._changed()
+
+    def set_ptt(self, *, mode: str | None = None, state: str | None = None) -> None:
+        new_mode = self.ptt_mode if mode is None else mode
+        new_state = self.ptt_state if state is None else state
+        if (new_mode, new_state) != (self.ptt_mode, self.ptt_state):
+            self.ptt_mode, self.ptt_state = new_mode, new_state
+            self._changed()
+
+    def set_volume(self, volume: float, muted: bool) -> None:
+        if (round(volume, 3), muted) != (round(self.volume, 3), self.muted):
+            self.volume, self.muted = volume, muted
+            self._changed()
+
+    def set_error(self, message: str) -> None:
+        """Remember the last user-relevant error (never containing a secret)."""
+        if message != self.last_error:
+            self.last_error = message
+            self._changed()
+
+    def set_mic_level(self, dbfs: float) -> None:
+        """Sampled, not a significant change: does not call listeners."""
+        self.mic_dbfs = dbfs
+
+    def add_listener(self, callback: Callable[[StatusBoard], None]) -> None:
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[StatusBoard], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    # -- views -----------------------------------------------------------------------
+    @property
+    def led(self) -> Led:
+        """Status LED pattern from the links and devices (DESIGN.md)."""
+        parts = [*self.links.values(), *self.devices.values()]
+        if any(p.state is LinkState.ATTENTION for p in parts):
+            return Led.BLINK_4HZ
+        active = [p for p in self.links.values() if p.state is not LinkState.STOPPED]
+        if active and all(p.state is LinkState.UP for p in active):
+            return Led.ON
+        if not active and parts:
+            return Led.ON if all(p.state is LinkState.UP for p in parts) else Led.BLINK_1HZ
+        return Led.BLINK_1HZ
+
+    @property
+    def any_uplink_up(self) -> bool:
+        return any(p.state is LinkState.UP for p in self.links.values())
+
+    def summary(self) -> str:
+        """The one-line STATUS, e.g. ``videosdk: up (room x) · ptt: idle · mic -32 dBFS``."""
+        now = self.clock()
+        items = [f"{name}: {p.describe(now)}" for name, p in self.links.items()]
+        items += [
+            f"{name}: {p.describe(now)}"
+            for name, p in self.devices.items()
+            if p.state is not LinkState.UP
+        ]
+        items.append(f"ptt: {self.ptt_state}" + ("" if self.ptt_mode == "hold" else f" ({self.ptt_mode})"))
+        if self.muted:
+            items.append("muted")
+        if self.mic_dbfs is not None:
+            items.append(f"mic {max(self.mic_dbfs, -99.0):.0f} dBFS")
+        return " · ".join(items)
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document (``/status``, ``status_topic``)."""
+        now = self.clock()
+
+        def part(p: PartStatus) -> dict[str, Any]:
+            d: dict[str, Any] = {"state": p.state.value, "detail": p.detail}
+            if p.state is LinkState.RETRY and p.retry_at is not None:
+                d["retry_in_s"] = round(max(0.0, p.retry_at - now), 1)
+            return d
+
+        return {
+            "links": {n: part(p) for n, p in self.links.items()},
+            "devices": {n: part(p) for n, p in self.devices.items()},
+            "ptt": {"mode": self.ptt_mode, "state": self.ptt_state},
+            "volume": round(self.volume, 3),
+            "muted": self.muted,
+            "mic_dbfs": None if self.mic_dbfs is None else round(self.mic_dbfs, 1),
+            "led": self.led.value,
+            "uptime_s": round(now - self.started_at, 1),
+            "last_error": self.last_error,
+        }
+
+    # -- internals -----------------------------------------------------------------
+    def _set(
+        self,
+        table: dict[str, PartStatus],
+        name: str,
+        state: LinkState,
+        detail: str,
+        retry_in: float | None,
+    ) -> None:
+        retry_at = None if retry_in is None else self.clock() + retry_in
+        old = table.get(name)
+        if old is not None and (old.state, old.detail, old.retry_at) == (state, detail, retry_at):
+            return
+        table[name] = PartStatus(state, detail, retry_at)
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in list(self._listeners):
+            callback(self)
