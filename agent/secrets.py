@@ -1,6 +1,7 @@
 """Credentials: read from files, never shown.
 
-Each secret is a file: ``$CREDENTIALS_DIRECTORY/<name>`` (systemd ``LoadCredential=``),
+Each secret is a file: ``$CREDENTIALS_DIRECTORY/<name>`` or ``field-agent_<name>`` there
+(systemd ``LoadCredential=field-agent:<dir>`` loads a whole directory under that prefix),
 else ``<credentials dir>/<name>`` (``--credentials DIR``, default
 ``/etc/field-agent/credentials``). One trailing newline is stripped.
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_DIR = Path("/etc/field-agent/credentials")
 NAMES = ("videosdk-token", "videosdk-api-key", "videosdk-secret", "orgo-api-key", "pbx-secret")
 MASK = "***"
+CREDENTIAL_ID = "field-agent"  # LoadCredential=field-agent:/etc/field-agent/credentials
 
 
 class Secret:
@@ -105,8 +107,10 @@ class Credentials:
 
     def path_of(self, name: str) -> Path | None:
         for d in self.dirs:
-            if (d / name).is_file():
-                return d / name
+            # systemd loads a credentials *directory* as "<id>_<file>" (see the unit file)
+            for candidate in (d / name, d / f"{CREDENTIAL_ID}_{name}"):
+                if candidate.is_file():
+                    return candidate
         return None
 
     def has(self, name: str) -> bool:

@@ -80,3 +80,139 @@ class Heartbeats:
         now = self._clock()
         with self._lock:
             return sorted(n for n, hb in self._beats.items() if hb.stalled(now))
+
+
+# --- logging ----------------------------------------------------------------------
+
+
+def under_systemd(env: Mapping[str, str] = os.environ) -> bool:
+    """True when started by systemd (its stdout/stderr is the journal, or a unit invoked us)."""
+    return bool(env.get("JOURNAL_STREAM") or env.get("INVOCATION_ID"))
+
+
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class TerminalFormatter(logging.Formatter):
+    """``12:00:01.234 WARNING videosdk: session refused [LINK=videosdk]`` — one line a record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.strftime("%H:%M:%S", time.localtime(record.created))
+        name = record.name.removeprefix("agent.")
+        fields = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STD_ATTRS and k.isupper()
+        )
+        line = f"{t}.{int(record.msecs):03d} {record.levelname:<7} {name}: {record.getMessage()}"
+        if fields:
+            line += f" [{fields}]"
+        if record.exc_info:
+            # one line: the exception's type and message, not a traceback
+            exc = record.exc_info[1]
+            line += f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        elif record.exc_text:
+            line += " (" + record.exc_text.strip().splitlines()[-1] + ")"
+        return line
+
+
+def setup_logging(
+    level: str | int = "INFO",
+    *,
+    journal: bool | None = None,
+    stream: TextIO | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> logging.Handler:
+    """Route the ``agent`` loggers to journald or the terminal; return the handler."""
+    if journal is None:
+        journal = under_systemd(env)
+    handler: logging.Handler
+    if journal:
+        from systemd.journal import JournalHandler  # imported here: only under systemd
+
+        handler = JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(TerminalFormatter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger("agent")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    root.propagate = False
+    # websockets and httpx log at DEBUG with URLs that may carry tokens: keep them at WARNING.
+    for noisy in ("websockets", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handler
+
+
+# --- sd_notify ---------------------------------------------------------------------
+
+
+class Notifier:
+    """sd_notify(3) through systemd-python; every method is a no-op outside systemd."""
+
+    def __init__(self, env: Mapping[str, str] = os.environ) -> None:
+        self.enabled = bool(env.get("NOTIFY_SOCKET"))
+        self._last_status: str | None = None
+
+    def _send(self, state: str) -> None:
+        if self.enabled:
+            from systemd import daemon
+
+            daemon.notify(state)
+
+    def ready(self) -> None:
+        self._send("READY=1")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")
+
+    def reloading(self) -> None:
+        # systemd >= 253 wants MONOTONIC_USEC with RELOADING=1 for Type=notify-reload
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
+    def watchdog(self) -> None:
+        self._send("WATCHDOG=1")
+
+    def status(self, line: str) -> None:
+        """Send STATUS= only when the line changed."""
+        if line != self._last_status:
+            self._last_status = line
+            self._send("STATUS=" + line.replace("\n", " "))
+
+
+def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of $WATCHDOG_USEC), or None if not asked for."""
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
+        return None
+    try:
+        return max(int(usec) / 1e6 / 2, 0.01)
+    except ValueError:
+        return None
+
+
+async def run_watchdog(
+    notifier: Notifier, heartbeats: Heartbeats, interval_s: float, *, on_stall: Callable[[list[str]], Any] | None = None
+) -> None:
+    """Ping systemd every ``interval_s`` while no heartbeat has stalled (until cancelled).
+
+    The loop itself runs on the event loop, so a blocked loop also stops the pings.
+    A stall is logged once when it starts and once when it ends.
+    """
+    reported: list[str] = []
+    while True:
+        stalled = heartbeats.stalled()
+        if not stalled:
+            if reported:
+                logger.warning("watchdog: %s making progress again", ", ".join(reported))
+                reported = []
+            notifier.watchdog()
+        elif stalled != reported:
+            reported = stalled
+            logger.error("watchdog: no progress from %s; withholding WATCHDOG=1", ", ".join(stalled))
+            if on_stall:
+                on_stall(stalled)
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,139 @@
+"""The ``field-agent`` command line (also ``python -m agent``).
+
+Exit codes: 0 success; 1 a check failed (selftest, status); 2 usage or a command
+not available in this build; 78 (EX_CONFIG) bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__, config
+from agent.errors import ConfigError, CredentialError
+from agent.secrets import DEFAULT_DIR, Credentials
+
+EX_CONFIG = 78
+EX_USAGE = 2
+
+logger = logging.getLogger("agent.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="field-agent",
+        description="Voice field-device agent: mic and speaker, push-to-talk, VideoSDK/Orgo/FastRTC/PBX links.",
+    )
+    p.add_argument("--version", action="version", version=f"field-agent {__version__}")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("FIELD_AGENT_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log threshold (default INFO, or $FIELD_AGENT_LOG_LEVEL)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help=f"config file (default ${config.CONFIG_ENV} or {config.DEFAULT_PATH})",
+        )
+        sp.add_argument(
+            "--credentials",
+            type=Path,
+            default=None,
+            help=f"credentials directory when $CREDENTIALS_DIRECTORY is unset (default {DEFAULT_DIR})",
+        )
+
+    with_config(sub.add_parser("run", help="run the agent (what systemd starts)"))
+    with_config(sub.add_parser("check-config", help="validate the config; one line per problem"))
+    sub.add_parser("devices", help="list ALSA capture/playback devices with stable names")
+    with_config(sub.add_parser("selftest", help="tone, mic meter, LED walk, PTT press"))
+    with_config(sub.add_parser("demo", help="the whole agent on simulated hardware and local fakes"))
+    with_config(sub.add_parser("status", help="show the running agent's status"))
+    return p
+
+
+def _load(args: argparse.Namespace) -> config.Config:
+    return config.load(args.config or config.default_path())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.config or config.default_path()
+    try:
+        cfg = config.load(path)
+    except ConfigError as e:
+        for line in e.problems:
+            print(line)
+        return EX_CONFIG
+    creds = Credentials(args.credentials)
+    for name in needed_credentials(cfg):
+        if not any(creds.has(n) for n in name.split("|")):
+            print(f"{path}: warning: credential {name.replace('|', ' or ')} not found in "
+                  f"{' or '.join(str(d) for d in creds.dirs)}")
+        else:
+            try:
+                for n in name.split("|"):
+                    if creds.has(n):
+                        creds.get(n)
+            except CredentialError as e:
+                print(f"{path}: warning: {e}")
+    print(f"{path}: OK")
+    return 0
+
+
+def needed_credentials(cfg: config.Config) -> list[str]:
+    """Credentials the enabled links need; ``a|b`` means either."""
+    out = []
+    if cfg.videosdk.enabled:
+        out.append("videosdk-token|videosdk-api-key")
+    if cfg.orgo.enabled:
+        out.append("orgo-api-key")
+    if cfg.pbx.enabled:
+        out.append("pbx-secret")
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent import service
+    from agent.app import run_service
+
+    service.setup_logging(args.log_level)
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        for line in e.problems:
+            logger.error("bad config: %s", line)
+        return EX_CONFIG
+    return run_service(cfg, credentials_dir=args.credentials, config_path=args.config or config.default_path())
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    print(f"field-agent {args.command}: not available yet in this build", file=sys.stderr)
+    return EX_USAGE
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "devices": cmd_not_yet,
+    "selftest": cmd_not_yet,
+    "demo": cmd_not_yet,
+    "status": cmd_not_yet,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
