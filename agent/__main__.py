@@ -26,7 +26,10 @@ logger = logging.getLogger("agent.cli")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="field-agent",
-        description="Voice field-device agent: mic and speaker, push-to-talk, VideoSDK/Orgo/FastRTC/PBX links.",
+        description=(
+            "Voice field-device agent: mic and speaker, push-to-talk, "
+            "VideoSDK/Orgo/FastRTC/PBX links."
+        ),
     )
     p.add_argument("--version", action="version", version=f"field-agent {__version__}")
     p.add_argument(
@@ -49,14 +52,16 @@ def _parser() -> argparse.ArgumentParser:
             "--credentials",
             type=Path,
             default=None,
-            help=f"credentials directory when $CREDENTIALS_DIRECTORY is unset (default {DEFAULT_DIR})",
+            help=f"credentials dir when $CREDENTIALS_DIRECTORY is unset (default {DEFAULT_DIR})",
         )
 
     with_config(sub.add_parser("run", help="run the agent (what systemd starts)"))
     with_config(sub.add_parser("check-config", help="validate the config; one line per problem"))
     sub.add_parser("devices", help="list ALSA capture/playback devices with stable names")
     with_config(sub.add_parser("selftest", help="tone, mic meter, LED walk, PTT press"))
-    with_config(sub.add_parser("demo", help="the whole agent on simulated hardware and local fakes"))
+    with_config(
+        sub.add_parser("demo", help="the whole agent on simulated hardware and local fakes")
+    )
     with_config(sub.add_parser("status", help="show the running agent's status"))
     return p
 
@@ -76,8 +81,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     creds = Credentials(args.credentials)
     for name in needed_credentials(cfg):
         if not any(creds.has(n) for n in name.split("|")):
-            print(f"{path}: warning: credential {name.replace('|', ' or ')} not found in "
-                  f"{' or '.join(str(d) for d in creds.dirs)}")
+            print(
+                f"{path}: warning: credential {name.replace('|', ' or ')} not found in "
+                f"{' or '.join(str(d) for d in creds.dirs)}"
+            )
         else:
             try:
                 for n in name.split("|"):
@@ -112,7 +119,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in e.problems:
             logger.error("bad config: %s", line)
         return EX_CONFIG
-    return run_service(cfg, credentials_dir=args.credentials, config_path=args.config or config.default_path())
+    return run_service(
+        cfg, credentials_dir=args.credentials, config_path=args.config or config.default_path()
+    )
 
 
 def cmd_not_yet(args: argparse.Namespace) -> int:

@@ -131,7 +131,9 @@ class Agent:
                 tg.create_task(self._report_status(), name="status")
                 interval = watchdog_interval()
                 if interval is not None:
-                    tg.create_task(run_watchdog(self.notifier, self.heartbeats, interval), name="watchdog")
+                    tg.create_task(
+                        run_watchdog(self.notifier, self.heartbeats, interval), name="watchdog"
+                    )
                 await self._generations(http)
                 raise _Stopped
         except* _Stopped:
@@ -220,7 +222,9 @@ class Agent:
         links = self._build_links(cfg, gen, mixer, http)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._supervise("capture", lambda: self._pump(capture, gen)), name="capture")
+                tg.create_task(
+                    self._supervise("capture", lambda: self._pump(capture, gen)), name="capture"
+                )
                 tg.create_task(self._supervise("playback", playback.run), name="playback")
                 for name, link in links.items():
                     tg.create_task(self._supervise(f"link-{name}", link.run), name=f"link-{name}")
@@ -235,7 +239,12 @@ class Agent:
     def _build_links(
         self, cfg: Config, gen: Generation, mixer: Any, http: httpx.AsyncClient
     ) -> dict[str, Any]:
-        common: dict[str, Any] = {"mixer": mixer, "status": self.status, "metrics": self.metrics, "http": http}
+        common: dict[str, Any] = {
+            "mixer": mixer,
+            "status": self.status,
+            "metrics": self.metrics,
+            "http": http,
+        }
         if self._connect is not None:
             common["connect"] = self._connect
         links: dict[str, Any] = {}
@@ -300,7 +309,10 @@ class Agent:
 
     def on_command(self, text: str) -> None:
         """A remote command arrived on the command topic (handled by the controls)."""
-        logger.info("remote command received (%d bytes); remote control is not enabled in this build", len(text))
+        logger.info(
+            "remote command received (%d bytes); remote control is not enabled in this build",
+            len(text),
+        )
 
     async def _report_status(self) -> None:
         """STATUS= on every significant change and at least every second (countdowns)."""

@@ -105,13 +105,18 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class PttConfig:
-    mode: str = field(default="hold", metadata=_doc("PTT mode.", _one_of("hold", "toggle", "open", "vox")))
-    idle: str = field(default="silence", metadata=_doc("Uplink while not talking.", _one_of("silence", "none")))
+    mode: str = field(
+        default="hold", metadata=_doc("PTT mode.", _one_of("hold", "toggle", "open", "vox"))
+    )
+    idle: str = field(
+        default="silence", metadata=_doc("Uplink while not talking.", _one_of("silence", "none"))
+    )
     vox_threshold_dbfs: float = field(
         default=-40.0, metadata=_doc("VOX opens above this level.", _range(-100, 0, " dBFS"))
     )
     vox_hangover_ms: int = field(
-        default=600, metadata=_doc("VOX stays open this long after speech.", _range(0, 10000, " ms"))
+        default=600,
+        metadata=_doc("VOX stays open this long after speech.", _range(0, 10000, " ms")),
     )
     duck_while_talking_db: float = field(
         default=0.0, metadata=_doc("Speaker attenuation while transmitting.", _range(0, 60, " dB"))
@@ -121,9 +126,15 @@ class PttConfig:
 @dataclass(frozen=True)
 class GpioConfig:
     ptt_button: int | None = field(default=None, metadata=_doc("BCM pin of the PTT button.", _pin))
-    mute_button: int | None = field(default=None, metadata=_doc("BCM pin of the mute button.", _pin))
-    volume_up_button: int | None = field(default=None, metadata=_doc("BCM pin, volume +10 %.", _pin))
-    volume_down_button: int | None = field(default=None, metadata=_doc("BCM pin, volume -10 %.", _pin))
+    mute_button: int | None = field(
+        default=None, metadata=_doc("BCM pin of the mute button.", _pin)
+    )
+    volume_up_button: int | None = field(
+        default=None, metadata=_doc("BCM pin, volume +10 %.", _pin)
+    )
+    volume_down_button: int | None = field(
+        default=None, metadata=_doc("BCM pin, volume -10 %.", _pin)
+    )
     status_led: int | None = field(default=None, metadata=_doc("BCM pin of the status LED.", _pin))
     talk_led: int | None = field(default=None, metadata=_doc("BCM pin of the talk LED.", _pin))
     pin_factory: str = field(
@@ -176,7 +187,9 @@ class OrgoConfig:
 @dataclass(frozen=True)
 class FastRTCConfig:
     enabled: bool = field(default=False, metadata=_doc("Talk to a FastRTC voice app."))
-    url: str = field(default="", metadata=_doc("The app's WebSocket URL.", _url("wss", "ws", empty_ok=True)))
+    url: str = field(
+        default="", metadata=_doc("The app's WebSocket URL.", _url("wss", "ws", empty_ok=True))
+    )
     input_rate: int = field(default=48000, metadata=_doc("The handler's input rate, Hz.", _rate))
     output_rate: int = field(default=24000, metadata=_doc("The handler's output rate, Hz.", _rate))
 
@@ -186,9 +199,13 @@ class PbxConfig:
     enabled: bool = field(default=False, metadata=_doc("Receive Yeastar PBX call audio."))
     listen: str = field(
         default="0.0.0.0:8765",
-        metadata=_doc("HOST:PORT of the WebSocket server.", lambda v: _host_port(v, allow_empty=False)),
+        metadata=_doc(
+            "HOST:PORT of the WebSocket server.", lambda v: _host_port(v, allow_empty=False)
+        ),
     )
-    sample_rate: int = field(default=8000, metadata=_doc("Hz, as set on the PBX.", _one_of(8000, 16000)))
+    sample_rate: int = field(
+        default=8000, metadata=_doc("Hz, as set on the PBX.", _one_of(8000, 16000))
+    )
     secret_header: str = field(
         default="Secret",
         metadata=_doc(
@@ -202,7 +219,10 @@ class PbxConfig:
 class MetricsConfig:
     listen: str = field(
         default="127.0.0.1:9464",
-        metadata=_doc("HOST:PORT for /metrics and /status ('' = off).", lambda v: _host_port(v, allow_empty=True)),
+        metadata=_doc(
+            "HOST:PORT for /metrics and /status ('' = off).",
+            lambda v: _host_port(v, allow_empty=True),
+        ),
     )
 
 
@@ -231,7 +251,9 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {
-    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config) if f.name != "path"
+    f.name: typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if f.name != "path"
 }
 
 
@@ -251,7 +273,9 @@ def load(path: str | os.PathLike[str]) -> Config:
     except FileNotFoundError:
         raise ConfigError([f"{p}: file not found"]) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{p}: cannot read: {e.__class__.__name__}: {getattr(e, 'strerror', None) or e}"]) from None
+        raise ConfigError(
+            [f"{p}: cannot read: {e.__class__.__name__}: {getattr(e, 'strerror', None) or e}"]
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{p}: not valid TOML: {e}"]) from None
     return from_dict(raw, path=str(p))
@@ -281,7 +305,9 @@ def from_dict(raw: dict[str, Any], *, path: str = "<dict>") -> Config:
     return cfg
 
 
-def _build_section(name: str, cls: type, table: dict[str, Any], bad: Callable[[str, str], None]) -> Any:
+def _build_section(
+    name: str, cls: type, table: dict[str, Any], bad: Callable[[str, str], None]
+) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
@@ -311,7 +337,11 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
             return None, f"must be a list of strings, not {_tname(value)}"
         return tuple(value), None
     if hint is bool:
-        return (value, None) if isinstance(value, bool) else (None, f"must be true or false, not {_tname(value)}")
+        return (
+            (value, None)
+            if isinstance(value, bool)
+            else (None, f"must be true or false, not {_tname(value)}")
+        )
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value, None
@@ -321,12 +351,23 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
             return float(value), None
         return None, f"must be a number, not {_tname(value)}"
     if hint is str:
-        return (value, None) if isinstance(value, str) else (None, f"must be a string, not {_tname(value)}")
+        return (
+            (value, None)
+            if isinstance(value, str)
+            else (None, f"must be a string, not {_tname(value)}")
+        )
     raise TypeError(f"unsupported config type {hint!r}")  # a programming error, not user input
 
 
 def _tname(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
     return f"{names.get(type(value), type(value).__name__)} ({value!r})"
 
 
@@ -342,7 +383,7 @@ def is_loopback_host(host: str) -> bool:
 
 def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
     if not cfg.device.id:
-        bad("device.id", "required (the participant id, e.g. \"dev_12\")")
+        bad("device.id", 'required (the participant id, e.g. "dev_12")')
     if cfg.videosdk.enabled and not cfg.videosdk.room_id:
         bad("videosdk.room_id", "required when videosdk.enabled = true")
     for i, topic in enumerate(cfg.videosdk.topics):
@@ -369,9 +410,16 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
         }
         for key, (enabled, url) in urls.items():
             parts = urlsplit(url.replace("{computer_id}", "x"))
-            if enabled and parts.scheme in ("ws", "http") and not is_loopback_host(parts.hostname or ""):
-                bad(key, f"{parts.scheme}:// to a non-loopback host is refused; use "
-                    f"{parts.scheme}s:// or set security.allow_insecure = true")
+            if (
+                enabled
+                and parts.scheme in ("ws", "http")
+                and not is_loopback_host(parts.hostname or "")
+            ):
+                bad(
+                    key,
+                    f"{parts.scheme}:// to a non-loopback host is refused; use "
+                    f"{parts.scheme}s:// or set security.allow_insecure = true",
+                )
 
 
 def describe_keys() -> list[tuple[str, Any, str]]:

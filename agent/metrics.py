@@ -67,6 +67,6 @@ class Metrics:
                 out.setdefault(name, []).append((dict(lk), v))
         return out
 
-    def counter_names(self) -> set[str]:
+    def counter_names(self) -> frozenset[str]:
         with self._lock:
-            return {n for n, _ in self._counters}
+            return frozenset(n for n, _ in self._counters)

@@ -126,12 +126,15 @@ class Credentials:
             st = path.stat()
             data = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise CredentialError(f"credential file {path} unreadable: {e.__class__.__name__}") from None
+            raise CredentialError(
+                f"credential file {path} unreadable: {e.__class__.__name__}"
+            ) from None
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and path not in self._warned:
             self._warned.add(path)
             logger.warning(
                 "credential file %s is readable by group or others (mode %o); chmod 600 it",
-                path, stat.S_IMODE(st.st_mode),
+                path,
+                stat.S_IMODE(st.st_mode),
             )
         value = data[:-1] if data.endswith("\n") else data
         value = value[:-1] if value.endswith("\r") else value

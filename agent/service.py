@@ -157,9 +157,9 @@ class Notifier:
 
     def _send(self, state: str) -> None:
         if self.enabled:
-            from systemd import daemon
+            from systemd.daemon import notify
 
-            daemon.notify(state)
+            notify(state)
 
     def ready(self) -> None:
         self._send("READY=1")
@@ -195,7 +195,11 @@ def watchdog_interval(env: Mapping[str, str] = os.environ) -> float | None:
 
 
 async def run_watchdog(
-    notifier: Notifier, heartbeats: Heartbeats, interval_s: float, *, on_stall: Callable[[list[str]], Any] | None = None
+    notifier: Notifier,
+    heartbeats: Heartbeats,
+    interval_s: float,
+    *,
+    on_stall: Callable[[list[str]], Any] | None = None,
 ) -> None:
     """Ping systemd every ``interval_s`` while no heartbeat has stalled (until cancelled).
 
@@ -212,7 +216,9 @@ async def run_watchdog(
             notifier.watchdog()
         elif stalled != reported:
             reported = stalled
-            logger.error("watchdog: no progress from %s; withholding WATCHDOG=1", ", ".join(stalled))
+            logger.error(
+                "watchdog: no progress from %s; withholding WATCHDOG=1", ", ".join(stalled)
+            )
             if on_stall:
                 on_stall(stalled)
         await asyncio.sleep(interval_s)

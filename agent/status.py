@@ -140,7 +140,9 @@ class StatusBoard:
             for name, p in self.devices.items()
             if p.state is not LinkState.UP
         ]
-        items.append(f"ptt: {self.ptt_state}" + ("" if self.ptt_mode == "hold" else f" ({self.ptt_mode})"))
+        items.append(
+            f"ptt: {self.ptt_state}" + ("" if self.ptt_mode == "hold" else f" ({self.ptt_mode})")
+        )
         if self.muted:
             items.append("muted")
         if self.mic_dbfs is not None:

@@ -137,7 +137,18 @@ def agent_cmd(*args: str) -> list[str]:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "INVOCATION_ID", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "INVOCATION_ID",
+            "JOURNAL_STREAM",
+            "CREDENTIALS_DIRECTORY",
+        )
+    }
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env

@@ -59,7 +59,10 @@ class Reconnector:
         ``slow``: the failure needs a person (auth refused): wait ``slow_s``.
         ``at_least_s``: a floor the peer asked for (e.g. a concurrency refusal).
         """
-        if self._up_since is not None and self._clock() - self._up_since >= self.policy.healthy_after_s:
+        if (
+            self._up_since is not None
+            and self._clock() - self._up_since >= self.policy.healthy_after_s
+        ):
             self._delays = backoff(self.policy, self._rng)
         self._up_since = None
         self.attempts += 1

@@ -97,7 +97,9 @@ class RestServer:
         return f"http://{host!s}:{port}"
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-rest", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="sandbox-rest", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

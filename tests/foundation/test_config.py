@@ -73,21 +73,47 @@ def test_defaults_match_design() -> None:
         ('[device]\nid="d"\n[audio]\ncapture_rate=44.1', "audio.capture_rate", "integer"),
         ('[device]\nid="d"\n[audio]\nplayback_rate=4000', "audio.playback_rate", "between 8000"),
         ('[device]\nid="d"\n[gpio]\nptt_button=28', "gpio.ptt_button", "between 0 and 27"),
-        ('[device]\nid="d"\n[gpio]\nptt_button=17\ntalk_led=17', "gpio.talk_led", "already used by gpio.ptt_button"),
+        (
+            '[device]\nid="d"\n[gpio]\nptt_button=17\ntalk_led=17',
+            "gpio.talk_led",
+            "already used by gpio.ptt_button",
+        ),
         ('[device]\nid="d"\n[ptt]\nmode="push"', "ptt.mode", "must be one of"),
         ('[device]\nid="d"\n[videosdk]\nenabled=true', "videosdk.room_id", "required when"),
-        ('[videosdk]\nenabled=false', "device.id", "required"),
-        ('[device]\nid="d"\n[videosdk]\nenabled=false\n[orgo]\nenabled=true', "orgo.computer_id", "required when"),
+        ("[videosdk]\nenabled=false", "device.id", "required"),
+        (
+            '[device]\nid="d"\n[videosdk]\nenabled=false\n[orgo]\nenabled=true',
+            "orgo.computer_id",
+            "required when",
+        ),
         ('[device]\nid="d"\n[videosdk]\nenabled="yes"', "videosdk.enabled", "true or false"),
-        ('[device]\nid="d"\n[videosdk]\nroom_id="r"\ntopics="CHAT"', "videosdk.topics", "list of strings"),
-        ('[device]\nid="d"\n[videosdk]\nroom_id="r"\ntopics=[""]', "videosdk.topics[0]", "1 to 128"),
+        (
+            '[device]\nid="d"\n[videosdk]\nroom_id="r"\ntopics="CHAT"',
+            "videosdk.topics",
+            "list of strings",
+        ),
+        (
+            '[device]\nid="d"\n[videosdk]\nroom_id="r"\ntopics=[""]',
+            "videosdk.topics[0]",
+            "1 to 128",
+        ),
         ('[device]\nid="d"\n[pbx]\nsample_rate=44100', "pbx.sample_rate", "one of 8000, 16000"),
         ('[device]\nid="d"\n[pbx]\nlisten="8765"', "pbx.listen", "HOST:PORT"),
-        ('[device]\nid="d"\n[videosdk]\nenabled=false\n[fastrtc]\nenabled=true\nurl="ws://10.0.0.9:7860/x"', "fastrtc.url", "non-loopback"),
-        ('[device]\nid="d"\n[videosdk]\nroom_id="r"\napi_base="ftp://x"', "videosdk.api_base", "URL"),
+        (
+            '[device]\nid="d"\n[videosdk]\nenabled=false\n[fastrtc]\nenabled=true\nurl="ws://10.0.0.9:7860/x"',
+            "fastrtc.url",
+            "non-loopback",
+        ),
+        (
+            '[device]\nid="d"\n[videosdk]\nroom_id="r"\napi_base="ftp://x"',
+            "videosdk.api_base",
+            "URL",
+        ),
     ],
 )
-def test_each_mistake_names_key_and_reason(tmp_path: Path, toml: str, key: str, reason: str) -> None:
+def test_each_mistake_names_key_and_reason(
+    tmp_path: Path, toml: str, key: str, reason: str
+) -> None:
     problems = problems_of(toml, tmp_path)
     assert any(f": {key}: " in p and reason in p for p in problems), problems
 
@@ -104,7 +130,13 @@ def test_insecure_allowed_to_loopback_and_when_asked(tmp_path: Path) -> None:
 def test_all_problems_reported_not_just_first(tmp_path: Path) -> None:
     problems = problems_of('[audio]\nvolume=3\nmic_gain_db=99\n[ptt]\nmode="x"\n', tmp_path)
     keys = {p.split(": ")[1] for p in problems}
-    assert {"audio.volume", "audio.mic_gain_db", "ptt.mode", "device.id", "videosdk.room_id"} <= keys
+    assert {
+        "audio.volume",
+        "audio.mic_gain_db",
+        "ptt.mode",
+        "device.id",
+        "videosdk.room_id",
+    } <= keys
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
@@ -124,20 +156,36 @@ def test_check_config_cli_five_mistakes_five_lines(tmp_path: Path) -> None:
         'capture_rate = "fast"\n'  # 2 wrong type
         '[ptt]\nmode = "shout"\n'  # 3 not a mode
         "[gpio]\nptt_button = 17\ntalk_led = 17\n"  # 4 pin used twice
-        "[videosdk]\nenabled = true\nroom = \"x\"\n"  # 5 unknown key (and 6: room_id missing)
+        '[videosdk]\nenabled = true\nroom = "x"\n'  # 5 unknown key (and 6: room_id missing)
     )
-    out = subprocess.run(agent_cmd("check-config", "--config", str(p)), capture_output=True, text=True, env=subprocess_env(), timeout=30)
+    out = subprocess.run(
+        agent_cmd("check-config", "--config", str(p)),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=30,
+    )
     assert out.returncode == 78
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 6, lines
-    for key in ("audio.volume", "audio.capture_rate", "ptt.mode", "gpio.talk_led", "videosdk.room", "videosdk.room_id"):
+    for key in (
+        "audio.volume",
+        "audio.capture_rate",
+        "ptt.mode",
+        "gpio.talk_led",
+        "videosdk.room",
+        "videosdk.room_id",
+    ):
         assert any(line.startswith(f"{p}: {key}: ") for line in lines), (key, lines)
 
 
 def test_check_config_cli_accepts_shipped_file(tmp_path: Path) -> None:
     out = subprocess.run(
         agent_cmd("check-config", "--config", str(SHIPPED), "--credentials", str(tmp_path)),
-        capture_output=True, text=True, env=subprocess_env(), timeout=30,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=30,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().endswith(f"{SHIPPED}: OK")
@@ -146,4 +194,6 @@ def test_check_config_cli_accepts_shipped_file(tmp_path: Path) -> None:
 
 def test_config_path_from_environment(tmp_path: Path) -> None:
     assert config.default_path({}) == Path("/etc/field-agent/agent.toml")
-    assert config.default_path({"FIELD_AGENT_CONFIG": str(tmp_path / "x.toml")}) == tmp_path / "x.toml"
+    assert (
+        config.default_path({"FIELD_AGENT_CONFIG": str(tmp_path / "x.toml")}) == tmp_path / "x.toml"
+    )
