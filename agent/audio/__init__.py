@@ -1,0 +1,1 @@
+"""Audio: frames, G.711, resampling, jitter buffers, mixer, level/VAD, capture and playback."""
