@@ -30,14 +30,15 @@ import httpx
 from agent import config as config_mod
 from agent.audio.frames import Fanout, Frame
 from agent.config import AudioConfig, Config
-from agent.errors import ConfigError
+from agent.controls import Controls, StateStore
+from agent.errors import ConfigError, GpioUnavailable
 from agent.hw.ports import AudioSink, AudioSource
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.metrics import Metrics
 from agent.ptt import PttGate
 from agent.secrets import Credentials
 from agent.service import Heartbeats, Notifier, run_watchdog, watchdog_interval
-from agent.status import LinkState, StatusBoard
+from agent.status import Led, LinkState, StatusBoard
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Hardware:
 
     mic: MicFactory = alsa_mic
     speaker: SpeakerFactory = alsa_speaker
+    pin_factory: Any = None  # a gpiozero pin factory object; None = from gpio.pin_factory
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Agent:
         heartbeats: Heartbeats | None = None,
         metrics: Metrics | None = None,
         reload_config: Callable[[], Config] | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.credentials = credentials
@@ -110,6 +113,14 @@ class Agent:
         self._status_changed = asyncio.Event()
         self.ready = asyncio.Event()
         self.generation: Generation | None = None
+        self._panel: Any = None
+        self.controls = Controls(
+            self.status,
+            store=state or StateStore.from_env(),
+            default_volume=cfg.audio.volume,
+            publish=self._publish_reply,
+            set_leds=self._set_led,
+        )
 
     # -- control -------------------------------------------------------------------
     def stop(self) -> None:
@@ -126,6 +137,7 @@ class Agent:
         self.status.add_listener(lambda _b: self._status_changed.set())
         own_http = self._http is None
         http = self._http or httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, follow_redirects=False)
+        self._open_gpio()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._report_status(), name="status")
@@ -139,6 +151,8 @@ class Agent:
         except* _Stopped:
             pass
         finally:
+            if self._panel is not None:
+                self._panel.close()  # LEDs off on a clean stop
             if own_http:
                 await http.aclose()
         logger.info("stopped")
@@ -200,11 +214,11 @@ class Agent:
 
         metrics = self.metrics
         mixer = Mixer(cfg.audio.playback_rate, metrics=metrics)
-        mixer.volume = self.status.volume
         gate = PttGate(cfg.ptt.mode, idle=cfg.ptt.idle, on_change=self._on_transmit)
         gen = Generation(cfg, gate, Fanout(metrics))
         self.generation = gen
         self._mixer = mixer
+        self.controls.attach(gate, mixer)
         capture = Capture(
             self.hardware.mic(cfg.audio, metrics),
             metrics=metrics,
@@ -257,7 +271,7 @@ class Agent:
                 self.credentials,
                 uplink=gen.fanout.subscribe("videosdk"),
                 heartbeat=self.heartbeats.register("link-videosdk", 30.0),
-                on_command=self.on_command,
+                on_command=self.controls.on_command,
                 **common,
             )
         if cfg.orgo.enabled:
@@ -307,12 +321,34 @@ class Agent:
         if mixer is not None:
             mixer.set_duck_db(self.cfg.ptt.duck_while_talking_db if transmitting else 0.0)
 
-    def on_command(self, text: str) -> None:
-        """A remote command arrived on the command topic (handled by the controls)."""
-        logger.info(
-            "remote command received (%d bytes); remote control is not enabled in this build",
-            len(text),
-        )
+    # -- GPIO and remote replies ---------------------------------------------------
+    def _open_gpio(self) -> None:
+        if not self.cfg.gpio.pins():
+            return
+        from agent.hw.gpio import GpioPanel
+
+        try:
+            self._panel = GpioPanel(
+                self.cfg.gpio,
+                loop=asyncio.get_running_loop(),
+                on_button=self.controls.on_button,
+                factory=self.hardware.pin_factory,
+            )
+        except GpioUnavailable as e:
+            logger.error("%s; buttons and LEDs are off, audio goes on", e)
+            self.status.set_device("gpio", LinkState.ATTENTION, "gpio unavailable")
+            return
+        self.controls.refresh_leds()
+
+    def _set_led(self, key: str, pattern: Led) -> None:
+        if self._panel is not None:
+            self._panel.set_led(key, pattern)
+
+    def _publish_reply(self, doc: dict[str, Any]) -> None:
+        link = self.generation.links.get("videosdk") if self.generation else None
+        topic = self.cfg.videosdk.status_topic
+        if link is not None and topic:
+            link.publish(topic, doc)
 
     async def _report_status(self) -> None:
         """STATUS= on every significant change and at least every second (countdowns)."""
