@@ -1,0 +1,180 @@
+"""Buttons, LEDs, volume and remote commands over gpiozero's MockFactory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import GpioConfig
+from agent.controls import CommandError, Controls, StateStore, parse_command
+from agent.hw.gpio import GpioPanel
+from agent.ptt import PttGate
+from agent.status import Led, LinkState, StatusBoard
+
+CFG = GpioConfig(
+    ptt_button=17,
+    mute_button=5,
+    volume_up_button=6,
+    volume_down_button=13,
+    status_led=27,
+    talk_led=22,
+)
+
+
+class FakeMixer:
+    volume = 1.0
+    muted = False
+
+
+async def settle(s: float = 0.05) -> None:
+    await asyncio.sleep(s)
+
+
+@pytest.fixture
+async def rig(gpio_mock: Any, tmp_path: Path):
+    status = StatusBoard()
+    replies: list[dict[str, Any]] = []
+    panel_box: list[GpioPanel] = []
+    controls = Controls(
+        status,
+        store=StateStore(tmp_path),
+        default_volume=0.8,
+        publish=replies.append,
+        set_leds=lambda k, p: panel_box[0].set_led(k, p) if panel_box else None,
+    )
+    gate = PttGate("hold", on_change=lambda tx: status.set_ptt(state="talking" if tx else "idle"))
+    mixer = FakeMixer()
+    controls.attach(gate, mixer)
+    panel = GpioPanel(
+        CFG, loop=asyncio.get_running_loop(), on_button=controls.on_button, factory=gpio_mock
+    )
+    panel_box.append(panel)
+    yield status, controls, gate, mixer, panel, gpio_mock, replies
+    panel.close()
+
+
+async def test_ptt_press_and_release_through_pin_callbacks(rig) -> None:
+    status, _controls, gate, _m, _p, factory, _r = rig
+    pin = factory.pin(17)
+    pin.drive_low()  # pressed (pull-up button)
+    await settle()
+    assert gate.transmitting and status.ptt_state == "talking"
+    pin.drive_high()
+    await settle()
+    assert not gate.transmitting and status.ptt_state == "idle"
+
+
+async def test_bouncing_press_counts_once(rig) -> None:
+    _s, _c, gate, _m, _p, factory, _r = rig
+    pin = factory.pin(17)
+    for level in (0, 1, 0, 1, 0):  # 5 edges within ~10 ms, ending pressed
+        pin.drive_low() if level == 0 else pin.drive_high()
+        await asyncio.sleep(0.002)
+    await settle(0.06)
+    assert gate.presses == 1 and gate.transmitting
+    pin.drive_high()
+    for level in (0, 1, 0, 1):  # release bounce ending released
+        pin.drive_low() if level == 0 else pin.drive_high()
+        await asyncio.sleep(0.002)
+    await settle(0.06)
+    assert not gate.transmitting
+
+
+async def test_mute_and_volume_buttons_persist_volume(rig, tmp_path: Path) -> None:
+    status, _c, _g, mixer, _p, factory, _r = rig
+    for pin_no in (13, 13, 13):  # three steps down from 0.8
+        factory.pin(pin_no).drive_low()
+        await settle(0.03)
+        factory.pin(pin_no).drive_high()
+        await settle(0.03)
+    assert status.volume == pytest.approx(0.5) and mixer.volume == pytest.approx(0.5)
+    factory.pin(5).drive_low()
+    await settle(0.03)
+    assert status.muted and mixer.muted
+    assert json.loads((tmp_path / "state.json").read_text())["volume"] == pytest.approx(0.5)
+    # a restart reads the persisted volume, not the config default
+    again = Controls(StatusBoard(), store=StateStore(tmp_path), default_volume=0.8)
+    assert again.status.volume == pytest.approx(0.5)
+
+
+async def test_status_led_follows_link_states(rig) -> None:
+    status, _c, _g, _m, panel, factory, _r = rig
+    history = []
+    for state in (
+        LinkState.CONNECTING,
+        LinkState.UP,
+        LinkState.RETRY,
+        LinkState.ATTENTION,
+        LinkState.UP,
+    ):
+        status.set_link("videosdk", state, retry_in=2.0 if state is LinkState.RETRY else None)
+        history.append(panel.led_pattern("status_led"))
+    assert history == [Led.BLINK_1HZ, Led.ON, Led.BLINK_1HZ, Led.BLINK_4HZ, Led.ON]
+    assert factory.pin(27).state == 1  # solid on: the pin itself is high
+    # blinking really toggles the pin at 4 Hz
+    status.set_link("videosdk", LinkState.ATTENTION, "token refused")
+    await asyncio.sleep(0.6)
+    changes = [s for _t, s in factory.pin(27).states[-8:]]
+    assert 0 in changes and 1 in changes
+    panel.close()
+    assert factory.pin(27).state == 0  # LEDs go off on stop
+
+
+async def test_talk_led_on_while_transmitting_and_fast_blink_into_dead_link(rig) -> None:
+    status, _controls, _g, _m, panel, factory, _r = rig
+    status.set_link("videosdk", LinkState.RETRY, retry_in=5)
+    factory.pin(17).drive_low()
+    await settle()
+    assert panel.led_pattern("talk_led") is Led.BLINK_4HZ  # talking into a dead link
+    status.set_link("videosdk", LinkState.UP, "room r")
+    assert panel.led_pattern("talk_led") is Led.ON
+    factory.pin(17).drive_high()
+    await settle()
+    assert panel.led_pattern("talk_led") is Led.OFF
+
+
+async def test_remote_commands_change_state_and_bad_ones_are_refused(rig) -> None:
+    status, controls, gate, mixer, _p, _f, replies = rig
+    controls.on_command('{"cmd":"volume","value":0.25}')
+    controls.on_command('{"cmd":"mute"}')
+    controls.on_command('{"cmd":"ptt","value":"open"}')
+    assert mixer.volume == 0.25 and mixer.muted and gate.mode == "open" and gate.transmitting
+    assert status.ptt_mode == "open"
+    assert [r.get("ok") for r in replies] == ["volume", "mute", "ptt"]
+    replies.clear()
+    for bad in (
+        '{"cmd":"reboot"}',
+        '{"cmd":"volume","value":7}',
+        '{"cmd":"volume","value":"loud"}',
+        "not json",
+        '["cmd"]',
+        '{"cmd":"ptt","value":"vox"}',
+        '{"cmd":"mute","pad":"' + "x" * 2000 + '"}',
+    ):
+        controls.on_command(bad)
+    assert len(replies) == 7 and all("error" in r for r in replies)
+    assert mixer.volume == 0.25 and gate.mode == "open"  # nothing executed
+    controls.on_command('{"cmd":"status"}')
+    assert replies[-1]["status"]["volume"] == 0.25
+
+
+def test_parse_command_reasons() -> None:
+    with pytest.raises(CommandError, match="unknown command 'reboot'"):
+        parse_command('{"cmd":"reboot"}')
+    with pytest.raises(CommandError, match="too large"):
+        parse_command("x" * 5000)
+    assert parse_command('{"cmd":"volume","value":1}').value == 1.0
+
+
+async def test_gpio_unavailable_is_a_clear_error(gpio_mock: Any) -> None:
+    from agent.errors import GpioUnavailable
+    from agent.hw.gpio import pin_factory
+
+    with pytest.raises(GpioUnavailable, match="no pin factory 'gpiochip9'"):
+        pin_factory("gpiochip9")
+    with pytest.raises(GpioUnavailable, match="cannot start"):
+        pin_factory("lgpio")  # this machine has no /dev/gpiochip*
