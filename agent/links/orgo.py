@@ -70,6 +70,7 @@ OPEN_TIMEOUT_S = 5.0  # TCP + WebSocket handshake
 STOP_TIMEOUT_S = 1.0  # send `stop` and close on cancellation
 OFFLINE_CAP_S = 60.0  # longest wait while the computer is offline
 TOKEN_REFUSALS_FOR_ATTENTION = 3  # 4401s in a row before a person is asked to look
+IDLE_BEAT_S = 1.0  # longest wait on a silent connection without a heartbeat
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~5 s of 48 kHz stereo, far above any real message
 
 Connect = Callable[..., Awaitable[ClientConnection]]
@@ -184,6 +185,7 @@ class OrgoLink:
         self._pong_timeout_s = pong_timeout_s
         self._sink: PcmSink | None = None
         self._token_refusals = 0  # close 4401s in a row
+        self._malformed_seen: set[str] = set()  # reasons already logged on this connection
         self._who = f"computer {cfg.computer_id}"  # status detail while connecting / up
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -313,14 +315,17 @@ class OrgoLink:
     async def _receive(self, ws: ClientConnection) -> None:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
         stream = OrgoStream(self.cfg.sample_rate, self.cfg.channels)
+        self._malformed_seen.clear()
         next_ping = self._clock() + self._ping_interval_s
         pong_due: float | None = None
         while True:
             wake = next_ping if pong_due is None else min(next_ping, pong_due)
             try:
-                async with asyncio.timeout(max(0.0, wake - self._clock())):
+                # Wake at least every IDLE_BEAT_S: a quiet but healthy link is progress too.
+                async with asyncio.timeout(min(max(0.0, wake - self._clock()), IDLE_BEAT_S)):
                     message = await ws.recv()
             except TimeoutError:
+                self._beat()
                 now = self._clock()
                 if pong_due is not None and now >= pong_due:
                     raise NoPong(f"no pong within {self._pong_timeout_s:g} s") from None
@@ -341,7 +346,10 @@ class OrgoLink:
             events = stream.receive(message)
         except MalformedMessage as e:
             self._metrics.inc("malformed_total", link=NAME, reason=e.reason)
-            logger.warning("ignored a malformed message: %s", e, extra=LOG)
+            # Once per reason and connection at WARNING; a garbage-spewing peer stays at DEBUG.
+            level = logging.DEBUG if e.reason in self._malformed_seen else logging.WARNING
+            self._malformed_seen.add(e.reason)
+            logger.log(level, "ignored a malformed message: %s", e, extra=LOG)
             return False
         if isinstance(message, bytes) and len(message) % (stream.channels * 2):
             # Off-spec (a message should hold whole frames) but the bytes are kept.

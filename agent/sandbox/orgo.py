@@ -140,6 +140,7 @@ class FakeOrgo:
         self.jitter_s = jitter_s  # each message is held back 0..jitter_s (order is kept)
         self.desktop_token = desktop_token  # also hand out `desktop_api_token` (preferred)
         self.answer_pings = True
+        self.silent = False  # capture paused: `started` and pongs, but no audio messages
         self.forbidden = False  # REST answers 403 (the key's account lost access)
         self.sessions: list[Session] = []
         self.password_fetches = 0
@@ -354,6 +355,8 @@ class FakeOrgo:
                 self.generator(sent_frames * spf, k * spf, rate, channels).astype("<i2").tobytes()
             )
             sent_frames += k
+            if self.silent:
+                continue
             if self.packing == "frames":
                 await self._send(ws, session, data, rng)
                 continue

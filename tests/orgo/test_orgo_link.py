@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agent.sandbox.orgo import FakeOrgo
+from agent.service import Heartbeat
 from agent.status import LinkState
 
 from .conftest import Harness, wait_until
@@ -221,3 +222,13 @@ async def test_no_secret_in_any_log_record_status_or_error(
     for secret in secrets:
         leaks = [t for t in texts if secret in t]
         assert not leaks, f"a secret leaked: {leaks[:3]}"
+
+
+async def test_a_quiet_healthy_link_keeps_its_heartbeat(harness: Harness) -> None:
+    harness.fake.silent = True  # nothing plays on the computer: no audio messages at all
+    harness.heartbeat = Heartbeat("orgo", 1.2, time.monotonic)
+    harness.start(ping_interval_s=30.0)
+    await wait_until(lambda: len(harness.fake.accepted()) == 1, what="connected")
+    await asyncio.sleep(1.6)
+    assert not harness.heartbeat.stalled(time.monotonic()), "the watchdog would fire"
+    assert len(harness.fake.sessions) == 1
