@@ -358,6 +358,7 @@ class VideoSDKLink:
             device_id=self._device.id,
             region=self._cfg.region,
         )
+        asked_at = self._clock()  # the URL's age counts from the request: a slow reply ages it
         try:
             reply = await self._http.post(url, json=body, headers={"Authorization": token})
         except httpx.HTTPError as e:
@@ -373,7 +374,7 @@ class VideoSDKLink:
             payload = reply.json()
         except ValueError:
             raise ProtocolError("session reply is not JSON") from None
-        session = parse_session_response(payload, now=self._clock())
+        session = parse_session_response(payload, now=asked_at)
         self._metrics.inc("sessions_created_total", link=LINK)
         logger.info(
             "videosdk session created for room %s (call %s)",

@@ -189,7 +189,10 @@ class FakeVideoSDK:
 
     async def stop(self) -> None:
         await self.stop_ws(abrupt=False)
-        await asyncio.to_thread(self._rest.stop)
+        # RestServer.stop() waits out serve_forever's 0.5 s poll: let a thread do that.
+        threading.Thread(
+            target=self._rest.stop, name="fake-videosdk-rest-stop", daemon=True
+        ).start()
 
     @property
     def api_base(self) -> str:
@@ -228,8 +231,8 @@ class FakeVideoSDK:
         server, self._ws = self._ws, None
         if server is None:
             return
-        if abrupt:
-            for conn in list(server.all_connections):
+        for conn in list(server.all_connections):
+            if abrupt or conn in self._frozen:  # a frozen peer would never finish a close
                 conn.transport.abort()
         server.close(close_connections=not abrupt)
         await server.wait_closed()
@@ -410,10 +413,11 @@ class FakeVideoSDK:
         try:
             if await self._await_start(conn, s):
                 if self.announce_join:
-                    await conn.send(
+                    await _send_quietly(
+                        conn,
                         json.dumps(
                             {"event": "meeting-joined", "roomId": s.room_id, "sessionId": s.call_id}
-                        )
+                        ),
                     )
                 while True:
                     try:
@@ -568,6 +572,12 @@ class FakeVideoSDK:
                 await s.conn.send(frame)
                 sent += 1
         return sent
+
+
+async def _send_quietly(conn: ServerConnection, text: str) -> None:
+    """Send, ignoring a connection the client already closed (its frames still get read)."""
+    with contextlib.suppress(ConnectionClosed):
+        await conn.send(text)
 
 
 def _reject(conn: ServerConnection, status: int, why: str) -> WsResponse:
