@@ -110,7 +110,7 @@ class FakeSession:
     server_close_code: int | None = None  # what the fake sent, if it closed first
     server_close_reason: str = ""
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # not media
-    frames: list[ReceivedFrame] = field(default_factory=list)
+    frames: collections.deque[ReceivedFrame] = field(default_factory=collections.deque)
     subscriptions: set[str] = field(default_factory=set)
     conn: ServerConnection | None = field(default=None, repr=False)
 
@@ -140,7 +140,9 @@ class FakeVideoSDK:
         announce_join: bool = True,
         clock: Callable[[], float] = time.monotonic,
         host: str = "127.0.0.1",
+        keep_frames: int | None = None,
     ) -> None:
+        """``keep_frames``: remember only the last N media frames (long runs, benchmarks)."""
         if not is_loopback_host(host):
             raise ValueError("the fake listens on loopback only")
         self.host = host
@@ -162,7 +164,10 @@ class FakeVideoSDK:
         self.ref_presented: collections.Counter[str] = collections.Counter()
         self.handshake_refusals: list[tuple[str, int, str]] = []  # (ref, status, why)
         self.auth_failures: list[int] = []  # HTTP status of each refused session request
-        self.frames: list[ReceivedFrame] = []
+        # every media frame, oldest first (the last ``keep_frames`` when that is set)
+        self.frames: collections.deque[ReceivedFrame] = collections.deque(maxlen=keep_frames)
+        self.frames_total = 0
+        self._keep_frames = keep_frames
         self.published: list[Published] = []
         self.violations: list[str] = []  # what a real server might reject
 
@@ -370,6 +375,7 @@ class FakeVideoSDK:
             region=body.get("region", ""),
             auth_scheme=scheme,
             created_at=self.clock(),
+            frames=collections.deque(maxlen=self._keep_frames),
         )
         with self._lock:
             self.sessions.append(s)
@@ -535,6 +541,7 @@ class FakeVideoSDK:
         frame = ReceivedFrame(now, s.call_id, pcm)
         s.frames.append(frame)
         self.frames.append(frame)
+        self.frames_total += 1
         if self.echo:
             with contextlib.suppress(ConnectionClosed):
                 await conn.send(json.dumps({"event": "media", "payload": payload}))
