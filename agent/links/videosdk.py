@@ -135,7 +135,7 @@ def classify(exc: BaseException) -> Drop:
     """The one place that decides retry-or-attention for a failed attempt (pure)."""
     match exc:
         case CredentialError():
-            return Drop(f"missing credentials: {exc}", attention=True)
+            return Drop(str(exc), attention=True)
         case AuthRefused():
             return Drop(str(exc), attention=True)
         case SessionError(status=429, retry_after_s=wait):
@@ -219,9 +219,12 @@ class VideoSDKLink:
         status_interval_s: float = 0.25,
         outbox_size: int = 32,
     ) -> None:
-        """``ping_*``: our keepalive (a missed pong drops the link); ``silence_s``: drop
-        when the server sent nothing at all for this long (2 of its 30 s pings + 5 s);
-        ``status_interval_s``: status publications are at most this frequent."""
+        """Tuning, all optional: ``ping_*``: our keepalive (a missed pong drops the link);
+        ``silence_s``: drop when the server sent nothing at all for this long (two of its
+        30 s pings + 5 s); ``open_timeout_s``: bound on the session request and on the
+        WebSocket handshake, each; ``status_interval_s``: status publications are at most
+        this frequent; ``outbox_size``: unsent topic messages kept while down;
+        ``wall_clock``: epoch seconds for JWT ``exp``."""
         self._cfg = cfg
         self._device = device
         self._tokens = TokenSource(creds, wall_clock=wall_clock)
@@ -360,7 +363,10 @@ class VideoSDKLink:
         )
         asked_at = self._clock()  # the URL's age counts from the request: a slow reply ages it
         try:
-            reply = await self._http.post(url, json=body, headers={"Authorization": token})
+            async with asyncio.timeout(self._open_timeout_s):  # whatever the client's timeout
+                reply = await self._http.post(url, json=body, headers={"Authorization": token})
+        except TimeoutError:
+            raise LinkError("session request timed out") from None
         except httpx.HTTPError as e:
             raise LinkError(f"session request failed ({type(e).__name__})") from None
         status = reply.status_code

@@ -175,6 +175,18 @@ async def test_a_session_url_older_than_80_s_is_never_used(harness: Harness) -> 
     assert harness.fake.started_sessions == [used]
 
 
+async def test_a_slow_session_reply_is_abandoned_and_never_used(harness: Harness) -> None:
+    harness.fake.rest_delay_s = 0.6
+    harness.start(open_timeout_s=0.3)
+    await harness.fake.wait_for(lambda: "timed out" in harness.detail(), what="a timeout")
+    assert harness.state() == "retry"
+    harness.fake.rest_delay_s = 0.0
+    await harness.wait_up()
+    slow = harness.fake.sessions[0]
+    assert harness.fake.ref_presented[slow.ref] == 0  # its reply came too late to be trusted
+    assert_refs_single_use(harness.fake)
+
+
 async def test_backoff_starts_fast_and_grows_while_the_server_is_down(harness: Harness) -> None:
     policy = BackoffPolicy(initial_s=0.1, factor=2.0, cap_s=0.4, jitter=0.0, slow_s=5.0)
     harness.start(reconnector=Reconnector(policy))
