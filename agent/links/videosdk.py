@@ -29,6 +29,7 @@ import asyncio
 import collections
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -348,8 +349,11 @@ class VideoSDKLink:
             return await self._stream(session)
         except Exception as e:  # any failure is a drop; CancelledError passes through
             drop = classify(e)
-            if drop.reason.startswith("unexpected error"):
-                logger.exception("videosdk: %s", drop.reason, extra={"LINK": LINK})
+            if drop.reason.startswith("unexpected error"):  # a bug: keep the traceback, not refs
+                trace = "".join(traceback.format_exception(e))
+                logger.error(
+                    "videosdk: %s\n%s", drop.reason, redact_url(trace), extra={"LINK": LINK}
+                )
             return drop
 
     async def _create_session(self, token: str) -> IngestSession:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,6 +217,19 @@ async def harness(
     finally:
         if h.task is not None and not h.task.done():
             await h.stop()
+
+
+@pytest.fixture(autouse=True)
+def agent_logs_reach_caplog() -> Iterator[None]:
+    """``setup_logging()`` (the app, some foundation tests) stops the ``agent`` logger from
+    propagating and sets its level; caplog listens at the root. Undo that for each test."""
+    log = logging.getLogger("agent")
+    old = (log.propagate, log.level)
+    log.propagate = True
+    log.setLevel(logging.NOTSET)
+    yield
+    log.propagate = old[0]
+    log.setLevel(old[1])
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from .conftest import (
     SECRET,
     TOKEN,
     Harness,
+    RecordedSource,
     RecordingMixer,
     assert_refs_single_use,
     wait_until,
@@ -245,6 +246,24 @@ async def test_a_1_mb_frame_causes_a_counted_reconnect_not_a_crash(harness: Harn
     assert harness.task is not None and not harness.task.done()
     await harness.feed(3)
     await harness.fake.wait_for(lambda: len(harness.fake.started_sessions[1].frames) >= 3)
+
+
+async def test_a_failing_mixer_is_survived_and_retried(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakyMixer(RecordingMixer):
+        def add_source(self, name: str, rate: int, channels: int = 1) -> RecordedSource:
+            if not self.sources and not getattr(self, "failed", False):
+                self.failed = True
+                raise RuntimeError("sound card vanished")
+            return super().add_source(name, rate, channels)
+
+    harness.mixer = FlakyMixer()
+    harness.start()
+    await harness.wait_up(sessions=2)
+    assert any("unexpected error (RuntimeError)" in r.getMessage() for r in caplog.records)
+    assert any("sound card vanished" in r.getMessage() for r in caplog.records)  # traceback kept
+    assert_refs_single_use(harness.fake)
 
 
 # -- credentials ------------------------------------------------------------------------
