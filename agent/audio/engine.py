@@ -236,8 +236,13 @@ class Capture:
     async def frames(self) -> AsyncIterator[Frame]:
         """Yield 20 ms, 160-sample, 8 kHz mono frames until the consumer stops iterating.
 
-        Leaving the iteration (break, cancellation, ``aclose()``) stops the
-        capture thread, which closes the device.
+        Closing the generator stops the capture thread, which closes the device.
+        A plain ``break`` only closes it when it is garbage-collected, so iterate
+        under ``contextlib.aclosing``::
+
+            async with contextlib.aclosing(capture.frames()) as frames:
+                async for frame in frames:
+                    ...
         """
         if self._running:
             raise RuntimeError("Capture.frames() is already being iterated")
