@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import numpy as np
@@ -233,7 +233,7 @@ class Capture:
         self._seq = 0  # last frame number handed out; continues across reopens
         self._running = False
 
-    async def frames(self) -> AsyncIterator[Frame]:
+    async def frames(self) -> AsyncGenerator[Frame, None]:
         """Yield 20 ms, 160-sample, 8 kHz mono frames until the consumer stops iterating.
 
         Closing the generator stops the capture thread, which closes the device.

@@ -91,7 +91,7 @@ class MixerSource:
 
     # -- the link's side (asyncio thread) ------------------------------------------
     def push(
-        self, pcm: Pcm | bytes | bytearray | memoryview, t_arrival: float | None = None
+        self, pcm: Pcm | Floats | bytes | bytearray | memoryview, t_arrival: float | None = None
     ) -> None:
         """Queue interleaved samples at this source's rate and channel count.
 
@@ -162,8 +162,11 @@ class MixerSource:
     def _reduce(self, samples: Floats) -> Floats:
         if self.channels == self._resample_channels:
             return samples
-        mono: Floats = samples.reshape(-1, self.channels).sum(axis=1)
-        mono *= np.float32(1.0 / self.channels)
+        channels = self.channels
+        mono: Floats = samples[0::channels] + samples[1::channels]  # elementwise beats sum(axis=1)
+        for c in range(2, channels):
+            mono += samples[c::channels]
+        mono *= np.float32(1.0 / channels)
         return mono
 
     def _expand(self, samples: Floats) -> Floats:

@@ -125,6 +125,11 @@ class _Upsampler:
 
     def process(self, x: Floats) -> Floats:
         n = x.shape[0]
+        if self.channels == 1:  # the common case, without the per-channel copies
+            buf = np.concatenate((self._history[0], x.reshape(-1)))
+            self._history[0] = buf[n:]
+            mono: Floats = np.dot(_windows(buf, 0, n, self.taps, 1), self._bank)
+            return mono.reshape(-1, 1)
         out = np.empty((n * self.factor, self.channels), np.float32)
         for c in range(self.channels):
             buf = np.concatenate((self._history[c], x[:, c]))
@@ -153,6 +158,14 @@ class _Downsampler:
     def process(self, x: Floats) -> Floats:
         starts = x.shape[0]  # windows that fit: history is taps - 1 long
         count = max(0, -(-(starts - self._skip) // self.factor))
+        if self.channels == 1:  # the common case, without the per-channel copies
+            buf = np.concatenate((self._history[0], x.reshape(-1)))
+            self._history[0] = buf[starts:]
+            skip, self._skip = self._skip, self._skip + count * self.factor - starts
+            if not count:
+                return np.zeros((0, 1), np.float32)
+            mono: Floats = np.dot(_windows(buf, skip, count, self.taps, self.factor), self._h)
+            return mono.reshape(-1, 1)
         out = np.empty((count, self.channels), np.float32)
         for c in range(self.channels):
             buf = np.concatenate((self._history[c], x[:, c]))

@@ -12,7 +12,7 @@ def tone(rate: int, freq: float, seconds: float, dbfs: float = -20.0) -> npt.NDA
     """A sine whose RMS level is ``dbfs`` (the convention of agent.audio.level)."""
     amp = 32768.0 * math.sqrt(2.0) * 10.0 ** (dbfs / 20.0)
     n = np.arange(round(seconds * rate))
-    samples = np.round(np.sin(2.0 * np.pi * freq * n / rate) * amp)
+    samples: npt.NDArray[np.float64] = np.round(np.sin(2.0 * np.pi * freq * n / rate) * amp)
     return np.clip(samples, -32768, 32767).astype(np.int16)
 
 
