@@ -96,8 +96,11 @@ async def test_stopped_computer_shows_offline_then_comes_back(harness: Harness) 
     attempts = len(harness.fake.sessions)
     await harness.fake.start_computer()
     await wait_until(lambda: up(harness), what="link up again")
-    assert len(harness.fake.sessions) == attempts + 1  # rejected tries never got a session
-    assert harness.fake.accepted()[-1].token == harness.fake.password  # the new boot's one
+    # Rejected tries never got a session. A password fetched just before the boot is
+    # stale after it: that race costs one 4401 and one more fetch, nothing else.
+    after = harness.fake.sessions[attempts:]
+    assert after[-1].accepted and after[-1].token == harness.fake.password
+    assert all(s.close_code == 4401 for s in after[:-1]) and len(after) <= 2
     assert harness.metric("reconnects_total") >= 2
 
 
