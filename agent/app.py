@@ -353,8 +353,11 @@ class Agent:
     async def _report_status(self) -> None:
         """STATUS= on every significant change and at least every second (countdowns)."""
         while True:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation
+            # that arrives while the event is being set (the stop would then hang).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_changed.wait(), STATUS_REFRESH_S)
+                async with asyncio.timeout(STATUS_REFRESH_S):
+                    await self._status_changed.wait()
             self._status_changed.clear()
             self.notifier.status(self.status.summary())
 

@@ -211,3 +211,20 @@ def pulse(tmp_path: Path) -> Iterator[PulseDevices]:
         proc.wait(5)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(autouse=True)
+def _restore_agent_logging() -> Iterator[None]:
+    """setup_logging() reconfigures the ``agent`` logger; put it back after each test
+    so later tests' caplog still sees agent records."""
+    import logging
+
+    names = ("agent", "websockets", "httpx", "httpcore")
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate,
+                 list(logging.getLogger(n).handlers)) for n in names}  # fmt: skip
+    yield
+    for n, (level, propagate, handlers) in saved.items():
+        lg = logging.getLogger(n)
+        lg.setLevel(level)
+        lg.propagate = propagate
+        lg.handlers[:] = handlers

@@ -20,7 +20,10 @@ class BackoffPolicy:
     factor: float = 2.0
     cap_s: float = 30.0  # longest delay for ordinary failures
     jitter: float = 0.3  # each delay is scaled by a random factor in [1 - jitter, 1]
-    healthy_after_s: float = 60.0  # a connection this old resets the sequence
+    # A connection that carried traffic this long resets the sequence. Not a minute: a
+    # server restarted every few seconds must still see us back within ~0.5 s, while a
+    # link that drops right after connecting (flapping) still backs off.
+    healthy_after_s: float = 5.0
     slow_s: float = 120.0  # delay after a refusal a retry cannot fix (auth)
 
 

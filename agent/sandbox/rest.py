@@ -98,7 +98,10 @@ class RestServer:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="sandbox-rest", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # so that stop() returns within 50 ms
+            name="sandbox-rest",
+            daemon=True,
         )
         self._thread.start()
 

@@ -90,7 +90,7 @@ def test_ptt_toggle_open_vox_and_idle_none() -> None:
     assert v.gate(frame(1), speech=True).voiced
 
 
-def test_backoff_grows_caps_and_resets_after_healthy_minute() -> None:
+def test_backoff_grows_caps_and_resets_after_a_healthy_connection() -> None:
     policy = BackoffPolicy(initial_s=0.2, factor=2, cap_s=30, jitter=0.3)
     delays = [d for d, _ in zip(backoff(policy, rng=lambda: 0.0), range(10), strict=False)]
     assert delays[:4] == [0.2, 0.4, 0.8, 1.6] and max(delays) == 30
@@ -100,7 +100,10 @@ def test_backoff_grows_caps_and_resets_after_healthy_minute() -> None:
     r = Reconnector(policy, clock=lambda: now[0], rng=lambda: 0.0)
     assert [r.next_delay() for _ in range(3)] == [0.2, 0.4, 0.8]
     r.connected()
-    now[0] = 61.0  # healthy for a minute, then dropped
+    now[0] = 2.0  # dropped 2 s after connecting: flapping, keep backing off
+    assert r.next_delay() == 1.6
+    r.connected()
+    now[0] = 8.0  # carried traffic for 6 s (> healthy_after_s), then dropped
     assert r.next_delay() == 0.2
     assert r.next_delay(slow=True) >= policy.slow_s * 0.7  # auth refusal: minutes, not seconds
     assert r.next_delay(at_least_s=10.0) >= 10.0
