@@ -59,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("check-config", help="validate the config; one line per problem"))
     sub.add_parser("devices", help="list ALSA capture/playback devices with stable names")
     with_config(sub.add_parser("selftest", help="tone, mic meter, LED walk, PTT press"))
-    with_config(
-        sub.add_parser("demo", help="the whole agent on simulated hardware and local fakes")
+    demo = sub.add_parser("demo", help="the whole agent on simulated hardware and local fakes")
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    demo.add_argument("--mic", type=Path, default=None, help="a 16-bit WAV file to use as the mic")
+    demo.add_argument(
+        "--speaker-out", type=Path, default=None, help="WAV file the speaker records to"
     )
     with_config(sub.add_parser("status", help="show the running agent's status"))
     return p
@@ -124,6 +127,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent import service
+    from agent.demo import format_summary, run_demo
+
+    service.setup_logging(args.log_level, journal=False)
+    summary = asyncio.run(
+        run_demo(duration_s=args.duration, mic=args.mic, speaker_out=args.speaker_out)
+    )
+    print(format_summary(summary))
+    return 0 if summary["exit_code"] == 0 else 1
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     print(f"field-agent {args.command}: not available yet in this build", file=sys.stderr)
     return EX_USAGE
@@ -134,7 +151,7 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "devices": cmd_not_yet,
     "selftest": cmd_not_yet,
-    "demo": cmd_not_yet,
+    "demo": cmd_demo,
     "status": cmd_not_yet,
 }
 
