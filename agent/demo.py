@@ -144,20 +144,17 @@ async def run_demo(
         async def at(t: float) -> None:
             await asyncio.sleep(max(0.0, t0 + t - loop.time()))
 
-        press_window: tuple[float, float] | None = None
-        steps = [
-            (script.press_s, "press PTT", lambda: pins.pin(PTT_PIN).drive_low()),
-            (script.release_s, "release PTT", lambda: pins.pin(PTT_PIN).drive_high()),
-        ]
-        for t, what, act in steps:
-            if t < duration_s:
-                await at(t)
-                logger.info("demo: %s", what)
-                act()
-                if what == "press PTT":
-                    press_start = loop.time()
-                else:
-                    press_window = (press_start, loop.time())
+        ptt: Any = pins.pin(PTT_PIN)  # gpiozero is untyped
+        held_s = 0.0
+        if script.press_s < duration_s:
+            await at(script.press_s)
+            logger.info("demo: PTT pressed")
+            ptt.drive_low()
+            pressed_at = loop.time()
+            await at(min(script.release_s, duration_s))
+            logger.info("demo: PTT released")
+            ptt.drive_high()
+            held_s = loop.time() - pressed_at
         if script.kill_s < duration_s:
             await at(script.kill_s)
             logger.info("demo: killing the room server")
@@ -178,7 +175,7 @@ async def run_demo(
             "reconnects": max(0, len(fake_vs.started_sessions) - 1),
             "frames_sent": fake_vs.frames_total,
             "voiced_frames_sent": voiced,
-            "ptt_held_s": round(press_window[1] - press_window[0], 2) if press_window else 0.0,
+            "ptt_held_s": round(held_s, 2),
             "orgo_frames_received": int(agent.metrics.total("frames_received_total", link="orgo")),
             "speaker_file": str(speaker_path),
             "speaker_rms_dbfs": round(_rms_dbfs(speaker.samples), 1),
