@@ -6,7 +6,8 @@ audio into it from the asyncio thread; the playback thread calls
 first (stereo is averaged to mono before resampling, mono is duplicated after),
 then its own streaming resampler to the output rate, then its own adaptive
 :class:`~agent.audio.jitter.JitterBuffer`. Render pulls one period from every
-source, sums in int32, applies volume, mute and ducking, and saturates to int16.
+source into a float32 sum, applies volume, mute and ducking, and saturates once,
+converting to int16 (float sums cannot wrap).
 
 Threading: one lock per source guards its jitter buffer (held for a ring-buffer
 copy, microseconds); the mixer lock guards the source table. ``volume``,
@@ -114,15 +115,13 @@ class MixerSource:
                 self._buffer.push(converted, t_arrival)
                 resets = self._buffer.resets
                 underruns = self._buffer.underruns
-        if resets != self._seen_resets:
-            self._metrics.inc("jitter_resets_total", resets - self._seen_resets, source=self.name)
-            self._seen_resets = resets
+            new_resets, self._seen_resets = resets - self._seen_resets, resets
+            new_underruns, self._seen_underruns = underruns - self._seen_underruns, underruns
+        if new_resets:
+            self._metrics.inc("jitter_resets_total", new_resets, source=self.name)
             logger.info("jitter buffer of %s reset to its target (audio piled up)", self.name)
-        if underruns != self._seen_underruns:
-            self._metrics.inc(
-                "audio_underruns_total", underruns - self._seen_underruns, source=self.name
-            )
-            self._seen_underruns = underruns
+        if new_underruns:  # counted when the late audio arrives (it was late, not over)
+            self._metrics.inc("audio_underruns_total", new_underruns, source=self.name)
 
     def _validate(self, pcm: object) -> Floats | None:
         """The samples as int16-scaled float32, or None (rejected and counted)."""
