@@ -23,9 +23,9 @@ Policy:
   by more than ``reset_excess_ms`` (the sender's clock runs fast, or it bursts),
   drop the oldest audio down to ``target``. The arriving chunk itself is not
   counted, so a sender of large chunks is not mistaken for drift.
-- **Trim**: if the buffer (measured before each pull) never fell below ``target +
-  1 period`` during a whole
-  ``trim_window_ms``, the surplus is unused latency and is dropped.
+- **Trim**: if the buffer (measured before each pull) never fell below
+  ``target + 1 period`` during a whole ``trim_window_ms``, the surplus is unused
+  latency and is dropped.
 - **Shrink**: after ``shrink_after_ms`` without an underrun the target steps down
   by ``shrink_step_ms``, never below ``min_target_ms``.
 """
