@@ -304,16 +304,18 @@ class Agent:
 
     async def _pump(self, capture: Any, gen: Generation) -> None:
         """Capture → level → PTT gate → every uplink."""
-        from agent.audio.level import Vad, dbfs
+        from agent.audio.level import Vad
 
         vad = Vad(gen.cfg.ptt.vox_threshold_dbfs, gen.cfg.ptt.vox_hangover_ms)
         frame: Frame
-        async for frame in capture.frames():
-            level = dbfs(frame.pcm)
-            self.status.set_mic_level(level)
-            out = gen.gate.gate(frame, speech=vad.update(frame.pcm))
-            if out is not None:
-                gen.fanout.publish(out)
+        # aclosing: leaving the loop (cancellation) closes the capture device at once
+        async with contextlib.aclosing(capture.frames()) as frames:
+            async for frame in frames:
+                speech = vad.update(frame.pcm)  # also measures the frame's level
+                self.status.set_mic_level(vad.level_dbfs)
+                out = gen.gate.gate(frame, speech=speech)
+                if out is not None:
+                    gen.fanout.publish(out)
 
     def _on_transmit(self, transmitting: bool) -> None:
         self.status.set_ptt(state="talking" if transmitting else "idle")
