@@ -58,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("run", help="run the agent (what systemd starts)"))
     with_config(sub.add_parser("check-config", help="validate the config; one line per problem"))
     sub.add_parser("devices", help="list ALSA capture/playback devices with stable names")
-    with_config(sub.add_parser("selftest", help="tone, mic meter, LED walk, PTT press"))
+    selftest = sub.add_parser("selftest", help="tone, mic meter, LED walk, PTT press")
+    with_config(selftest)
+    selftest.add_argument("--seconds", type=float, default=5.0, help="tone and meter time (5)")
+    selftest.add_argument(
+        "--ptt-timeout", type=float, default=10.0, help="seconds to wait for a PTT press (10)"
+    )
     demo = sub.add_parser("demo", help="the whole agent on simulated hardware and local fakes")
     demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
     demo.add_argument("--mic", type=Path, default=None, help="a 16-bit WAV file to use as the mic")
@@ -141,6 +146,78 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["exit_code"] == 0 else 1
 
 
+def cmd_devices(args: argparse.Namespace) -> int:
+    from agent.hw.devices import list_devices
+
+    print(list_devices())
+    return 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """Speaker tone + mic meter, then LED walk and a PTT press if GPIO is configured."""
+    import asyncio
+
+    from agent.hw.devices import selftest_audio
+
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        for line in e.problems:
+            print(line)
+        return EX_CONFIG
+    a = cfg.audio
+    print(
+        f"speaker {a.playback_device} @ {a.playback_rate} Hz: 1 kHz tone; mic {a.capture_device}:"
+    )
+    ok, report = selftest_audio(
+        a.capture_device, a.playback_device, capture_rate=a.capture_rate,
+        playback_rate=a.playback_rate, seconds=args.seconds, out=print,
+    )  # fmt: skip
+    print(report)
+    if cfg.gpio.pins():
+        gpio_ok, gpio_report = asyncio.run(_selftest_gpio(cfg, args.ptt_timeout))
+        print(gpio_report)
+        ok = ok and gpio_ok
+    print("selftest:", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+async def _selftest_gpio(cfg: config.Config, ptt_timeout_s: float) -> tuple[bool, str]:
+    import asyncio
+
+    from agent.errors import GpioUnavailable
+    from agent.hw.gpio import ButtonEvent, GpioPanel
+    from agent.status import Led
+
+    pressed = asyncio.Event()
+
+    def on_button(key: str, event: ButtonEvent, _t: float) -> None:
+        if key == "ptt_button" and event is ButtonEvent.PRESSED:
+            pressed.set()
+
+    try:
+        panel = GpioPanel(cfg.gpio, loop=asyncio.get_running_loop(), on_button=on_button)
+    except GpioUnavailable as e:
+        return False, f"gpio: {e}"
+    try:
+        for led in sorted(panel.leds):
+            print(f"LED {led} (GPIO {getattr(cfg.gpio, led)}) on")
+            panel.set_led(led, Led.ON)
+            await asyncio.sleep(0.5)
+            panel.set_led(led, Led.OFF)
+        if cfg.gpio.ptt_button is None:
+            return True, "gpio: LEDs walked; no PTT button configured"
+        print(f"press the PTT button (GPIO {cfg.gpio.ptt_button}) within {ptt_timeout_s:.0f} s ...")
+        try:
+            async with asyncio.timeout(ptt_timeout_s):
+                await pressed.wait()
+        except TimeoutError:
+            return False, "gpio: no PTT press seen (check the wiring and gpio.ptt_button)"
+        return True, "gpio: LEDs walked; PTT press seen"
+    finally:
+        panel.close()
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     print(f"field-agent {args.command}: not available yet in this build", file=sys.stderr)
     return EX_USAGE
@@ -149,8 +226,8 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
-    "devices": cmd_not_yet,
-    "selftest": cmd_not_yet,
+    "devices": cmd_devices,
+    "selftest": cmd_selftest,
     "demo": cmd_demo,
     "status": cmd_not_yet,
 }
