@@ -15,7 +15,6 @@ import asyncio
 import logging
 import math
 import tempfile
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from agent import config
 from agent.app import Agent, Hardware
 from agent.controls import StateStore
 from agent.hw.ports import AudioSink, AudioSource
-from agent.hw.sim import RecordingSink, WavSource
+from agent.hw.sim import RecordingSink, WavSource, write_wav
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
@@ -81,15 +80,6 @@ def _voice_like(rate: int, seconds: float = 4.0) -> np.ndarray:
     return (0.3 * 32767 * np.sin(phase)).astype(np.int16)
 
 
-def _write_wav(path: Path, pcm: np.ndarray, rate: int) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.astype("<i2").tobytes())
-    return path
-
-
 def _rms_dbfs(pcm: np.ndarray) -> float:
     if pcm.size == 0:
         return -math.inf
@@ -123,7 +113,7 @@ async def run_demo(
         cfg = _config(fake_vs, fake_orgo)
         speaker = RecordingSink(cfg.audio.playback_rate, path=speaker_path, paced=True, keep_s=5.0)
 
-        mic_file = mic or _write_wav(work / "voice.wav", _voice_like(8000), 8000)
+        mic_file = mic or write_wav(work / "voice.wav", _voice_like(8000), 8000)
 
         def make_mic(a: config.AudioConfig, _m: Any) -> AudioSource:
             return WavSource(mic_file, 8000, loop=True, paced=True)

@@ -33,6 +33,17 @@ from agent.errors import AudioError, DeviceUnavailable
 logger = logging.getLogger(__name__)
 
 
+def write_wav(path: str | Path, pcm: Pcm, rate: int, channels: int = 1) -> Path:
+    """Write int16 samples as a 16-bit PCM WAV file (a mic input for WavSource)."""
+    path = Path(path)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+    return path
+
+
 class _Pacer:
     """Sleeps so that the n-th period ends n x 20 ms after the first (no drift)."""
 

@@ -4,7 +4,6 @@ simulated paced mic and speaker, gpiozero MockFactory buttons and LEDs."""
 from __future__ import annotations
 
 import asyncio
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,13 @@ import pytest
 from agent import config
 from agent.app import Agent, Hardware
 from agent.controls import StateStore
-from agent.hw.sim import RecordingSink, WavSource
+from agent.hw.sim import RecordingSink, WavSource, write_wav
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 
 pytestmark = pytest.mark.slow
 
 COUNTER = (np.arange(8000 * 30) % 30000 + 1).astype(np.int16)  # never zero; step 1
-
-
-def write_wav(path: Path, pcm: np.ndarray, rate: int = 8000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.astype("<i2").tobytes())
-    return path
 
 
 @dataclass
@@ -56,7 +46,7 @@ async def start_agent(tmp_path: Path, fake: FakeVideoSDK, pins: Any, ptt_mode: s
             "metrics": {"listen": ""},
         }
     )
-    mic = write_wav(tmp_path / "mic.wav", COUNTER)
+    mic = write_wav(tmp_path / "mic.wav", COUNTER, 8000)
     speaker = RecordingSink(48000, paced=True)
     hw = Hardware(
         mic=lambda _a, _m: WavSource(mic, 8000, loop=False, paced=True),
