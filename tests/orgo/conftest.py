@@ -6,16 +6,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
-from agent.audio.frames import Pcm
 from agent.config import OrgoConfig
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.orgo import OrgoLink
@@ -24,65 +22,10 @@ from agent.sandbox.orgo import FakeOrgo, ramp
 from agent.secrets import Credentials
 from agent.service import Heartbeat
 from agent.status import StatusBoard
+from tests.support import RecordingMixer, wait_until
 
 # Short timings so reconnect stories take a fraction of a second.
 FAST = BackoffPolicy(initial_s=0.05, cap_s=0.2, slow_s=0.3, healthy_after_s=60.0)
-
-
-@dataclass
-class RecordedSource:
-    """One add_source() call: the format asked for and everything pushed into it."""
-
-    name: str
-    rate: int
-    channels: int
-    chunks: list[Pcm] = field(default_factory=list)
-    arrivals: list[float | None] = field(default_factory=list)
-    removed: bool = False
-
-    def push(self, pcm: Pcm, t_arrival: float | None = None) -> None:
-        assert pcm.dtype == np.int16
-        assert len(pcm) % self.channels == 0, "a push must hold whole sample frames"
-        self.chunks.append(pcm.copy())
-        self.arrivals.append(t_arrival)
-
-    def pcm(self) -> Pcm:
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
-
-
-@dataclass
-class RecordingMixer:
-    """A SourceFactory that keeps every source it made, in order."""
-
-    sources: list[RecordedSource] = field(default_factory=list)
-
-    def add_source(self, name: str, rate: int, channels: int = 1) -> RecordedSource:
-        for s in self.sources:
-            if s.name == name:
-                s.removed = True
-        src = RecordedSource(name, rate, channels)
-        self.sources.append(src)
-        return src
-
-    def remove_source(self, name: str) -> None:
-        for s in self.sources:
-            if s.name == name:
-                s.removed = True
-
-    def formats(self) -> list[tuple[str, int, int]]:
-        return [(s.name, s.rate, s.channels) for s in self.sources]
-
-    def live(self) -> list[RecordedSource]:
-        return [s for s in self.sources if not s.removed]
-
-
-async def wait_until(pred: Callable[[], Any], within_s: float = 5.0, what: str = "") -> None:
-    """Poll ``pred`` until true; fail with ``what`` after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what or pred}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

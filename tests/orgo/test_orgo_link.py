@@ -11,8 +11,9 @@ import pytest
 from agent.sandbox.orgo import FakeOrgo
 from agent.service import Heartbeat
 from agent.status import LinkState
+from tests.support import wait_until
 
-from .conftest import Harness, wait_until
+from .conftest import Harness
 
 pytestmark = pytest.mark.asyncio
 

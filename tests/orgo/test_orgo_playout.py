@@ -19,8 +19,9 @@ from agent.audio.frames import Pcm
 from agent.audio.mixer import Mixer
 from agent.hw.sim import RecordingSink
 from agent.sandbox.orgo import tone
+from tests.support import wait_until
 
-from .conftest import Harness, wait_until
+from .conftest import Harness
 
 OUT_RATE = 48000
 TONE_HZ = 440.0

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.service import Heartbeat
 from agent.status import StatusBoard
+from tests.support import RecordingMixer, wait_until
 
 TOKEN = "vsdk-test-token-0123456789abcdef"
 API_KEY = "apikey-0123456789"
@@ -32,50 +33,6 @@ ROOM = "abcd-efgh-ijkl"
 
 # Short timings so reconnect stories take a fraction of a second.
 FAST = BackoffPolicy(initial_s=0.05, cap_s=0.3, slow_s=0.5, healthy_after_s=60.0)
-
-
-@dataclass
-class RecordedSource:
-    """One add_source() call: the format asked for and everything pushed into it."""
-
-    name: str
-    rate: int
-    channels: int
-    chunks: list[Pcm] = field(default_factory=list)
-    removed: bool = False
-
-    def push(self, pcm: Pcm, t_arrival: float | None = None) -> None:
-        assert pcm.dtype == np.int16
-        self.chunks.append(pcm.copy())
-
-    def pcm(self) -> Pcm:
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
-
-
-@dataclass
-class RecordingMixer:
-    """A SourceFactory that keeps every source it made, in order."""
-
-    sources: list[RecordedSource] = field(default_factory=list)
-
-    def add_source(self, name: str, rate: int, channels: int = 1) -> RecordedSource:
-        src = RecordedSource(name, rate, channels)
-        self.sources.append(src)
-        return src
-
-    def remove_source(self, name: str) -> None:
-        for s in self.sources:
-            if s.name == name:
-                s.removed = True
-
-
-async def wait_until(pred: Callable[[], Any], within_s: float = 5.0, what: str = "") -> None:
-    """Poll ``pred`` until true; fail with ``what`` after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for {what or pred}")
-        await asyncio.sleep(0.01)
 
 
 def frame_samples(seq: int) -> Pcm:
@@ -217,19 +174,6 @@ async def harness(
     finally:
         if h.task is not None and not h.task.done():
             await h.stop()
-
-
-@pytest.fixture(autouse=True)
-def agent_logs_reach_caplog() -> Iterator[None]:
-    """``setup_logging()`` (the app, some foundation tests) stops the ``agent`` logger from
-    propagating and sets its level; caplog listens at the root. Undo that for each test."""
-    log = logging.getLogger("agent")
-    old = (log.propagate, log.level)
-    log.propagate = True
-    log.setLevel(logging.NOTSET)
-    yield
-    log.propagate = old[0]
-    log.setLevel(old[1])
 
 
 @pytest.fixture

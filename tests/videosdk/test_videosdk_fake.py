@@ -15,8 +15,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent.links.videosdk_auth import mint_jwt
 from agent.sandbox.videosdk import FakeVideoSDK
+from tests.support import wait_until
 
-from .conftest import API_KEY, ROOM, SECRET, TOKEN, wait_until
+from .conftest import API_KEY, ROOM, SECRET, TOKEN
 
 
 async def create(

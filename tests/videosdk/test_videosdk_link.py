@@ -17,6 +17,7 @@ from agent.config import VideoSDKConfig
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.status import LinkState
+from tests.support import RecordedSource, RecordingMixer, wait_until
 
 from .conftest import (
     API_KEY,
@@ -24,10 +25,7 @@ from .conftest import (
     SECRET,
     TOKEN,
     Harness,
-    RecordedSource,
-    RecordingMixer,
     assert_refs_single_use,
-    wait_until,
     write_creds,
 )
 
