@@ -138,19 +138,19 @@ async def run_demo(
         held_s = 0.0
         if script.press_s < duration_s:
             await at(script.press_s)
-            logger.info("demo: PTT pressed")
+            logger.info("PTT pressed")
             ptt.drive_low()
             pressed_at = loop.time()
             await at(min(script.release_s, duration_s))
-            logger.info("demo: PTT released")
+            logger.info("PTT released")
             ptt.drive_high()
             held_s = loop.time() - pressed_at
         if script.kill_s < duration_s:
             await at(script.kill_s)
-            logger.info("demo: killing the room server")
+            logger.info("killing the room server")
             await fake_vs.stop_ws()
             await at(min(script.restore_s, duration_s))
-            logger.info("demo: room server back")
+            logger.info("room server back")
             await fake_vs.start_ws()
         await at(duration_s)
         agent.stop()
