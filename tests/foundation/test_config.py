@@ -197,3 +197,14 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     assert (
         config.default_path({"FIELD_AGENT_CONFIG": str(tmp_path / "x.toml")}) == tmp_path / "x.toml"
     )
+
+
+@pytest.mark.parametrize(
+    "profile", sorted((REPO / "hardware").glob("*.toml")), ids=lambda p: p.stem
+)
+def test_board_profiles_are_valid_config(tmp_path: Path, profile: Path) -> None:
+    p = tmp_path / "agent.toml"
+    p.write_text('[device]\nid = "d"\n[videosdk]\nroom_id = "r"\n' + profile.read_text())
+    cfg = config.load(p)
+    assert cfg.gpio.ptt_button == 17  # both boards: PTT on GPIO 17
+    assert cfg.audio.capture_device.startswith("plughw:CARD=")
