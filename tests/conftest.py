@@ -228,3 +228,12 @@ def _restore_agent_logging() -> Iterator[None]:
         lg.setLevel(level)
         lg.propagate = propagate
         lg.handlers[:] = handlers
+
+
+@pytest.fixture
+def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """caplog at DEBUG: for tests that scan every record for secrets."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    return caplog

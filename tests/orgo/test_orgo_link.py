@@ -112,6 +112,7 @@ async def test_refused_port_is_also_computer_offline(harness: Harness) -> None:
     await wait_until(lambda: harness.detail() == "computer offline", what="offline")
     await harness.fake.start_computer()
     await wait_until(lambda: up(harness), what="link up again")
+    assert harness.metric("reconnects_total") >= 1
 
 
 async def test_missing_pong_means_dead_link_and_a_reconnect(harness: Harness) -> None:
