@@ -309,10 +309,10 @@ class Agent:
         vad = Vad(gen.cfg.ptt.vox_threshold_dbfs, gen.cfg.ptt.vox_hangover_ms)
         frame: Frame
         # aclosing: leaving the loop (cancellation) closes the capture device at once
+        # The mic level for STATUS is sampled by Capture itself; the VAD only runs for VOX.
         async with contextlib.aclosing(capture.frames()) as frames:
             async for frame in frames:
-                speech = vad.update(frame.pcm)  # also measures the frame's level
-                self.status.set_mic_level(vad.level_dbfs)
+                speech = gen.gate.mode == "vox" and vad.update(frame.pcm)
                 out = gen.gate.gate(frame, speech=speech)
                 if out is not None:
                     gen.fanout.publish(out)

@@ -10,11 +10,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from agent.audio.frames import Pcm
+from agent.metrics import Metrics
+from agent.status import StatusBoard
 
 
 @dataclass
@@ -71,3 +73,33 @@ async def wait_until(pred: Callable[[], Any], within_s: float = 5.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within_s} s waiting for {what or pred}")
         await asyncio.sleep(0.01)
+
+
+class LinkHarnessBase:
+    """What every link-test harness shares: stopping the link task and reading the
+    link's counters and status. Subclasses are dataclasses with ``task``, ``metrics``
+    and ``status`` fields and set ``link_name``."""
+
+    link_name: ClassVar[str]
+    task: asyncio.Task[None] | None
+    metrics: Metrics
+    status: StatusBoard
+
+    async def stop(self) -> float:
+        """Cancel the link (as the app does on SIGTERM); return how long it took."""
+        assert self.task is not None
+        t0 = time.monotonic()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        return time.monotonic() - t0
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics.total(name, link=self.link_name, **labels)
+
+    def state(self) -> str:
+        part = self.status.links.get(self.link_name)
+        return "" if part is None else part.state.value
+
+    def detail(self) -> str:
+        part = self.status.links.get(self.link_name)
+        return "" if part is None else part.detail

@@ -143,3 +143,15 @@ async def test_remote_commands_through_the_room(tmp_path: Path, gpio_mock: Any) 
         statuses = [p for p in fake.published if p.topic == "DEVICE_STATUS"]
         assert any("unknown command 'reboot'" in str(p.data) for p in statuses)
         await stop_agent(rig)
+
+
+async def test_vox_transmits_when_the_mic_hears_speech(tmp_path: Path, gpio_mock: Any) -> None:
+    async with FakeVideoSDK() as fake:
+        rig = await start_agent(tmp_path, fake, gpio_mock, ptt_mode="vox")
+        session = fake.started_sessions[0]
+        await fake.wait_for(lambda: len(session.frames) >= 25, 3, "half a second of frames")
+        await stop_agent(rig)
+    frames = [np.frombuffer(f.pcm, "<i2") for f in session.frames]
+    # the loud mic opens VOX on its first frame; from then on the mic's own samples go out
+    assert sum(1 for f in frames if f.any()) >= len(frames) - 2
+    assert rig.agent.status.ptt_mode == "vox"

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -21,15 +21,17 @@ from agent.sandbox.orgo import FakeOrgo, ramp
 from agent.secrets import Credentials
 from agent.service import Heartbeat
 from agent.status import StatusBoard
-from tests.support import RecordingMixer, wait_until
+from tests.support import LinkHarnessBase, RecordingMixer, wait_until
 
 # Short timings so reconnect stories take a fraction of a second.
 FAST = BackoffPolicy(initial_s=0.05, cap_s=0.2, slow_s=0.3, healthy_after_s=60.0)
 
 
 @dataclass
-class Harness:
+class Harness(LinkHarnessBase):
     """A real OrgoLink against a real FakeOrgo, with a recording mixer."""
+
+    link_name: ClassVar[str] = "orgo"
 
     fake: FakeOrgo
     cfg: OrgoConfig
@@ -58,25 +60,6 @@ class Harness:
         )
         self.task = asyncio.create_task(self.link.run(), name="orgo-under-test")
         return self.link
-
-    async def stop(self) -> float:
-        """Cancel the link; return how long it took to finish."""
-        assert self.task is not None
-        t0 = time.monotonic()
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        return time.monotonic() - t0
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.metrics.total(name, link="orgo", **labels)
-
-    def state(self) -> str:
-        part = self.status.links.get("orgo")
-        return "" if part is None else part.state.value
-
-    def detail(self) -> str:
-        part = self.status.links.get("orgo")
-        return "" if part is None else part.detail
 
     async def wait_samples(self, source: int, count: int, within_s: float = 5.0) -> None:
         """Wait until the ``source``-th mixer source received ``count`` int16 values."""

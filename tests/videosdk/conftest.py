@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -23,7 +23,7 @@ from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.service import Heartbeat
 from agent.status import StatusBoard
-from tests.support import RecordingMixer, wait_until
+from tests.support import LinkHarnessBase, RecordingMixer, wait_until
 
 TOKEN = "vsdk-test-token-0123456789abcdef"
 API_KEY = "apikey-0123456789"
@@ -40,8 +40,10 @@ def frame_samples(seq: int) -> Pcm:
 
 
 @dataclass
-class Harness:
+class Harness(LinkHarnessBase):
     """A real VideoSDKLink against a real FakeVideoSDK, fed like the capture clock feeds it."""
+
+    link_name: ClassVar[str] = "videosdk"
 
     fake: FakeVideoSDK
     creds: Credentials
@@ -88,14 +90,6 @@ class Harness:
         self.task = asyncio.create_task(self.link.run(), name="videosdk-under-test")
         return self.link
 
-    async def stop(self) -> float:
-        """Cancel the link (as the app does on SIGTERM); return how long it took."""
-        assert self.task is not None
-        t0 = time.monotonic()
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        return time.monotonic() - t0
-
     async def feed(self, frames: int, period_s: float = 0.02) -> list[Pcm]:
         """Publish ``frames`` frames paced like the capture clock; return their samples."""
         assert self.fanout is not None
@@ -109,17 +103,6 @@ class Harness:
             sent.append(pcm)
             await asyncio.sleep(max(0.0, t0 + (i + 1) * period_s - loop.time()))
         return sent
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.metrics.total(name, link="videosdk", **labels)
-
-    def state(self) -> str:
-        part = self.status.links.get("videosdk")
-        return "" if part is None else part.state.value
-
-    def detail(self) -> str:
-        part = self.status.links.get("videosdk")
-        return "" if part is None else part.detail
 
     async def wait_state(self, state: str, within_s: float = 5.0) -> None:
         await wait_until(lambda: self.state() == state, within_s, f"videosdk state {state!r}")
