@@ -254,7 +254,8 @@ class DemoBench:
             if self._task is not None and self._agent is not None:
                 self.release_ptt()
                 self._agent.stop()
-                self.exit_code = await asyncio.wait_for(self._task, 5)
+                async with asyncio.timeout(5):
+                    self.exit_code = await self._task
             if self._recorder is not None:
                 self._recorder.close()
         finally:

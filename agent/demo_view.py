@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from agent.demo_keys import PttKeys
 
 FPS = 12.0  # redraws per second: enough to show a 4 Hz blink
+VIEW_WIDTH = 100  # columns at most; a narrower terminal gets a narrower view
 LOG_LINES = 8
 STATE_WIDTH = 30
 METER_CELLS = 30
@@ -268,5 +269,5 @@ class DemoView:
             Group(*lines),
             title=f"field-agent demo · {b.elapsed():5.1f} s",
             subtitle=f"speaker → {where}",
-            expand=False,
+            width=VIEW_WIDTH,
         )
