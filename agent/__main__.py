@@ -174,7 +174,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         duration_s=args.duration, mic=args.mic, speaker_out=args.speaker_out,
         live=live, real_audio=args.real_audio,
     )  # fmt: skip
-    summary = asyncio.run(demo)
+    try:
+        summary = asyncio.run(demo)
+    except KeyboardInterrupt:  # scripted, or starting up (live, Ctrl-C quits with a summary)
+        return 130
     print(format_summary(summary))
     return 0 if summary["exit_code"] == 0 else 1
 

@@ -269,10 +269,6 @@ class DemoBench:
         """The mock pin (gpiozero is untyped): ``drive_low()`` presses a button."""
         return self.pins.pin(number)
 
-    @property
-    def ptt_pressed(self) -> bool:
-        return self._pressed_at is not None
-
     def press_ptt(self) -> None:
         if self._pressed_at is None:
             logger.info("PTT pressed")
