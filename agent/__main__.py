@@ -65,10 +65,25 @@ def _parser() -> argparse.ArgumentParser:
         "--ptt-timeout", type=float, default=10.0, help="seconds to wait for a PTT press (10)"
     )
     demo = sub.add_parser("demo", help="the whole agent on simulated hardware and local fakes")
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds to run (default: 10 scripted; on a terminal, until q)",
+    )
     demo.add_argument("--mic", type=Path, default=None, help="a 16-bit WAV file to use as the mic")
     demo.add_argument(
         "--speaker-out", type=Path, default=None, help="WAV file the speaker records to"
+    )
+    demo.add_argument(
+        "--real-audio",
+        action="store_true",
+        help="use the ALSA default mic and speaker instead of simulated ones",
+    )
+    demo.add_argument(
+        "--scripted",
+        action="store_true",
+        help="run the scripted demo even on a terminal (PTT at 2-5 s, room killed at 6 s)",
     )
     with_config(sub.add_parser("status", help="show the running agent's status"))
     return p
@@ -133,15 +148,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Scripted without a terminal (CI); live (keyboard and view) on one."""
     import asyncio
 
     from agent import service
-    from agent.demo import format_summary, run_demo
+    from agent.demo import check_real_audio, format_summary, run_demo
+    from agent.errors import AudioError
 
+    if args.real_audio and (args.mic or args.speaker_out):
+        print("field-agent demo: --real-audio uses the ALSA mic and speaker; "
+              "drop --mic/--speaker-out", file=sys.stderr)  # fmt: skip
+        return EX_USAGE
+    if args.duration is not None and args.duration <= 0:
+        print("field-agent demo: --duration must be more than 0 seconds", file=sys.stderr)
+        return EX_USAGE
     service.setup_logging(args.log_level, journal=False)
-    summary = asyncio.run(
-        run_demo(duration_s=args.duration, mic=args.mic, speaker_out=args.speaker_out)
-    )
+    if args.real_audio:
+        try:
+            check_real_audio(config.AudioConfig())
+        except AudioError as e:
+            print(f"field-agent demo: {e}", file=sys.stderr)
+            return 1
+    live = not args.scripted and sys.stdin.isatty() and sys.stdout.isatty()
+    demo = run_demo(
+        duration_s=args.duration, mic=args.mic, speaker_out=args.speaker_out,
+        live=live, real_audio=args.real_audio,
+    )  # fmt: skip
+    try:
+        summary = asyncio.run(demo)
+    except KeyboardInterrupt:  # scripted, or starting up (live, Ctrl-C quits with a summary)
+        return 130
     print(format_summary(summary))
     return 0 if summary["exit_code"] == 0 else 1
 

@@ -3,36 +3,55 @@
 Starts the sandbox VideoSDK (echoing the device's voice back as room audio) and
 the sandbox Orgo computer (a 440 Hz tone) on loopback, then the real agent with a
 simulated mic (a spoken-like test signal, or ``--mic FILE``), a speaker that
-records to a WAV file, and gpiozero's MockFactory for the buttons and LEDs.
+records to a WAV file, and gpiozero's MockFactory for the buttons and LEDs
+(``--real-audio``: the ALSA default mic and speaker instead).
 
-Scripted run: press PTT at 2 s, release at 5 s, kill the room server at 6 s and
-bring it back at 7 s; at the end print a summary of what happened.
+Two ways to drive it, both through the mock GPIO pins, so the real
+pin → debounce → controls path runs:
+
+- scripted (no terminal, e.g. CI): press PTT at 2 s, release at 5 s, kill the
+  room server at 6 s and bring it back at 7 s, then print a summary;
+- live (stdin and stdout are a terminal): the keyboard is the hardware
+  (:mod:`agent.demo_keys`) and a terminal view shows what the device does
+  (:mod:`agent.demo_view`) until ``q``; then the same summary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import signal
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent import config
-from agent.app import Agent, Hardware
+from agent.app import Agent, Hardware, alsa_mic, alsa_speaker
+from agent.audio.frames import Pcm
+from agent.audio.level import SILENCE_DBFS, dbfs
 from agent.controls import StateStore
-from agent.hw.ports import AudioSink, AudioSource
+from agent.errors import AudioError
+from agent.hw.ports import AudioSink, AudioSource, device_name
 from agent.hw.sim import RecordingSink, WavSource, write_wav
+from agent.metrics import Metrics
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 
+if TYPE_CHECKING:
+    from agent.demo_view import LogRing
+
 logger = logging.getLogger(__name__)
 
 PTT_PIN, MUTE_PIN, UP_PIN, DOWN_PIN, STATUS_LED, TALK_LED = 17, 5, 6, 13, 27, 22
+TAP_S = 0.05  # how long a tapped button (mute, volume) stays pressed; > the 20 ms debounce
+ROOM_DOWN_S = 1.0  # how long the room server stays dead after a kill
 
 
 @dataclass(frozen=True)
@@ -87,97 +106,327 @@ def _rms_dbfs(pcm: np.ndarray) -> float:
     return 20 * math.log10(rms / 32768) if rms > 0 else -math.inf
 
 
-async def run_demo(
-    *, duration_s: float = 10.0, mic: Path | None = None, speaker_out: Path | None = None,
-    script: Script | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Run the scripted demo; return the summary (also printed by the CLI)."""
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
+class MeteredSink:
+    """A speaker that remembers the level of the last period it played (the view's meter)."""
 
-    script = script or Script()
-    work = Path(tempfile.mkdtemp(prefix="field-agent-demo-"))
-    speaker_path = speaker_out or work / "speaker.wav"
-    pins = MockFactory(pin_class=MockPWMPin)
-    async with (
-        FakeVideoSDK(echo=True, keep_frames=5000) as fake_vs,
-        FakeOrgo(generator=tone(440.0, -24.0)) as fake_orgo,
-    ):
-        creds = work / "credentials"
+    def __init__(self, sink: AudioSink) -> None:
+        self.sink = sink
+        self.name = device_name(sink)
+        self.dbfs = SILENCE_DBFS
+
+    @property
+    def rate(self) -> int:
+        return self.sink.rate
+
+    @rate.setter
+    def rate(self, value: int) -> None:
+        self.sink.rate = value
+
+    @property
+    def channels(self) -> int:
+        return self.sink.channels
+
+    @channels.setter
+    def channels(self, value: int) -> None:
+        self.sink.channels = value
+
+    def open(self) -> None:
+        self.sink.open()
+
+    def write(self, pcm: Pcm) -> None:
+        self.dbfs = dbfs(pcm)
+        self.sink.write(pcm)
+
+    def close(self) -> None:
+        self.dbfs = SILENCE_DBFS
+        self.sink.close()
+
+
+def check_real_audio(audio: config.AudioConfig) -> None:
+    """Open and close the ALSA mic and speaker once; raise AudioError saying which is missing.
+
+    Done before anything starts, so ``--real-audio`` on a machine without a sound
+    card fails at once with one clear line instead of a retrying agent.
+    """
+    from agent.hw.alsa import AlsaSink, AlsaSource
+
+    metrics = Metrics()
+    ports: list[tuple[str, AudioSource | AudioSink]] = [
+        ("mic", AlsaSource(audio.capture_device, audio.capture_rate, metrics=metrics)),
+        ("speaker", AlsaSink(audio.playback_device, audio.playback_rate, metrics=metrics)),
+    ]
+    for role, port in ports:
+        try:
+            port.open()
+        except AudioError as e:
+            raise AudioError(
+                f"--real-audio: no usable ALSA {role} ({e}). `field-agent devices` lists the "
+                "sound cards; without --real-audio the demo uses a simulated mic and speaker"
+            ) from None
+        finally:
+            port.close()
+
+
+class DemoBench:
+    """The demo's world: sandbox servers, the agent, and its buttons, LEDs and speaker.
+
+    ``async with DemoBench() as bench:`` starts everything; the methods press the
+    buttons the way a person would (through the mock pins) and kill the room server.
+    """
+
+    def __init__(
+        self, *, mic: Path | None = None, speaker_out: Path | None = None, real_audio: bool = False
+    ) -> None:
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+        self.work = Path(tempfile.mkdtemp(prefix="field-agent-demo-"))
+        self.real_audio = real_audio
+        self.speaker_path: Path | None = (
+            None if real_audio else speaker_out or (self.work / "speaker.wav")
+        )
+        self._mic = mic
+        self.pins = MockFactory(pin_class=MockPWMPin)
+        self.fake_vs = FakeVideoSDK(echo=True, keep_frames=5000)
+        self.fake_orgo = FakeOrgo(generator=tone(440.0, -24.0))
+        self.speaker: MeteredSink | None = None
+        self._recorder: RecordingSink | None = None
+        self._agent: Agent | None = None
+        self._task: asyncio.Task[int] | None = None
+        self._exit = contextlib.AsyncExitStack()
+        self._pressed_at: float | None = None
+        self._held_s = 0.0
+        self.room_down = False
+        self.exit_code: int | None = None
+        self.started_at = 0.0
+        self.ran_s = 0.0
+
+    @property
+    def agent(self) -> Agent:
+        assert self._agent is not None, "use `async with DemoBench()`"
+        return self._agent
+
+    async def __aenter__(self) -> DemoBench:
+        loop = asyncio.get_running_loop()
+        await self._exit.enter_async_context(self.fake_vs)
+        await self._exit.enter_async_context(self.fake_orgo)
+        creds = self.work / "credentials"
         creds.mkdir(mode=0o700)
         for name, value in (
             ("videosdk-token", "sandbox-token"),
-            ("orgo-api-key", fake_orgo.api_key),
+            ("orgo-api-key", self.fake_orgo.api_key),
         ):
             (creds / name).write_text(value + "\n")
             (creds / name).chmod(0o600)
-        cfg = _config(fake_vs, fake_orgo)
-        speaker = RecordingSink(cfg.audio.playback_rate, path=speaker_path, paced=True, keep_s=5.0)
-
-        mic_file = mic or write_wav(work / "voice.wav", _voice_like(8000), 8000)
-
-        def make_mic(a: config.AudioConfig, _m: Any) -> AudioSource:
-            return WavSource(mic_file, 8000, loop=True, paced=True)
-
-        def make_speaker(a: config.AudioConfig, _m: Any) -> AudioSink:
-            return speaker
-
-        agent = Agent(
+        cfg = _config(self.fake_vs, self.fake_orgo)
+        self._agent = Agent(
             cfg,
             credentials=Credentials(creds, env={}),
-            hardware=Hardware(mic=make_mic, speaker=make_speaker, pin_factory=pins),
+            hardware=self._hardware(cfg),
             state=StateStore(None),
         )
-        task = asyncio.create_task(agent.run(), name="agent")
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        self._task = asyncio.create_task(self._agent.run(), name="agent")
+        self.started_at = loop.time()
+        return self
 
-        async def at(t: float) -> None:
-            await asyncio.sleep(max(0.0, t0 + t - loop.time()))
+    def _hardware(self, cfg: config.Config) -> Hardware:
+        def make_speaker(a: config.AudioConfig, m: Metrics) -> AudioSink:
+            if self.real_audio:
+                self.speaker = MeteredSink(alsa_speaker(a, m))
+            else:
+                self._recorder = RecordingSink(
+                    a.playback_rate, path=self.speaker_path, paced=True, keep_s=5.0
+                )
+                self.speaker = MeteredSink(self._recorder)
+            return self.speaker
 
-        ptt: Any = pins.pin(PTT_PIN)  # gpiozero is untyped
-        held_s = 0.0
-        if script.press_s < duration_s:
-            await at(script.press_s)
+        if self.real_audio:
+            return Hardware(mic=alsa_mic, speaker=make_speaker, pin_factory=self.pins)
+        mic_file = self._mic or write_wav(self.work / "voice.wav", _voice_like(8000), 8000)
+
+        def make_mic(a: config.AudioConfig, _m: Metrics) -> AudioSource:
+            return WavSource(mic_file, 8000, loop=True, paced=True)
+
+        return Hardware(mic=make_mic, speaker=make_speaker, pin_factory=self.pins)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.ran_s = self.elapsed()
+        try:
+            if self._task is not None and self._agent is not None:
+                self.release_ptt()
+                self._agent.stop()
+                async with asyncio.timeout(5):
+                    self.exit_code = await self._task
+            if self._recorder is not None:
+                self._recorder.close()
+        finally:
+            await self._exit.aclose()
+
+    # -- what a person does ----------------------------------------------------------
+    def elapsed(self) -> float:
+        return asyncio.get_running_loop().time() - self.started_at
+
+    def pin(self, number: int) -> Any:
+        """The mock pin (gpiozero is untyped): ``drive_low()`` presses a button."""
+        return self.pins.pin(number)
+
+    def press_ptt(self) -> None:
+        if self._pressed_at is None:
             logger.info("PTT pressed")
-            ptt.drive_low()
-            pressed_at = loop.time()
-            await at(min(script.release_s, duration_s))
-            logger.info("PTT released")
-            ptt.drive_high()
-            held_s = loop.time() - pressed_at
-        if script.kill_s < duration_s:
-            await at(script.kill_s)
-            logger.info("killing the room server")
-            await fake_vs.stop_ws()
-            await at(min(script.restore_s, duration_s))
-            logger.info("room server back")
-            await fake_vs.start_ws()
-        await at(duration_s)
-        agent.stop()
-        exit_code = await asyncio.wait_for(task, 5)
-        speaker.close()
+            self.pin(PTT_PIN).drive_low()
+            self._pressed_at = asyncio.get_running_loop().time()
 
-        voiced = sum(1 for f in fake_vs.frames if any(f.pcm))
-        summary = {
-            "duration_s": duration_s,
-            "exit_code": exit_code,
+    def release_ptt(self) -> None:
+        if self._pressed_at is not None:
+            logger.info("PTT released")
+            self.pin(PTT_PIN).drive_high()
+            self._held_s += asyncio.get_running_loop().time() - self._pressed_at
+            self._pressed_at = None
+
+    def tap(self, number: int) -> None:
+        """Press and release a button (mute, volume up/down)."""
+        self.pin(number).drive_low()
+        asyncio.get_running_loop().call_later(TAP_S, self.pin(number).drive_high)
+
+    def led_lit(self, number: int) -> bool:
+        """Whether the LED on pin ``number`` is lit right now (blinking included)."""
+        return bool(self.pin(number).state)
+
+    async def kill_room(self, down_s: float = ROOM_DOWN_S) -> None:
+        """Kill the room's WebSocket server; bring it back ``down_s`` later."""
+        if self.room_down:
+            logger.info("the room server is already down")
+            return
+        self.room_down = True
+        try:
+            logger.info("killing the room server")
+            await self.fake_vs.stop_ws()
+            await asyncio.sleep(down_s)
+        finally:
+            await self.fake_vs.start_ws()
+            self.room_down = False
+            logger.info("room server back")
+
+    # -- results -------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """What happened (after the bench has stopped the agent)."""
+        fake_vs, metrics = self.fake_vs, self.agent.metrics
+        samples = self._recorder.samples if self._recorder is not None else np.zeros(0, np.int16)
+        return {
+            "duration_s": self.ran_s,
+            "exit_code": self.exit_code,
             "videosdk_sessions": len(fake_vs.started_sessions),
             "reconnects": max(0, len(fake_vs.started_sessions) - 1),
             "frames_sent": fake_vs.frames_total,
-            "voiced_frames_sent": voiced,
-            "ptt_held_s": round(held_s, 2),
-            "orgo_frames_received": int(agent.metrics.total("frames_received_total", link="orgo")),
-            "speaker_file": str(speaker_path),
-            "speaker_rms_dbfs": round(_rms_dbfs(speaker.samples), 1),
-            "led_status_final": agent.status.led.value,
-            "uplink_frames_dropped": int(
-                agent.metrics.total("frames_dropped_total", link="videosdk")
-            ),
+            "voiced_frames_sent": fake_vs.voiced_total,
+            "ptt_held_s": round(self._held_s, 2),
+            "orgo_frames_received": int(metrics.total("frames_received_total", link="orgo")),
+            "speaker_file": str(self.speaker_path) if self.speaker_path else "(ALSA default)",
+            "speaker_rms_dbfs": round(_rms_dbfs(samples), 1) if self._recorder else None,
+            "led_status_final": self.agent.status.led.value,
+            "uplink_frames_dropped": int(metrics.total("frames_dropped_total", link="videosdk")),
         }
-    return summary
+
+
+async def run_scripted(bench: DemoBench, duration_s: float, script: Script) -> None:
+    """PTT down and up, kill and restore the room server, at the script's times."""
+    loop = asyncio.get_running_loop()
+    t0 = bench.started_at
+
+    async def at(t: float) -> None:
+        await asyncio.sleep(max(0.0, t0 + t - loop.time()))
+
+    if script.press_s < duration_s:
+        await at(script.press_s)
+        bench.press_ptt()
+        await at(min(script.release_s, duration_s))
+        bench.release_ptt()
+    if script.kill_s < duration_s:
+        await at(script.kill_s)
+        await bench.kill_room(min(script.restore_s, duration_s) - script.kill_s)
+    await at(duration_s)
+
+
+async def run_live(bench: DemoBench, duration_s: float | None, logs: LogRing) -> None:
+    """The keyboard drives the hardware, the terminal view shows it, until ``q``."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from agent.demo_keys import Keyboard, PttKeys
+    from agent.demo_view import DemoView
+
+    loop = asyncio.get_running_loop()
+    quit_ = asyncio.Event()
+    room_tasks: set[asyncio.Task[None]] = set()
+
+    def kill_room() -> None:
+        task = loop.create_task(bench.kill_room(), name="demo-kill-room")
+        room_tasks.add(task)
+        task.add_done_callback(room_tasks.discard)
+
+    ptt = PttKeys(loop, on_change=lambda talk: bench.press_ptt() if talk else bench.release_ptt())
+    keys = {
+        " ": ptt.hold,
+        "t": ptt.toggle_latch,
+        "m": lambda: bench.tap(MUTE_PIN),
+        "+": lambda: bench.tap(UP_PIN),
+        "=": lambda: bench.tap(UP_PIN),
+        "-": lambda: bench.tap(DOWN_PIN),
+        "k": kill_room,
+        "q": quit_.set,
+    }
+    view = DemoView(bench, ptt, logs)
+    console = Console()
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, quit_.set)
+    try:
+        with (
+            Keyboard(loop, keys),
+            Live(view.render(), console=console, auto_refresh=False, transient=False) as live,
+        ):
+            while not quit_.is_set():
+                if duration_s is not None and bench.elapsed() >= duration_s:
+                    break
+                live.update(view.render(), refresh=True)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1 / view.fps):
+                        await quit_.wait()
+            ptt.close()
+            live.update(view.render(), refresh=True)
+    finally:
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
+        for task in list(room_tasks):
+            task.cancel()
+        await asyncio.gather(*room_tasks, return_exceptions=True)
+
+
+async def run_demo(
+    *, duration_s: float | None = 10.0, mic: Path | None = None,
+    speaker_out: Path | None = None, script: Script | None = None, live: bool = False,
+    real_audio: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Run the demo (scripted, or ``live`` from the keyboard); return the summary."""
+    bench = DemoBench(mic=mic, speaker_out=speaker_out, real_audio=real_audio)
+    if live:
+        from agent.demo_view import LogRing, capture_logs
+
+        logs = LogRing()
+        with capture_logs(logs):  # the view shows them
+            async with bench:
+                await run_live(bench, duration_s, logs)
+                shown = logs.count
+        for line in logs.since(shown, logging.WARNING):  # stopping: no view any more
+            print(line, file=sys.stderr)
+        return bench.summary()
+    async with bench:
+        scripted_s = 10.0 if duration_s is None else duration_s
+        await run_scripted(bench, scripted_s, script or Script())
+    return bench.summary()
 
 
 def format_summary(s: dict[str, Any]) -> str:
+    level = "" if s["speaker_rms_dbfs"] is None else f" ({s['speaker_rms_dbfs']} dBFS rms)"
     return "\n".join(
         [
             f"demo summary ({s['duration_s']:.0f} s)",
@@ -185,7 +434,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{s['frames_sent']} frames sent, {s['voiced_frames_sent']} voiced "
             f"(PTT held {s['ptt_held_s']} s), {s['uplink_frames_dropped']} dropped while down",
             f"  orgo: {s['orgo_frames_received']} frames received",
-            f"  speaker: {s['speaker_file']} ({s['speaker_rms_dbfs']} dBFS rms)",
+            f"  speaker: {s['speaker_file']}{level}",
             f"  agent exit code: {s['exit_code']}",
         ]
     )

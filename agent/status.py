@@ -26,6 +26,10 @@ class LinkState(enum.Enum):
     STOPPED = "stopped"
 
 
+# Links that only bring audio in: their being up does not mean the mic is heard.
+RECEIVE_ONLY_LINKS = frozenset({"orgo"})
+
+
 class Led(enum.Enum):
     """What the status LED shows (DESIGN.md, "Behaviour users see")."""
 
@@ -129,7 +133,12 @@ class StatusBoard:
 
     @property
     def any_uplink_up(self) -> bool:
-        return any(p.state is LinkState.UP for p in self.links.values())
+        """Whether the mic goes anywhere: a link that carries it is up (not Orgo's downlink)."""
+        return any(
+            p.state is LinkState.UP
+            for name, p in self.links.items()
+            if name not in RECEIVE_ONLY_LINKS
+        )
 
     def summary(self) -> str:
         """The one-line STATUS, e.g. ``videosdk: up (room x) · ptt: idle · mic -32 dBFS``."""

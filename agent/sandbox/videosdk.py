@@ -167,6 +167,7 @@ class FakeVideoSDK:
         # every media frame, oldest first (the last ``keep_frames`` when that is set)
         self.frames: collections.deque[ReceivedFrame] = collections.deque(maxlen=keep_frames)
         self.frames_total = 0
+        self.voiced_total = 0  # media frames with any non-zero sample (PTT held, not muted)
         self._keep_frames = keep_frames
         self.published: list[Published] = []
         self.violations: list[str] = []  # what a real server might reject
@@ -542,6 +543,8 @@ class FakeVideoSDK:
         s.frames.append(frame)
         self.frames.append(frame)
         self.frames_total += 1
+        if pcm.count(0) != len(pcm):
+            self.voiced_total += 1
         if self.echo:
             with contextlib.suppress(ConnectionClosed):
                 await conn.send(json.dumps({"event": "media", "payload": payload}))

@@ -137,6 +137,18 @@ async def test_talk_led_on_while_transmitting_and_fast_blink_into_dead_link(rig)
     assert panel.led_pattern("talk_led") is Led.OFF
 
 
+async def test_talk_led_blinks_into_a_dead_room_while_orgo_plays(rig) -> None:
+    """Orgo only brings audio in: with it up and the room down, nobody hears the mic."""
+    status, _controls, _g, _m, panel, factory, _r = rig
+    status.set_link("orgo", LinkState.UP, "computer c")
+    status.set_link("videosdk", LinkState.RETRY, retry_in=5)
+    factory.pin(17).drive_low()
+    await settle()
+    assert panel.led_pattern("talk_led") is Led.BLINK_4HZ
+    factory.pin(17).drive_high()
+    await settle()
+
+
 async def test_remote_commands_change_state_and_bad_ones_are_refused(rig) -> None:
     status, controls, gate, mixer, _p, _f, replies = rig
     controls.on_command('{"cmd":"volume","value":0.25}')
