@@ -70,7 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--speaker-out", type=Path, default=None, help="WAV file the speaker records to"
     )
-    with_config(sub.add_parser("status", help="show the running agent's status"))
+    status = sub.add_parser("status", help="show the running agent's status")
+    with_config(status)
+    status.add_argument(
+        "--url",
+        default=None,
+        help="the agent's /status URL or base (default: from metrics.listen in the config)",
+    )
     return p
 
 
@@ -218,6 +224,36 @@ async def _selftest_gpio(cfg: config.Config, ptt_timeout_s: float) -> tuple[bool
         panel.close()
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the running agent's /status as a table; exit 1 when it does not answer."""
+    from agent import statuscmd
+
+    if args.url:
+        url = statuscmd.normalise_url(args.url)
+    else:
+        try:
+            cfg = _load(args)
+        except ConfigError as e:
+            for line in e.problems:
+                print(line, file=sys.stderr)
+            return EX_CONFIG
+        if not cfg.metrics.listen:
+            print(
+                f"field-agent status: metrics.listen is off in {cfg.path}; "
+                "nothing to ask (set it, or pass --url)",
+                file=sys.stderr,
+            )
+            return 1
+        url = statuscmd.status_url(cfg.metrics.listen)
+    try:
+        doc = statuscmd.fetch(url)
+    except statuscmd.Unreachable as e:
+        print(f"field-agent status: agent not reachable: {e}", file=sys.stderr)
+        return 1
+    print(statuscmd.format_status(doc))
+    return 0
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     print(f"field-agent {args.command}: not available yet in this build", file=sys.stderr)
     return EX_USAGE
@@ -229,7 +265,7 @@ COMMANDS = {
     "devices": cmd_devices,
     "selftest": cmd_selftest,
     "demo": cmd_demo,
-    "status": cmd_not_yet,
+    "status": cmd_status,
 }
 
 
