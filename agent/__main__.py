@@ -231,20 +231,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.url:
         url = statuscmd.normalise_url(args.url)
     else:
+        path = args.config or config.default_path()
         try:
-            cfg = _load(args)
-        except ConfigError as e:
-            for line in e.problems:
-                print(line, file=sys.stderr)
-            return EX_CONFIG
-        if not cfg.metrics.listen:
+            listen = config.load(path).metrics.listen
+        except ConfigError as e:  # the running agent may still be fine: ask where it said
+            listen_or_none = statuscmd.listen_from_file(path)
+            if listen_or_none is None:
+                for line in e.problems:
+                    print(line, file=sys.stderr)
+                return EX_CONFIG
+            listen = listen_or_none
             print(
-                f"field-agent status: metrics.listen is off in {cfg.path}; "
+                f"field-agent status: {path} has problems (see field-agent check-config); "
+                f"asking {listen or 'nobody'}",
+                file=sys.stderr,
+            )
+        if not listen:
+            print(
+                f"field-agent status: metrics.listen is off in {path}; "
                 "nothing to ask (set it, or pass --url)",
                 file=sys.stderr,
             )
             return 1
-        url = statuscmd.status_url(cfg.metrics.listen)
+        url = statuscmd.status_url(listen)
     try:
         doc = statuscmd.fetch(url)
     except statuscmd.Unreachable as e:

@@ -6,6 +6,8 @@ Kept light (stdlib only): it runs on a Pi from a shell, often while the agent is
 from __future__ import annotations
 
 import json
+import os
+import tomllib
 import urllib.error
 import urllib.request
 from typing import Any
@@ -28,6 +30,21 @@ def status_url(listen: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}/status"
+
+
+def listen_from_file(path: str | os.PathLike[str]) -> str | None:
+    """``metrics.listen`` from a TOML file that fails validation elsewhere (its default
+    when absent); None when the file cannot be read or the key is not a string."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    from agent.config import MetricsConfig
+
+    section = raw.get("metrics", {})
+    listen = section.get("listen", MetricsConfig().listen) if isinstance(section, dict) else None
+    return listen if isinstance(listen, str) else None
 
 
 def normalise_url(url: str) -> str:
