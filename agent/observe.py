@@ -3,17 +3,12 @@
 Everything the agent counts goes into one :class:`~agent.metrics.Metrics`; this
 module exposes it, with no second bookkeeping:
 
-- :class:`AgentCollector` is a ``prometheus_client`` custom collector over
-  :meth:`Metrics.snapshot` (counters and gauges, ``field_agent_`` prefix, HELP text,
-  ``*_ms`` gauges converted to seconds), :meth:`Metrics.windows` (latency summaries:
-  median and p99 of the recent window, count, sum), the
-  :class:`~agent.status.StatusBoard` (link and device states, PTT, volume, mic level,
-  uptime), the thermal zones under ``/sys/class/thermal`` and the Raspberry Pi's
-  throttling flags (``vcgencmd get_throttled``) where the board has them; nothing
-  is exported (and nothing logged) for what the board lacks. The standard
-  ``process_*`` families (CPU seconds, RSS, fds) come from prometheus_client's own
-  ``ProcessCollector``. All on a private :class:`CollectorRegistry`, never the
-  global one.
+- ``/metrics``: :mod:`agent.exposition` (a ``prometheus_client`` custom collector,
+  loaded at the first scrape) renders counters, gauges, latency summaries, link and
+  device states, process CPU/RSS, and the board's sensors read here: the thermal
+  zones under ``/sys/class/thermal`` and the Raspberry Pi's throttling flags
+  (``vcgencmd get_throttled``) where the board has them; nothing is exported (and
+  nothing logged) for what the board lacks.
 - :func:`status_document` is the ``/status`` JSON: :meth:`StatusBoard.to_json` (the
   same state as the STATUS line, which it also carries as ``summary``) plus per-link
   counters and latencies, jitter buffers per source, capture/playback counters,
@@ -34,58 +29,21 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from agent import __version__
 from agent.metrics import Metrics, Window
-from agent.status import LinkState, StatusBoard
+from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "field_agent_"
-QUANTILES = (0.5, 0.99)
 THROTTLED_MAX_AGE_S = 5.0  # vcgencmd runs at most this often (a scrape is every 15 s or so)
 VCGENCMD_TIMEOUT_S = 2.0
-
-# HELP text of every family the agent counts today. Families added later still get
-# exported (with a generic help line) before they are described here.
-HELP: dict[str, str] = {
-    "frames_captured_total": "Uplink frames (20 ms, 8 kHz mono) cut from the mic.",
-    "capture_frames_dropped_total": "Captured frames dropped before the uplinks, by reason.",
-    "frames_sent_total": "Uplink frames sent, per link.",
-    "frames_received_total": "Downlink audio messages received, per link.",
-    "frames_dropped_total": "Uplink frames dropped, per link and reason.",
-    "frames_played_total": "20 ms periods rendered with audio from a mixer source (per link).",
-    "playback_periods_total": "20 ms periods written to the speaker.",
-    "messages_dropped_total": "Topic messages refused locally, per link and reason.",
-    "xruns_total": "ALSA over- and underruns, recovered in place, per device.",
-    "audio_underruns_total": "Jitter-buffer underruns (audio arrived late), per source.",
-    "jitter_resets_total": "Jitter-buffer resets to target (audio piled up), per source.",
-    "jitter_depth_ms": "Audio buffered in the jitter buffer, per source.",
-    "jitter_target_ms": "Jitter-buffer target depth, per source.",
-    "audio_rejected_total": "Audio refused by the mixer or capture, per source and reason.",
-    "mixer_clipped_periods_total": "Mixed periods that had to be clipped.",
-    "mic_silence_alarms_total": "Times the mic delivered only exact zeros for 10 s.",
-    "reconnects_total": "Reconnection attempts, per link.",
-    "sessions_created_total": "Sessions created over REST, per link.",
-    "password_fetches_total": "Audio passwords fetched over REST, per link.",
-    "malformed_total": "Malformed messages from a server, per link and reason.",
-    "unknown_events_total": "Well-formed events of an unknown kind, per link.",
-    "server_errors_total": "Error messages sent by a server, per link.",
-    "task_crashes_total": "Unexpected exceptions in a supervised part (then restarted).",
-    "button_presses_total": 'GPIO button presses (button="ptt_button": PTT presses).',
-    "uplink_latency_seconds": "Capture clock to socket, per uplink frame (recent window).",
-    "playout_latency_seconds": "Arrival to speaker write, per source (recent window).",
-}
 
 # Raspberry Pi firmware throttling bits (vcgencmd get_throttled)
 THROTTLE_BITS: dict[int, tuple[str, str]] = {
@@ -198,141 +156,6 @@ def quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
-# -- the Prometheus collector -------------------------------------------------------
-def _help(name: str, kind: str) -> str:
-    return HELP.get(name, f"field-agent {kind} {name}.")
-
-
-class AgentCollector(Collector):
-    """The agent's families, built afresh from its Metrics and StatusBoard on each scrape."""
-
-    def __init__(
-        self,
-        metrics: Metrics,
-        status: StatusBoard,
-        *,
-        root: Path = Path("/"),
-        throttling: Throttling | None = None,
-    ) -> None:
-        self.metrics = metrics
-        self.status = status
-        self.root = root
-        self.throttling = throttling
-
-    def collect(self) -> Iterable[Metric]:
-        yield from self._counters_and_gauges()
-        yield from self._summaries()
-        yield from self._status()
-        yield from self._board()
-
-    def _counters_and_gauges(self) -> Iterator[Metric]:
-        counters = self.metrics.counter_names()
-        for name, series in self.metrics.snapshot().items():
-            if name in counters:
-                base = name.removesuffix("_total")
-                m = Metric(PREFIX + base, _help(name, "counter"), "counter")
-                for labels, value in series:
-                    m.add_sample(PREFIX + base + "_total", labels, value)
-            elif name.endswith("_ms"):  # Prometheus wants base units
-                exported = PREFIX + name.removesuffix("_ms") + "_seconds"
-                m = Metric(exported, _help(name, "gauge"), "gauge")
-                for labels, value in series:
-                    m.add_sample(exported, labels, value / 1000.0)
-            else:
-                m = Metric(PREFIX + name, _help(name, "gauge"), "gauge")
-                for labels, value in series:
-                    m.add_sample(PREFIX + name, labels, value)
-            yield m
-
-    def _summaries(self) -> Iterator[Metric]:
-        for name, series in self.metrics.windows().items():
-            full = PREFIX + name
-            m = Metric(full, _help(name, "summary"), "summary")
-            for labels, window in series:
-                values = sorted(window.values)
-                for q in QUANTILES:
-                    m.add_sample(full, {**labels, "quantile": str(q)}, quantile(values, q))
-                m.add_sample(full + "_count", labels, float(window.count))
-                m.add_sample(full + "_sum", labels, window.sum)
-            yield m
-
-    def _status(self) -> Iterator[Metric]:
-        board = self.status
-        up = Metric(PREFIX + "link_up", "1 when the link is up (streaming), else 0.", "gauge")
-        state = Metric(
-            PREFIX + "link_state", "Current state of each link (1 for the current one).", "gauge"
-        )
-        for link, part in board.links.items():
-            up.add_sample(PREFIX + "link_up", {"link": link}, float(part.state is LinkState.UP))
-            for s in LinkState:
-                state.add_sample(
-                    PREFIX + "link_state", {"link": link, "state": s.value}, float(part.state is s)
-                )
-        device = Metric(PREFIX + "device_up", "1 when the device (mic, speaker) works.", "gauge")
-        for name, part in board.devices.items():
-            device.add_sample(
-                PREFIX + "device_up", {"device": name}, float(part.state is LinkState.UP)
-            )
-        yield from (up, state, device)
-        yield _gauge("transmitting", "1 while the mic is transmitting (PTT).",
-                     float(board.ptt_state == "talking"))  # fmt: skip
-        yield _gauge("volume", "Speaker volume, 0..1.", board.volume)
-        yield _gauge("muted", "1 while the speaker is muted.", float(board.muted))
-        if board.mic_dbfs is not None:
-            yield _gauge("mic_level_dbfs", "Mic level (dBFS, sampled).", board.mic_dbfs)
-        yield _gauge(
-            "uptime_seconds", "Seconds since the agent started.", board.clock() - board.started_at
-        )
-        info = Metric(PREFIX + "build", "field-agent version (always 1).", "info")
-        info.add_sample(PREFIX + "build_info", {"version": __version__}, 1.0)
-        yield info
-
-    def _board(self) -> Iterator[Metric]:
-        temps = read_temperatures(self.root)
-        if temps:
-            m = Metric(
-                PREFIX + "thermal_zone_celsius",
-                "Temperature of each thermal zone (the CPU on a Raspberry Pi).",
-                "gauge",
-            )
-            for zone, kind, celsius in temps:
-                m.add_sample(m.name, {"zone": zone, "type": kind}, celsius)
-            yield m
-        value = self.throttling.value if self.throttling is not None else None
-        if value is not None:
-            yield _gauge("throttled_raw", "vcgencmd get_throttled, as reported.", float(value))
-            m = Metric(
-                PREFIX + "throttled",
-                "Raspberry Pi firmware flags: under-voltage, frequency capping, throttling, "
-                "soft temperature limit; now or since boot.",
-                "gauge",
-            )
-            for flag, when, on in throttle_flags(value):
-                m.add_sample(m.name, {"flag": flag, "when": when}, float(on))
-            yield m
-
-
-def _gauge(name: str, doc: str, value: float) -> Metric:
-    m = Metric(PREFIX + name, doc, "gauge")
-    m.add_sample(PREFIX + name, {}, value)
-    return m
-
-
-def build_registry(
-    metrics: Metrics,
-    status: StatusBoard,
-    *,
-    root: Path = Path("/"),
-    throttling: Throttling | None = None,
-) -> CollectorRegistry:
-    """A private registry (never prometheus_client's global one) with the agent's families
-    and the standard process ones."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(metrics, status, root=root, throttling=throttling))
-    ProcessCollector(registry=registry, proc=str(root / "proc"))
-    return registry
-
-
 # -- /status --------------------------------------------------------------------------
 def _ms_summary(window: Window) -> dict[str, float]:
     values = sorted(window.values)
@@ -431,7 +254,7 @@ class ObserveServer:
         self.status = status
         self.root = root
         self.throttling = throttling if throttling is not None else Throttling()
-        self.registry = build_registry(metrics, status, root=root, throttling=self.throttling)
+        self._registry: Any = None  # built at the first scrape (prometheus_client loads then)
         self._on_bound = on_bound
         self._quiet = logging.getLogger(__name__ + ".http")  # websockets' per-request lines
         self._quiet.setLevel(logging.WARNING)
@@ -458,8 +281,16 @@ class ObserveServer:
         path = request.path.partition("?")[0]
         if path == "/metrics":
             await self.throttling.refresh()
-            encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-            return _reply(conn, http.HTTPStatus.OK, encoder(self.registry).decode(), content_type)
+            from agent import exposition
+
+            if self._registry is None:
+                self._registry = exposition.build_registry(
+                    self.metrics, self.status, root=self.root, throttling=self.throttling
+                )
+            body, content_type = exposition.render(
+                self._registry, request.headers.get("Accept", "")
+            )
+            return _reply(conn, http.HTTPStatus.OK, body, content_type)
         if path == "/status":
             await self.throttling.refresh()
             doc = status_document(

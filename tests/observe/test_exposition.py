@@ -14,11 +14,10 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.exposition import AgentCollector, build_registry
 from agent.metrics import WINDOW, Metrics
 from agent.observe import (
-    AgentCollector,
     Throttling,
-    build_registry,
     parse_throttled,
     process_usage,
     read_temperatures,
@@ -312,3 +311,15 @@ def test_this_machine_has_no_vcgencmd_and_scrapes_cleanly() -> None:
     text = generate_latest(build_registry(Metrics(), StatusBoard(), throttling=throttling))
     assert b"field_agent_throttled" not in text
     assert not math.isnan(process_usage()["rss_bytes"])
+
+
+def test_prometheus_client_loads_only_at_the_first_scrape() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent.app, agent.observe, agent.__main__\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported before any scrape'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
