@@ -41,17 +41,16 @@ the whole result as one JSON line to ``--json``.
 
 from __future__ import annotations
 
+# Only modules the agent loads anyway at the top: the agent's process runs this file too,
+# and its RSS is measured (the orchestrator's imports are inside its functions).
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
+import itertools
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -232,7 +231,8 @@ async def naive_role(api_base: str, room: str, mic_device: str, speaker_device: 
         data=body,
         headers={"Authorization": "sandbox-token", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as r:
+    # a blocking request before streaming starts, as a simple client would do it
+    with urllib.request.urlopen(request, timeout=10) as r:  # noqa: ASYNC210
         ws_url = json.loads(r.read())["data"]["wsUrl"]
     fmt = alsaaudio.PCM_FORMAT_S16_LE
     mic = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, alsaaudio.PCM_NONBLOCK, device=mic_device,
@@ -274,7 +274,9 @@ async def naive_role(api_base: str, room: str, mic_device: str, speaker_device: 
                 stamps.popleft()
             t_capture = stamps[0][1]
             try:
-                await ws.send(json.dumps({"event": "media", "payload": base64.b64encode(frame).decode()}))
+                await ws.send(
+                    json.dumps({"event": "media", "payload": base64.b64encode(frame).decode()})
+                )
             except Exception:
                 stats.closed_at = time.monotonic()  # ws.on("close") -> clearInterval(timer)
                 return
@@ -419,9 +421,10 @@ class Child:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env,
         )  # fmt: skip
 
-    async def read(self, timeout: float = 30.0) -> dict[str, Any]:
+    async def read(self, within_s: float = 30.0) -> dict[str, Any]:
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout)
+        async with asyncio.timeout(within_s):
+            line = await asyncio.to_thread(self.proc.stdout.readline)
         if not line:
             raise RuntimeError(f"{self.name} exited; its log:\n{self.log.read_text()[-3000:]}")
         doc: dict[str, Any] = json.loads(line)
@@ -429,11 +432,11 @@ class Child:
             raise RuntimeError(f"{self.name}: {doc}; its log:\n{self.log.read_text()[-3000:]}")
         return doc
 
-    async def ask(self, command: str, timeout: float = 30.0) -> dict[str, Any]:
+    async def ask(self, command: str, within_s: float = 30.0) -> dict[str, Any]:
         assert self.proc.stdin is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
-        return await self.read(timeout)
+        return await self.read(within_s)
 
     def usage(self) -> dict[str, Any]:
         """CPU seconds (user + system, all threads; and per thread name), RSS and peak
@@ -494,6 +497,8 @@ def machine_busy() -> tuple[int, int]:
 
 
 def cpu_model() -> str:
+    import platform
+
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
@@ -511,6 +516,8 @@ def cadence(times: list[float]) -> dict[str, float]:
     """Frames per second as the server saw them: the least-squares slope of arrival time
     against frame number (robust to the jitter of the first and last arrival), and the
     plain count over the span; plus the largest gaps."""
+    import statistics
+
     if len(times) < 3:
         nan = float("nan")
         return {"frames": float(len(times)), "fps": nan, "fps_span": nan, "max_gap_ms": nan}
@@ -518,7 +525,7 @@ def cadence(times: list[float]) -> dict[str, float]:
     mean_i, mean_t = (n - 1) / 2, statistics.fmean(times)
     cov = sum((i - mean_i) * (t - mean_t) for i, t in enumerate(times))
     var = sum((i - mean_i) ** 2 for i in range(n))
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     return {
         "frames": float(n),
         "fps": var / cov,
@@ -574,11 +581,19 @@ def tone_file(path: Path, seconds: float, freq: float) -> None:
 
 
 def ms(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs) * 1000 if xs else float("nan"), "p99": pct(xs, 99) * 1000}
+    import statistics
+
+    return {
+        "median": statistics.median(xs) * 1000 if xs else float("nan"),
+        "p99": pct(xs, 99) * 1000,
+    }
 
 
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    import datetime as dt
     import multiprocessing
+    import platform
+    import tempfile
 
     from agent.sandbox.pulse import PulseRig
 
@@ -587,7 +602,11 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     rig.add_mic("vsdkmic")
     rig.add_mic("naivemic")
     total_s = args.warmup + args.seconds + args.down + 30
-    for mic, freq in ((rig.mic, 440.0), (work / "vsdkmic.raw", 550.0), (work / "naivemic.raw", 660.0)):
+    for mic, freq in (
+        (rig.mic, 440.0),
+        (work / "vsdkmic.raw", 550.0),
+        (work / "naivemic.raw", 660.0),
+    ):
         tone_file(mic, total_s, freq)
     rig.start()
     ctx = multiprocessing.get_context("spawn")
@@ -606,7 +625,10 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         api: dict[str, str] = await asyncio.to_thread(parent.recv)
         creds = work / "creds"
         creds.mkdir()
-        for name, value in (("videosdk-token", "sandbox-token"), ("orgo-api-key", api["orgo_api_key"])):
+        for name, value in (
+            ("videosdk-token", "sandbox-token"),
+            ("orgo-api-key", api["orgo_api_key"]),
+        ):
             (creds / name).write_text(value)
             (creds / name).chmod(0o600)
         env = {**os.environ, **rig.env(), "PYTHONPATH": str(REPO)}
@@ -617,14 +639,16 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             ports[name] = free_port()
             cfg = work / f"{name}.toml"
             cfg.write_text(agent_toml(name, mic, api, ports[name], orgo))
-            children[name] = Child(name, ["--role", "agent", str(cfg), str(creds)], env, work / f"{name}.log")
+            children[name] = Child(
+                name, ["--role", "agent", str(cfg), str(creds)], env, work / f"{name}.log"
+            )
         children["naive"] = Child(
             "naive", ["--role", "naive", api["videosdk"], "bench-room", "naivemic", "paspk"],
             env, work / "naive.log",
         )  # fmt: skip
         children["idle"] = Child("idle", ["--role", "idle"], env, work / "idle.log")
         for c in children.values():
-            await c.read(timeout=60)  # ready: streaming
+            await c.read(within_s=60)  # ready: streaming
         await asyncio.sleep(args.warmup)
 
         # -- measurement ---------------------------------------------------------------------
@@ -660,7 +684,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         rss_maps = {n: c.rss_by_mapping() for n, c in children.items()}
         fake_report = await call("report")
         for c in children.values():
-            await c.ask("quit", timeout=15)
+            await c.ask("quit", within_s=15)
     finally:
         for c in children.values():
             c.close()
@@ -709,14 +733,18 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             captured = counters.get("frames_captured_total{}", 0.0)
             p["capture_send_ms"] = ms(uplink)
             p["downlink_ms"] = {
-                src: ms(values.get('playout_latency_seconds{"source": "%s"}' % src, []))
+                src: ms(values.get(f'playout_latency_seconds{{"source": "{src}"}}', []))
                 for src in (("videosdk", "orgo") if n == "agent" else ("videosdk",))
             }
             p["sent"] = counters.get('frames_sent_total{"link": "videosdk"}', 0.0)
             p["issues"] = {
                 k.replace("_total", ""): v
                 for k, v in counters.items()
-                if v and any(s in k for s in ("dropped", "underruns", "resets", "xruns", "malformed", "crashes"))
+                if v
+                and any(
+                    s in k
+                    for s in ("dropped", "underruns", "resets", "xruns", "malformed", "crashes")
+                )
             }
             p["latency_samples_lost"] = r["lost"]
             p["cpu_ms_per_s_by_python_thread"] = {
@@ -763,7 +791,8 @@ def _git_commit() -> str:
 def ratio(ours: float, naive: float) -> str:
     if not naive or naive != naive or ours != ours:
         return "-"
-    return f"{ours / naive:.2f}x"
+    r = ours / naive
+    return f"{r:.2f}x" if r >= 0.1 or r == 0 else f"1/{1 / r:.0f}"
 
 
 def print_table(res: dict[str, Any]) -> None:
@@ -824,11 +853,29 @@ def print_table(res: dict[str, Any]) -> None:
         get = lambda p, w=when: p["rss_mb"][w]  # noqa: E731
         row(f"RSS {when} (MB)", *each(get, ".1f"), goal="<= 45")
     rc = lambda p: p["reconnect_s"]  # noqa: E731
-    row("reconnect: restart -> 1st frame (s)", f(rc(a)), f(rc(v)), "never" if rc(n) is None else f(rc(n)))
+    row(
+        "reconnect: restart -> 1st frame (s)",
+        f(rc(a)),
+        f(rc(v)),
+        "never" if rc(n) is None else f(rc(n)),
+    )
     for name in PEERS:
         issues = peers[name]["issues"]
         shown = ", ".join(f"{k} {x:g}" for k, x in issues.items() if x) or "none"
         print(f"  {name} counted during the measurement: {shown}")
+    verdicts = [
+        ("CPU", f"{a['cpu_ms_per_s']:.1f} ms/s", a["cpu_ms_per_s"] <= GOALS["cpu_ms_per_s"]),
+        ("capture -> send p99", f"{a['capture_send_ms']['p99']:.2f} ms",
+         a["capture_send_ms"]["p99"] <= GOALS["capture_send_p99_ms"]),
+        ("cadence", f"{a['cadence']['fps']:.3f} fps",
+         abs(a["cadence_error_pct"]) <= GOALS["cadence_tolerance_pct"]),
+        ("RSS", f"{max(a['rss_mb']['start'], a['rss_mb']['end']):.1f} MB",
+         max(a["rss_mb"]["start"], a["rss_mb"]["end"]) <= GOALS["rss_mb"]),
+    ]  # fmt: skip
+    print(
+        "goals (agent): "
+        + "; ".join(f"{k} {v}: {'met' if ok else 'MISSED'}" for k, v, ok in verdicts)
+    )
 
 
 def main() -> int:
@@ -847,8 +894,12 @@ def main() -> int:
         if role == "agent" and os.environ.get("BENCH_PROFILE"):
             import cProfile
 
-            cProfile.runctx("asyncio.run(agent_role(*rest))", globals(), {"rest": rest},
-                            os.environ["BENCH_PROFILE"] + "." + Path(rest[0]).stem)
+            cProfile.runctx(
+                "asyncio.run(agent_role(*rest))",
+                globals(),
+                {"rest": rest},
+                os.environ["BENCH_PROFILE"] + "." + Path(rest[0]).stem,
+            )
         elif role == "agent":
             asyncio.run(agent_role(*rest))
         elif role == "naive":
