@@ -36,7 +36,9 @@ drift against the peer's own capture clock); RSS at the start and the end of the
 measurement. Then the fake's WebSocket server is killed, left down ``--down``
 seconds and restarted: reconnect time is restart -> first media frame of a new
 session. Prints a table (ratios: agent-vsdk / naive, the same job) and appends
-the whole result as one JSON line to ``--json``.
+the whole result as one JSON line to ``--json`` (with per-thread CPU and the largest
+RSS mappings of each process). ``BENCH_PROFILE=/tmp/prof`` writes a cProfile (thread
+CPU time) of each agent's event loop to ``/tmp/prof.<name>``.
 """
 
 from __future__ import annotations
@@ -891,15 +893,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.role:
         role, *rest = args.role
-        if role == "agent" and os.environ.get("BENCH_PROFILE"):
+        if role == "agent" and os.environ.get("BENCH_PROFILE"):  # CPU of the event loop
             import cProfile
 
-            cProfile.runctx(
-                "asyncio.run(agent_role(*rest))",
-                globals(),
-                {"rest": rest},
-                os.environ["BENCH_PROFILE"] + "." + Path(rest[0]).stem,
-            )
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.runcall(asyncio.run, agent_role(*rest))
+            profiler.dump_stats(os.environ["BENCH_PROFILE"] + "." + Path(rest[0]).stem)
         elif role == "agent":
             asyncio.run(agent_role(*rest))
         elif role == "naive":
