@@ -85,7 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the scripted demo even on a terminal (PTT at 2-5 s, room killed at 6 s)",
     )
-    with_config(sub.add_parser("status", help="show the running agent's status"))
+    status = sub.add_parser("status", help="show the running agent's status")
+    with_config(status)
+    status.add_argument(
+        "--url",
+        default=None,
+        help="the agent's /status URL or base (default: from metrics.listen in the config)",
+    )
     return p
 
 
@@ -254,9 +260,43 @@ async def _selftest_gpio(cfg: config.Config, ptt_timeout_s: float) -> tuple[bool
         panel.close()
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    print(f"field-agent {args.command}: not available yet in this build", file=sys.stderr)
-    return EX_USAGE
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the running agent's /status as a table; exit 1 when it does not answer."""
+    from agent import statuscmd
+
+    if args.url:
+        url = statuscmd.normalise_url(args.url)
+    else:
+        path = args.config or config.default_path()
+        try:
+            listen = config.load(path).metrics.listen
+        except ConfigError as e:  # the running agent may still be fine: ask where it said
+            listen_or_none = statuscmd.listen_from_file(path)
+            if listen_or_none is None:
+                for line in e.problems:
+                    print(line, file=sys.stderr)
+                return EX_CONFIG
+            listen = listen_or_none
+            print(
+                f"field-agent status: {path} has problems (see field-agent check-config); "
+                f"asking {listen or 'nobody'}",
+                file=sys.stderr,
+            )
+        if not listen:
+            print(
+                f"field-agent status: metrics.listen is off in {path}; "
+                "nothing to ask (set it, or pass --url)",
+                file=sys.stderr,
+            )
+            return 1
+        url = statuscmd.status_url(listen)
+    try:
+        doc = statuscmd.fetch(url)
+    except statuscmd.Unreachable as e:
+        print(f"field-agent status: agent not reachable: {e}", file=sys.stderr)
+        return 1
+    print(statuscmd.format_status(doc))
+    return 0
 
 
 COMMANDS = {
@@ -265,7 +305,7 @@ COMMANDS = {
     "devices": cmd_devices,
     "selftest": cmd_selftest,
     "demo": cmd_demo,
-    "status": cmd_not_yet,
+    "status": cmd_status,
 }
 
 

@@ -141,6 +141,8 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._report_status(), name="status")
+                if self.cfg.metrics.listen:
+                    tg.create_task(self._observe(self.cfg.metrics.listen), name="observe")
                 interval = watchdog_interval()
                 if interval is not None:
                     tg.create_task(
@@ -333,7 +335,7 @@ class Agent:
             self._panel = GpioPanel(
                 self.cfg.gpio,
                 loop=asyncio.get_running_loop(),
-                on_button=self.controls.on_button,
+                on_button=self._on_button,
                 factory=self.hardware.pin_factory,
             )
         except GpioUnavailable as e:
@@ -341,6 +343,13 @@ class Agent:
             self.status.set_device("gpio", LinkState.ATTENTION, "gpio unavailable")
             return
         self.controls.refresh_leds()
+
+    def _on_button(self, key: str, event: Any, t: float) -> None:
+        from agent.hw.gpio import ButtonEvent
+
+        if event is ButtonEvent.PRESSED:
+            self.metrics.inc("button_presses_total", button=key)
+        self.controls.on_button(key, event, t)
 
     def _set_led(self, key: str, pattern: Led) -> None:
         if self._panel is not None:
@@ -362,6 +371,26 @@ class Agent:
                     await self._status_changed.wait()
             self._status_changed.clear()
             self.notifier.status(self.status.summary())
+
+    async def _observe(self, listen: str) -> None:
+        """/metrics and /status on ``metrics.listen`` (the first config's; a reload that
+        changes it needs a restart). An address that cannot be bound is retried, the
+        agent goes on."""
+        from agent.observe import ObserveServer
+
+        server = ObserveServer(listen, self.metrics, self.status)
+        retry = Reconnector(BackoffPolicy(initial_s=5.0, cap_s=60.0))
+        failing = False
+        while True:
+            try:
+                await server.run()
+            except OSError as e:
+                delay = retry.next_delay()
+                if not failing:
+                    logger.error("cannot serve /metrics and /status on %s: %s", listen, e)
+                    self.status.set_error(f"metrics: cannot listen on {listen}")
+                failing = True
+                await asyncio.sleep(delay)
 
 
 class _Stopped(Exception):

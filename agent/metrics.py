@@ -9,15 +9,34 @@ gauges. Labels are keyword arguments::
 
     metrics.inc("frames_dropped_total", link="videosdk", reason="link_down")
     metrics.set("jitter_depth_ms", 40.0, source="orgo")
+
+Observations (latencies) go into rolling windows of the last ``WINDOW`` values per
+series, exported as Prometheus summaries (median and p99 of the window, with a
+running count and sum)::
+
+    metrics.observe("uplink_latency_seconds", 0.0004, link="videosdk")
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 LabelKey = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, LabelKey]
+
+WINDOW = 3000  # observations kept per series (60 s of 20 ms frames)
+
+
+@dataclass
+class Window:
+    """A rolling window of observations plus running totals (a Prometheus summary)."""
+
+    values: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    count: int = 0  # every observation ever made
+    sum: float = 0.0
 
 
 def _key(name: str, labels: Mapping[str, str]) -> SeriesKey:
@@ -31,6 +50,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counters: dict[SeriesKey, float] = {}
         self._gauges: dict[SeriesKey, float] = {}
+        self._windows: dict[SeriesKey, Window] = {}
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         """Add ``amount`` to the counter ``name`` with ``labels``."""
@@ -70,3 +90,23 @@ class Metrics:
     def counter_names(self) -> frozenset[str]:
         with self._lock:
             return frozenset(n for n, _ in self._counters)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Record one observation (e.g. a latency in seconds) of ``name`` with ``labels``."""
+        key = _key(name, labels)
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None:
+                window = self._windows[key] = Window()
+            window.values.append(value)
+            window.count += 1
+            window.sum += value
+
+    def windows(self) -> dict[str, list[tuple[dict[str, str], Window]]]:
+        """Every observed series, grouped by name; each Window is a copy."""
+        out: dict[str, list[tuple[dict[str, str], Window]]] = {}
+        with self._lock:
+            for (name, lk), w in sorted(self._windows.items(), key=lambda kv: kv[0]):
+                copy = Window(deque(w.values, maxlen=w.values.maxlen), w.count, w.sum)
+                out.setdefault(name, []).append((dict(lk), copy))
+        return out

@@ -170,47 +170,19 @@ class PulseDevices:
 
 @pytest.fixture
 def pulse(tmp_path: Path) -> Iterator[PulseDevices]:
-    import shutil
-    import subprocess
+    from agent.sandbox.pulse import PulseRig, PulseUnavailable
 
-    if shutil.which("pulseaudio") is None:
+    if not PulseRig.available():
         pytest.skip("pulseaudio not installed (apt install pulseaudio libasound2-plugins)")
-    home, runtime, sock = tmp_path / "pa-home", tmp_path / "pa-run", tmp_path / "pa" / "native"
-    for d in (home, runtime, sock.parent):
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
-    proc = subprocess.Popen(
-        [
-            "pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
-            "-L", "module-null-sink sink_name=nullsink rate=48000 channels=1 format=s16le",
-            "-L", "module-null-source source_name=nullsrc rate=8000 channels=1 format=s16le",
-            "-L", f"module-native-protocol-unix auth-anonymous=1 socket={sock}",
-        ],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(
-                f"pulseaudio did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
-            )
-        time.sleep(0.05)
-    mic = tmp_path / "mic.raw"
-    mic.touch()
-    conf = tmp_path / "alsa-pulse.conf"
-    conf.write_text(
-        f'pcm.pasrc {{ type pulse server "unix:{sock}" device "nullsrc" }}\n'
-        f'pcm.pacedmic {{ type file slave.pcm "pasrc" file "/dev/null" '
-        f'infile "{mic}" format "raw" }}\n'
-        f'pcm.paspk {{ type pulse server "unix:{sock}" device "nullsink" }}\n'
-    )
-    yield PulseDevices(conf, mic, {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)})
-    proc.terminate()
+    rig = PulseRig(tmp_path)
     try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        rig.start()
+    except PulseUnavailable as e:
+        pytest.fail(str(e))
+    env = rig.env()
+    env.pop("ALSA_CONFIG_PATH")
+    yield PulseDevices(rig.conf, rig.mic, env)
+    rig.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -337,6 +337,7 @@ class Capture:
             processor.gain_db = self.gain_db
             for frame in processor.process(pcm, t_capture):
                 self._seq = frame.seq
+                self._metrics.inc("frames_captured_total")
                 loop.call(deliver, frame)
                 if frame.seq % level_every == 0:
                     level = dbfs(frame.pcm)
@@ -447,5 +448,6 @@ class Playback:
                 pcm = resampler.process(pcm)
             sink.write(pcm)
             self.periods_written += 1
+            self._metrics.inc("playback_periods_total")
             if heartbeat is not None:
                 heartbeat()

@@ -91,6 +91,8 @@ class JitterBuffer:
         self.underruns = 0
         self.resets = 0
         self.dropped = 0  # samples per channel dropped (catch-up, reset, trim, overflow)
+        self.latency_count = 0  # latencies recorded so far (the deque keeps the last ones)
+        self.periods_played = 0  # renders that took audio from this buffer
 
     # -- views ---------------------------------------------------------------------
     @property
@@ -178,6 +180,7 @@ class JitterBuffer:
             return False
         n = min(depth, self.period)
         self._add_out(acc, n)
+        self.periods_played += 1
         self._record_latency(now)
         self._read += n
         if n < self.period:
@@ -209,6 +212,7 @@ class JitterBuffer:
             arrivals.popleft()
         if arrivals:
             self._latencies.append(now - arrivals[0][1])
+            self.latency_count += 1
 
     def _drop(self, n: int) -> None:
         n = min(n, self.depth)

@@ -88,6 +88,8 @@ class MixerSource:
         self._max_push = int(MAX_PUSH_S * rate) * channels
         self._seen_resets = 0
         self._seen_underruns = 0
+        self._seen_latencies = 0
+        self._seen_played = 0
         self.detached = False  # set when replaced or removed: later pushes are ignored
 
     # -- the link's side (asyncio thread) ------------------------------------------
@@ -179,10 +181,22 @@ class MixerSource:
             return self._buffer.pull_into(acc, now)
 
     def _gauges(self) -> None:
+        """Once a second: depth and target gauges; periods played and the arrival->render
+        latencies since the last call (batched here to keep the render path lean)."""
+        buffer = self._buffer
         with self._lock:
-            depth, target = self._buffer.depth_ms, self._buffer.target_ms
+            depth, target = buffer.depth_ms, buffer.target_ms
+            played = buffer.periods_played
+            new = buffer.latency_count - self._seen_latencies
+            latencies = buffer.latencies()[-new:] if new > 0 else []
+            self._seen_latencies = buffer.latency_count
         self._metrics.set("jitter_depth_ms", depth, source=self.name)
         self._metrics.set("jitter_target_ms", target, source=self.name)
+        if played > self._seen_played:
+            self._metrics.inc("frames_played_total", played - self._seen_played, source=self.name)
+            self._seen_played = played
+        for latency in latencies:
+            self._metrics.observe("playout_latency_seconds", latency, source=self.name)
 
     # -- views ---------------------------------------------------------------------
     def latencies(self) -> list[float]:

@@ -574,6 +574,10 @@ class VideoSDKLink:
                 self._metrics.inc("frames_dropped_total", link=LINK, reason="link_down")
                 continue
             self._metrics.inc("frames_sent_total", link=LINK)
+            # capture clock -> handed to the socket (t_capture is time.monotonic())
+            self._metrics.observe(
+                "uplink_latency_seconds", time.monotonic() - frame.t_capture, link=LINK
+            )
 
     async def _messenger(self, ws: ClientConnection) -> None:
         """Send queued topic messages, then the latest status (≤ 1 per interval)."""
