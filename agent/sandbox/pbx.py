@@ -194,4 +194,3 @@ def two_party_call(
         secret=secret,
         **kw,
     )
-

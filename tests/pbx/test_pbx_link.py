@@ -204,9 +204,7 @@ async def test_header_name_is_configurable_and_case_insensitive(harness: Harness
 async def test_two_secret_headers_are_refused(harness: Harness) -> None:
     await harness.start()
     with pytest.raises(InvalidStatus) as e:
-        await connect(
-            harness.url, additional_headers=[("Secret", SECRET), ("Secret", SECRET)]
-        )
+        await connect(harness.url, additional_headers=[("Secret", SECRET), ("Secret", SECRET)])
     assert e.value.response.status_code == 401
 
 
@@ -427,9 +425,7 @@ async def test_wss_call_plays_with_a_self_signed_certificate(
 
 async def test_unusable_tls_files_need_attention(harness: Harness, tls_files: TlsFiles) -> None:
     tls_files.key.write_text("not a key\n")
-    await harness.start(
-        until="attention", tls_cert=str(tls_files.cert), tls_key=str(tls_files.key)
-    )
+    await harness.start(until="attention", tls_cert=str(tls_files.cert), tls_key=str(tls_files.key))
     assert "cannot load pbx.tls_cert" in harness.detail()
 
 

@@ -200,11 +200,13 @@ def test_a_refused_frame_leaves_the_stream_unchanged() -> None:
         st.binary(max_size=300),
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-            lambda inner: st.lists(inner, max_size=4)
-            | st.dictionaries(
-                st.sampled_from(["callid", "audio", "status", "channelid", "number", "x"]),
-                inner,
-                max_size=6,
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(["callid", "audio", "status", "channelid", "number", "x"]),
+                    inner,
+                    max_size=6,
+                )
             ),
             max_leaves=12,
         ).map(json.dumps),
