@@ -251,6 +251,9 @@ class PbxLink:
                 compression=None,  # base64 PCM hardly compresses; spare the Pi's CPU
                 open_timeout=OPEN_TIMEOUT_S,
                 close_timeout=CLOSE_TIMEOUT_S,
+                # Liveness is the audio itself (pbx.idle_timeout_s): no reliance on how
+                # the PBX's client answers pings.
+                ping_interval=None,
                 server_header=None,  # do not tell scanners what answers here
                 ssl=tls,
                 logger=ws_logger,
@@ -370,6 +373,11 @@ class PbxLink:
                 )
             elif e.sent is not None and e.sent.code == CloseCode.GOING_AWAY:
                 ended = "stopping"
+        except Exception:  # a bug: this call ends, the others and the server go on
+            ended = "error"
+            logger.exception("call from %s failed unexpectedly", call.peer, extra=LOG)
+            with contextlib.suppress(Exception):
+                await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._admitted.discard(ws)
             if call in self._calls:
@@ -467,13 +475,14 @@ class PbxLink:
     def _show(self) -> None:
         """``1 call, 2 channels, from 1009`` (or ``waiting for calls on ws://...``)."""
         calls = [c for c in self._calls if c.stream.channels]
+        n_calls = sum(len(c.stream.callids) for c in calls)  # one per connection, normally
         channels = sum(len(c.stream.channels) for c in calls)
-        self._metrics.set("active_calls", len(calls), link=NAME)
+        self._metrics.set("active_calls", n_calls, link=NAME)
         self._metrics.set("active_channels", channels, link=NAME)
         if not calls:
             detail = f"waiting for calls on {self.url}"
         else:
-            detail = f"{_plural(len(calls), 'call')}, {_plural(channels, 'channel')}"
+            detail = f"{_plural(n_calls, 'call')}, {_plural(channels, 'channel')}"
             numbers = [n[0] for n in (c.stream.numbers() for c in calls) if n]
             if numbers:
                 detail += f", from {', '.join(numbers)}"
