@@ -35,13 +35,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from agent.audio.frames import PcmSink, SourceFactory
+from agent.audio.frames import Pcm, PcmSink, SourceFactory
 from agent.config import PbxConfig
 from agent.errors import AgentError, CredentialError, LinkError
 from agent.links.backoff import BackoffPolicy, Reconnector
@@ -70,6 +71,7 @@ OPEN_TIMEOUT_S = 5.0  # TLS + HTTP upgrade of one connection
 CLOSE_TIMEOUT_S = 1.0  # closing handshake of one connection
 DRAIN_MARGIN_S = 0.1  # an ended channel's source stays this long after its buffer empties
 MAX_DRAIN_S = 2.0  # ... but never longer than this (the jitter buffer's capacity)
+MAX_LEAD_IN_S = 0.2  # silence before a channel's first audio: one fragment, at most this
 REFUSAL_LOG_EVERY_S = 60.0  # the same refusal from the same address: one WARNING a minute
 
 
@@ -142,6 +144,7 @@ class _Call:
     channels_opened: int = 0
     sinks: dict[ChannelKey, tuple[str, PcmSink]] = field(default_factory=dict)
     malformed_seen: set[str] = field(default_factory=set)  # reasons logged at WARNING
+    unprimed: set[ChannelKey] = field(default_factory=set)  # opened, no audio pushed yet
 
     def source_name(self) -> str:
         used = {name for name, _ in self.sinks.values()}
@@ -415,13 +418,18 @@ class PbxLink:
         for event in events:
             match event:
                 case ChannelAudio(key=key, pcm=pcm):
-                    call.sinks[key][1].push(pcm, t_arrival)
+                    sink = call.sinks[key][1]
+                    if key in call.unprimed:
+                        call.unprimed.discard(key)
+                        sink.push(self._lead_in(pcm.size), t_arrival)
+                    sink.push(pcm, t_arrival)
                 case ChannelOpened(key=key, number=number, callflow=flow):
                     name = call.source_name()
                     pending = self._retiring.pop(name, None)
                     if pending is not None:  # the slot's previous call is still draining
                         pending.cancel()
                     call.sinks[key] = (name, self._mixer.add_source(name, self.cfg.sample_rate))
+                    call.unprimed.add(key)
                     call.channels_opened += 1
                     if flow not in CALLFLOWS:
                         logger.debug("unknown callflow %r (played anyway)", flow, extra=LOG)
@@ -436,6 +444,7 @@ class PbxLink:
                     )
                     changed = True
                 case ChannelEnded(key=key):
+                    call.unprimed.discard(key)
                     name, sink = call.sinks.pop(key)
                     self._retire(name, sink)
                     logger.info(
@@ -446,6 +455,17 @@ class PbxLink:
             self._show()
 
     # -- sources -------------------------------------------------------------------------
+    def _lead_in(self, fragment: int) -> Pcm:
+        """Silence as long as a channel's first fragment, played before it.
+
+        The PBX sends a fragment's worth of audio (80 ms at 8 kHz) once per fragment
+        duration: a buffer started on one fragment runs dry whenever the next one is a
+        little late, and the first half-second of every call would stutter while the
+        jitter buffer grows its target. One fragment of lead-in gives a fragment of
+        slack from the start; the jitter buffer trims it later if it is never needed.
+        """
+        return np.zeros(min(fragment, int(self.cfg.sample_rate * MAX_LEAD_IN_S)), np.int16)
+
     def _retire(self, name: str, sink: PcmSink) -> None:
         """Remove a source once what it holds has played (the tail of the last words)."""
         depth_ms = float(getattr(sink, "depth_ms", 0.0))  # a MixerSource knows its depth

@@ -64,8 +64,10 @@ async def test_a_pbx_call_plays_on_the_speaker(tmp_path: Path) -> None:
     task = asyncio.create_task(agent.run())
     try:
         await wait_until(
-            lambda: agent.status.links.get("pbx") is not None
-            and agent.status.links["pbx"].state.value == "up",
+            lambda: (
+                agent.status.links.get("pbx") is not None
+                and agent.status.links["pbx"].state.value == "up"
+            ),
             10,
             "the PBX server listening",
         )
@@ -87,11 +89,14 @@ async def test_a_pbx_call_plays_on_the_speaker(tmp_path: Path) -> None:
         assert await asyncio.wait_for(task, 5) == 0
     with wave.open(str(wav), "rb") as w:
         played = np.frombuffer(w.readframes(w.getnframes()), "<i2")
-    voiced = np.flatnonzero(np.abs(played) > 100)
-    assert voiced.size > 0, "nothing of the call reached the speaker"
-    heard_s = (voiced[-1] - voiced[0]) / OUT_RATE
-    assert 1.3 <= heard_s <= 2.0, f"{heard_s:.2f} s of call audio for a 1.5 s call"
-    middle = played[voiced[0] + OUT_RATE // 2 : voiced[0] + OUT_RATE]  # 0.5 s into the call
+    period = OUT_RATE // 50
+    periods = played[: played.size - played.size % period].reshape(-1, period)
+    audible = [p for p in periods if np.abs(p).max() > 100]
+    # 1.5 s of call is 75 periods; a period lost to scheduling on a loaded machine is
+    # tolerated, a call that did not play is not
+    assert len(audible) >= 65, f"{len(audible)} periods of call audio for a 1.5 s call"
+    assert len(audible) <= 90, f"{len(audible)} periods of audio: the call played too long"
+    middle = np.concatenate(audible[25:50])  # 0.5 s, from 0.5 s into the call
     l440, l660, l550 = levels_at(middle, (440.0, 660.0, 550.0))
     assert abs(l440 + 12) <= 1.5 and abs(l660 + 12) <= 1.5, (l440, l660)
     assert l550 < -42, l550

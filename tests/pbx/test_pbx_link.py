@@ -87,7 +87,10 @@ async def test_both_parties_tones_reach_the_speaker_file(
     played = read_wav(wav)  # the file the speaker wrote, closed by the playback's end
     periods = played[: played.size - played.size % PERIOD].reshape(-1, PERIOD)
     audible = [i for i, p in enumerate(periods) if np.any(p)]
-    assert len(audible) >= 70, f"only {len(audible)} periods of sound for 1.6 s of call"
+    # 1.6 s of call is 80 periods; a stall of this loaded machine's event loop can
+    # starve the jitter buffer for a few periods, a lost fragment stream cannot hide here
+    assert len(audible) >= 60, f"only {len(audible)} periods of sound for 1.6 s of call"
+    assert len(audible) <= 95, f"{len(audible)} periods of sound: the call played too long"
     # the last 0.5 s of the call: both parties at once, each at its pitch and level
     last = np.concatenate([periods[i] for i in audible[-25:]])
     l440, l660, l550 = tone_levels(last, OUT_RATE, (440.0, 660.0, 550.0))
@@ -104,19 +107,23 @@ async def test_both_channels_arrive_sample_exact_in_their_own_sources(harness: H
         await call.stream(0.8, paced=False)
         await wait_until(lambda: len(harness.mixer.sources) == 2, 3, "two sources")
         await wait_until(
-            lambda: all(s.pcm().size == 6400 for s in harness.mixer.sources), 3, "0.8 s each"
+            lambda: all(s.pcm().size == 640 + 6400 for s in harness.mixer.sources),
+            3,
+            "a fragment of lead-in and 0.8 s each",
         )
     a, b = harness.mixer.sources
     assert [(a.name, a.rate, a.channels), (b.name, b.rate, b.channels)] == [
         ("pbx/1/1", 8000, 1),
         ("pbx/1/2", 8000, 1),
     ]
+    # one fragment (80 ms) of silence first: slack for the first late fragment
+    assert [c.size for c in a.chunks[:2]] == [640, 640] and not a.chunks[0].any()
     n = np.arange(6400)
     np.testing.assert_array_equal(
-        a.pcm(), np.round(32767 * 10 ** (-12 / 20) * np.sin(2 * np.pi * 440 * n / 8000))
+        a.pcm()[640:], np.round(32767 * 10 ** (-12 / 20) * np.sin(2 * np.pi * 440 * n / 8000))
     )
     np.testing.assert_array_equal(
-        b.pcm(), np.round(32767 * 10 ** (-12 / 20) * np.sin(2 * np.pi * 660 * n / 8000))
+        b.pcm()[640:], np.round(32767 * 10 ** (-12 / 20) * np.sin(2 * np.pi * 660 * n / 8000))
     )
 
 
@@ -248,7 +255,7 @@ async def test_oversized_message_closes_only_that_call(harness: Harness) -> None
         await wait_until(lambda: harness.metric("calls_ended_total", reason="too_large") == 1, 3)
         await good.stream(0.08, paced=False)
         await wait_until(
-            lambda: sum(s.pcm().size for s in harness.mixer.live()) == 4 * 640,
+            lambda: harness.received() == 4 * 640,
             3,
             "the other call still plays",
         )
@@ -302,9 +309,7 @@ async def test_garbage_frames_are_counted_and_the_call_plays_on(
             await call.send_raw(g)
         await call.stream(0.08, paced=False)
         await wait_until(lambda: harness.metric("malformed_total") == len(garbage), 3)
-        await wait_until(
-            lambda: sum(s.pcm().size for s in harness.mixer.live()) == 4 * 640, 3, "audio goes on"
-        )
+        await wait_until(lambda: harness.received() == 4 * 640, 3, "audio goes on")
         assert harness.detail() == "1 call, 2 channels, from 1009"
     reasons = {
         r: harness.metric("malformed_total", reason=r)
@@ -407,9 +412,7 @@ async def test_wss_call_plays_with_a_self_signed_certificate(
     assert harness.url.startswith("wss://127.0.0.1:")
     async with harness.call() as call:
         await call.stream(0.16, paced=False)
-        await wait_until(
-            lambda: sum(s.pcm().size for s in harness.mixer.live()) == 4 * 640, 3, "audio"
-        )
+        await wait_until(lambda: harness.received() == 4 * 640, 3, "audio")
     # the secret is checked on wss:// too
     assert await refused_status(harness.call(secret="wrong")) == 401
     # a client that does not trust the certificate cannot connect
