@@ -285,6 +285,17 @@ class Agent:
                 heartbeat=self.heartbeats.register("link-orgo", 30.0),
                 **common,
             )
+        if cfg.pbx.enabled:
+            from agent.links.pbx import PbxLink
+
+            links["pbx"] = PbxLink(
+                cfg.pbx,
+                self.credentials,
+                mixer=mixer,
+                status=self.status,
+                metrics=self.metrics,
+                heartbeat=self.heartbeats.register("link-pbx", 30.0),
+            )
         for name in links:
             self.status.set_link(name, LinkState.CONNECTING)
         gen.links = links

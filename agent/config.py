@@ -78,6 +78,15 @@ def _url(*schemes: str, empty_ok: bool = False) -> Check:
     return check
 
 
+def _abspath(v: str) -> str | None:
+    return None if v == "" or v.startswith("/") else f"must be an absolute path, not {v!r}"
+
+
+def _message_bytes(v: int) -> str | None:
+    # _range's %g would print 1 MiB as 1.04858e+06
+    return None if 4096 <= v <= 1 << 20 else f"must be between 4096 and 1048576 bytes, not {v!r}"
+
+
 def _topic(v: str) -> str | None:
     return None if len(v) <= 128 else f"must be at most 128 characters, not {len(v)}"
 
@@ -212,6 +221,24 @@ class PbxConfig:
             "Request header carrying the secret.",
             lambda v: None if v and v.replace("-", "").isalnum() else "must be an HTTP header name",
         ),
+    )
+    tls_cert: str = field(
+        default="",
+        metadata=_doc("PEM certificate (chain) for wss:// ('' = ws://); with tls_key.", _abspath),
+    )
+    tls_key: str = field(
+        default="", metadata=_doc("PEM private key of tls_cert ('' = ws://).", _abspath)
+    )
+    max_calls: int = field(
+        default=4, metadata=_doc("Concurrent calls (connections) accepted.", _range(1, 64))
+    )
+    idle_timeout_s: float = field(
+        default=30.0,
+        metadata=_doc("A call silent this long is closed, s.", _range(1, 3600, " s")),
+    )
+    max_message_bytes: int = field(
+        default=65536,
+        metadata=_doc("Largest message accepted, bytes.", _message_bytes),
     )
 
 
@@ -393,6 +420,22 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
         bad("orgo.computer_id", "required when orgo.enabled = true")
     if cfg.fastrtc.enabled and not cfg.fastrtc.url:
         bad("fastrtc.url", "required when fastrtc.enabled = true")
+
+    if bool(cfg.pbx.tls_cert) != bool(cfg.pbx.tls_key):
+        missing = "pbx.tls_key" if cfg.pbx.tls_cert else "pbx.tls_cert"
+        bad(missing, "required with the other of pbx.tls_cert / pbx.tls_key (both or neither)")
+    pbx_host = cfg.pbx.listen.rpartition(":")[0]
+    if (
+        cfg.pbx.enabled
+        and not cfg.pbx.tls_cert
+        and not cfg.security.allow_insecure
+        and not is_loopback_host(pbx_host)
+    ):
+        bad(
+            "pbx.listen",
+            f"ws:// on {pbx_host} would carry the PBX's secret in clear; set pbx.tls_cert and "
+            "pbx.tls_key (wss://), or security.allow_insecure = true",
+        )
 
     seen: dict[int, str] = {}
     for key, pin in cfg.gpio.pins().items():

@@ -1,0 +1,525 @@
+"""The PBX link: a WebSocket server that plays the call audio a Yeastar PBX pushes.
+
+The PBX is the client (PROTOCOLS.md §4); the device is a call-monitor speaker::
+
+    PBX ──HTTP upgrade, header <pbx.secret_header>: <pbx-secret>──▶ _admit()
+          wrong or missing secret: HTTP 401 · max_calls reached: HTTP 503 (before upgrade)
+    PBX ──JSON frames, channels interleaved──▶ _call() ─▶ CallStream (agent.proto.yeastar)
+          each channel: its own mixer source "pbx/<call slot>/<channel>" (own jitter buffer)
+          `end`: that channel's source drains, then goes · close: every channel goes
+
+One loop, run until cancelled: read the secret, load the TLS pair if configured,
+listen; if that fails (port taken, no credential, bad certificate) show why, back off,
+try again. Bad input never reaches beyond the call that sent it: a malformed frame is
+dropped and counted (``malformed_total{link="pbx",reason=}``), an oversized message
+closes that call (1009), a silent call is closed after ``pbx.idle_timeout_s``.
+
+Mixer source names reuse a small set of slots (call 1..max_calls, channel 1..16), so
+per-source metrics stay bounded however many calls a device plays in its life.
+The secret never reaches a log record or a status detail: the websockets library's
+debug log of request headers goes through a filter that masks the secret header, and
+the value is registered with :class:`~agent.secrets.RedactingFilter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hmac
+import http
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from agent.audio.frames import Pcm, PcmSink, SourceFactory
+from agent.config import PbxConfig
+from agent.errors import AgentError, CredentialError, LinkError
+from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.metrics import Metrics
+from agent.proto.yeastar import (
+    CALLFLOWS,
+    MAX_CHANNELS,
+    CallStream,
+    ChannelAudio,
+    ChannelEnded,
+    ChannelKey,
+    ChannelOpened,
+    MalformedFrame,
+)
+from agent.secrets import Credentials, RedactingFilter
+from agent.service import Heartbeat
+from agent.status import LinkState, StatusBoard
+
+logger = logging.getLogger(__name__)
+
+NAME = "pbx"
+SECRET = "pbx-secret"  # credential file name
+LOG = {"LINK": NAME}  # journald field on every record of this link
+BEAT_S = 1.0  # the listening loop proves progress this often
+OPEN_TIMEOUT_S = 5.0  # TLS + HTTP upgrade of one connection
+CLOSE_TIMEOUT_S = 1.0  # closing handshake of one connection
+DRAIN_MARGIN_S = 0.1  # an ended channel's source stays this long after its buffer empties
+MAX_DRAIN_S = 2.0  # ... but never longer than this (the jitter buffer's capacity)
+MAX_LEAD_IN_S = 0.2  # silence before a channel's first audio: one fragment, at most this
+REFUSAL_LOG_EVERY_S = 60.0  # the same refusal from the same address: one WARNING a minute
+
+
+class _WsLogFilter(logging.Filter):
+    """The websockets library logs every request header at DEBUG (``< Secret: value``):
+    mask the secret header's value, right or wrong (a wrong one may be a near miss).
+    Its INFO lines (connection open/closed, server listening) repeat what this link
+    logs with more context: they are kept only while debugging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pattern: re.Pattern[str] | None = None
+
+    def hide(self, header: str) -> None:
+        self.pattern = re.compile(rf"^(< {re.escape(header)}:).*$", re.IGNORECASE | re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and not ws_logger.isEnabledFor(logging.DEBUG):
+            return False
+        if self.pattern is not None:
+            message = record.getMessage()
+            clean = self.pattern.sub(r"\1 ***", message)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return True
+
+
+_hide_header = _WsLogFilter()
+ws_logger = logging.getLogger(__name__ + ".ws")
+ws_logger.addFilter(_hide_header)
+ws_logger.addFilter(RedactingFilter())
+
+
+class TlsUnavailable(LinkError):
+    """pbx.tls_cert / pbx.tls_key could not be loaded."""
+
+
+class CannotListen(LinkError):
+    """The listening socket could not be opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class Down:
+    """What to show and how long to wait after the server could not start or stopped."""
+
+    state: LinkState  # RETRY or ATTENTION
+    detail: str  # status detail; never a secret
+    slow: bool = False  # a person must act first: wait the slow cadence
+
+
+def decide(exc: BaseException) -> Down:
+    """The retry policy of this link, as one pure function of why the server went down."""
+    match exc:
+        case CredentialError() | TlsUnavailable():
+            return Down(LinkState.ATTENTION, str(exc), slow=True)
+        case CannotListen():
+            return Down(LinkState.RETRY, str(exc))
+        case _:
+            return Down(LinkState.RETRY, "server stopped")
+
+
+@dataclass(eq=False)
+class _Call:
+    """One PBX connection (the PBX opens one per call)."""
+
+    slot: int  # 1..max_calls, reused
+    peer: str
+    stream: CallStream
+    started: float  # clock() at the upgrade
+    channels_opened: int = 0
+    sinks: dict[ChannelKey, tuple[str, PcmSink]] = field(default_factory=dict)
+    malformed_seen: set[str] = field(default_factory=set)  # reasons logged at WARNING
+    unprimed: set[ChannelKey] = field(default_factory=set)  # opened, no audio pushed yet
+
+    def source_name(self) -> str:
+        used = {name for name, _ in self.sinks.values()}
+        for ch in range(1, MAX_CHANNELS + 1):
+            name = f"{NAME}/{self.slot}/{ch}"
+            if name not in used:
+                return name
+        raise AssertionError("CallStream admits at most MAX_CHANNELS channels")
+
+
+class PbxLink:
+    """Serves the PBX; plays every call it pushes; ``run()`` until cancelled."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        cfg: PbxConfig,
+        creds: Credentials,
+        *,
+        mixer: SourceFactory,
+        status: StatusBoard,
+        metrics: Metrics,
+        heartbeat: Heartbeat | None = None,
+        reconnector: Reconnector | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self._creds = creds
+        self._mixer = mixer
+        self._status = status
+        self._metrics = metrics
+        self._heartbeat = heartbeat
+        self._reconnector = reconnector or Reconnector(BackoffPolicy())
+        self._clock = clock
+        host, _, port = cfg.listen.rpartition(":")
+        self._host = host.strip("[]")
+        self._port = int(port)
+        self.port: int | None = None  # the port actually bound (tests listen on port 0)
+        self._secret = b""
+        self._admitted: set[ServerConnection] = set()  # passed _admit, not yet closed
+        self._calls: list[_Call] = []
+        self._retiring: dict[str, asyncio.TimerHandle] = {}  # source name -> removal
+        self._refusals_logged: dict[tuple[str, str], float] = {}
+        _hide_header.hide(cfg.secret_header)
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.cfg.tls_cert else "ws"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{scheme}://{host}:{self.port if self.port is not None else self._port}"
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Listen, serve calls; on failure show why, back off, listen again. Cancel to stop."""
+        attempt = 0
+        try:
+            while True:
+                if attempt:
+                    self._metrics.inc("reconnects_total", link=NAME)
+                attempt += 1
+                self._beat()
+                self._status.set_link(NAME, LinkState.CONNECTING, f"starting {self.url}")
+                try:
+                    await self._serve()
+                    exc: BaseException = LinkError("server stopped")
+                except (AgentError, OSError) as e:
+                    exc = e
+                except Exception as e:  # a bug: show it, keep the speaker's other sources alive
+                    logger.exception("pbx server failed unexpectedly", extra=LOG)
+                    exc = e
+                finally:
+                    self._end_all_calls()
+                down = decide(exc)
+                delay = self._reconnector.next_delay(slow=down.slow)
+                self._status.set_link(NAME, down.state, down.detail, retry_in=delay)
+                logger.log(
+                    logging.WARNING if down.state is LinkState.ATTENTION else logging.INFO,
+                    "pbx server down (%s: %s); next attempt in %.1f s",
+                    type(exc).__name__,
+                    down.detail,
+                    delay,
+                    extra=LOG,
+                )
+                if self._heartbeat is not None:
+                    self._heartbeat.pause()
+                await asyncio.sleep(delay)
+        finally:
+            self._end_all_calls()
+            for handle in self._retiring.values():
+                handle.cancel()
+            for name in self._retiring:
+                self._mixer.remove_source(name)
+            self._retiring.clear()
+            self._status.set_link(NAME, LinkState.STOPPED)
+
+    async def _serve(self) -> None:
+        self._secret = self._creds.get(SECRET).reveal().encode("utf-8")
+        tls = self._tls_context()
+        try:
+            server = await serve(
+                self._call,
+                self._host,
+                self._port,
+                process_request=self._admit,
+                max_size=self.cfg.max_message_bytes,
+                compression=None,  # base64 PCM hardly compresses; spare the Pi's CPU
+                open_timeout=OPEN_TIMEOUT_S,
+                close_timeout=CLOSE_TIMEOUT_S,
+                # Liveness is the audio itself (pbx.idle_timeout_s): no reliance on how
+                # the PBX's client answers pings.
+                ping_interval=None,
+                server_header=None,  # do not tell scanners what answers here
+                ssl=tls,
+                logger=ws_logger,
+            )
+        except OSError as e:
+            reason = "address in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            raise CannotListen(f"cannot listen on {self.cfg.listen}: {reason}") from None
+        try:
+            self.port = server.sockets[0].getsockname()[1] if server.sockets else self._port
+            self._reconnector.connected()
+            logger.info("waiting for PBX calls on %s", self.url, extra=LOG)
+            self._show()
+            while True:
+                self._beat()
+                await asyncio.sleep(BEAT_S)
+        finally:
+            server.close()  # closes every call with 1001 (going away)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S + 1.0):
+                    await server.wait_closed()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.cfg.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            what = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise TlsUnavailable(
+                f"cannot load pbx.tls_cert {self.cfg.tls_cert} / pbx.tls_key "
+                f"{self.cfg.tls_key}: {what}"
+            ) from None
+        return ctx
+
+    # -- the opening handshake -----------------------------------------------------------
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Before the upgrade: the secret (401), then the call limit (503)."""
+        peer = _peer(connection)
+        values = request.headers.get_all(self.cfg.secret_header)
+        if not values:
+            return self._refuse(connection, peer, "no_secret", http.HTTPStatus.UNAUTHORIZED)
+        given = values[0].encode("iso-8859-1")  # websockets decoded the raw bytes so
+        # compare_digest: the time taken does not tell how much of a guess was right
+        if len(values) != 1 or not hmac.compare_digest(given, self._secret):
+            return self._refuse(connection, peer, "bad_secret", http.HTTPStatus.UNAUTHORIZED)
+        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+        if len(self._admitted) >= self.cfg.max_calls:
+            return self._refuse(
+                connection, peer, "too_many_calls", http.HTTPStatus.SERVICE_UNAVAILABLE
+            )
+        self._admitted.add(connection)
+        return None
+
+    def _refuse(
+        self, connection: ServerConnection, peer: str, reason: str, code: http.HTTPStatus
+    ) -> Response:
+        self._metrics.inc("connections_refused_total", link=NAME, reason=reason)
+        why = {
+            "no_secret": f"no {self.cfg.secret_header!r} header",
+            "bad_secret": f"wrong secret in the {self.cfg.secret_header!r} header",
+            "too_many_calls": f"already {self.cfg.max_calls} calls (pbx.max_calls)",
+        }[reason]
+        host = peer.rpartition(":")[0] or peer
+        now = self._clock()
+        last = self._refusals_logged.get((host, reason))
+        fresh = last is None or now - last >= REFUSAL_LOG_EVERY_S
+        if fresh:
+            self._refusals_logged[(host, reason)] = now
+            if len(self._refusals_logged) > 1000:  # a scan from many addresses: forget
+                self._refusals_logged = {(host, reason): now}
+        logger.log(
+            logging.WARNING if fresh else logging.DEBUG,
+            "refused a PBX connection from %s: %s (HTTP %d)",
+            peer,
+            why,
+            code.value,
+            extra=LOG,
+        )
+        text = "unauthorized\n" if code == http.HTTPStatus.UNAUTHORIZED else "too many calls\n"
+        return connection.respond(code, text)
+
+    # -- one call ------------------------------------------------------------------------
+    async def _call(self, ws: ServerConnection) -> None:
+        """One connection, from the upgrade to its close."""
+        used = {c.slot for c in self._calls}
+        slot = next(s for s in range(1, len(used) + 2) if s not in used)
+        call = _Call(slot, _peer(ws), CallStream(), self._clock())
+        self._calls.append(call)
+        self._metrics.inc("calls_total", link=NAME)
+        logger.info("PBX connected from %s (call slot %d)", call.peer, slot, extra=LOG)
+        ended = "closed"
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.cfg.idle_timeout_s):
+                        message = await ws.recv()
+                except TimeoutError:
+                    ended = "idle_timeout"
+                    logger.warning(
+                        "call from %s sent nothing for %g s (pbx.idle_timeout_s); closing it",
+                        call.peer,
+                        self.cfg.idle_timeout_s,
+                        extra=LOG,
+                    )
+                    await ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+                    return
+                self._on_message(call, message)
+        except ConnectionClosed as e:
+            if e.sent is not None and e.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                ended = "too_large"
+                logger.warning(
+                    "call from %s closed: a message over %d bytes (pbx.max_message_bytes)",
+                    call.peer,
+                    self.cfg.max_message_bytes,
+                    extra=LOG,
+                )
+            elif e.sent is not None and e.sent.code == CloseCode.GOING_AWAY:
+                ended = "stopping"
+        except Exception:  # a bug: this call ends, the others and the server go on
+            ended = "error"
+            logger.exception("call from %s failed unexpectedly", call.peer, extra=LOG)
+            with contextlib.suppress(Exception):
+                await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._admitted.discard(ws)
+            if call in self._calls:
+                self._calls.remove(call)
+                for key, (name, sink) in call.sinks.items():
+                    self._retire(name, sink)
+                    logger.debug("channel %s ends with its connection", key, extra=LOG)
+                call.sinks.clear()
+                call.stream.close()
+            self._metrics.inc("calls_ended_total", link=NAME, reason=ended)
+            logger.info(
+                "call from %s ended (%s) after %.1f s: %d frames, %d channel(s)",
+                call.peer,
+                ended.replace("_", " "),
+                self._clock() - call.started,
+                call.stream.frames_received,
+                call.channels_opened,
+                extra=LOG,
+            )
+            self._show()
+
+    def _on_message(self, call: _Call, message: str | bytes) -> None:
+        t_arrival = self._clock()
+        try:
+            events = call.stream.receive(message)
+        except MalformedFrame as e:
+            self._metrics.inc("malformed_total", link=NAME, reason=e.reason)
+            # Once per reason and call at WARNING; a garbage-spewing peer stays at DEBUG.
+            level = logging.DEBUG if e.reason in call.malformed_seen else logging.WARNING
+            call.malformed_seen.add(e.reason)
+            logger.log(level, "ignored a frame from %s: %s", call.peer, e, extra=LOG)
+            return
+        self._metrics.inc("frames_received_total", link=NAME)
+        changed = False
+        for event in events:
+            match event:
+                case ChannelAudio(key=key, pcm=pcm):
+                    sink = call.sinks[key][1]
+                    if key in call.unprimed:
+                        call.unprimed.discard(key)
+                        sink.push(self._lead_in(pcm.size), t_arrival)
+                    sink.push(pcm, t_arrival)
+                case ChannelOpened(key=key, number=number, callflow=flow):
+                    name = call.source_name()
+                    pending = self._retiring.pop(name, None)
+                    if pending is not None:  # the slot's previous call is still draining
+                        pending.cancel()
+                    call.sinks[key] = (name, self._mixer.add_source(name, self.cfg.sample_rate))
+                    call.unprimed.add(key)
+                    call.channels_opened += 1
+                    if flow not in CALLFLOWS:
+                        logger.debug("unknown callflow %r (played anyway)", flow, extra=LOG)
+                    logger.info(
+                        "call %s: channel %s (number %s%s) playing as %s",
+                        key.callid,
+                        key.channelid or "-",
+                        number or "unknown",
+                        f", {flow}" if flow else "",
+                        name,
+                        extra=LOG,
+                    )
+                    changed = True
+                case ChannelEnded(key=key):
+                    call.unprimed.discard(key)
+                    name, sink = call.sinks.pop(key)
+                    self._retire(name, sink)
+                    logger.info(
+                        "call %s: channel %s ended", key.callid, key.channelid or "-", extra=LOG
+                    )
+                    changed = True
+        if changed:
+            self._show()
+
+    # -- sources -------------------------------------------------------------------------
+    def _lead_in(self, fragment: int) -> Pcm:
+        """Silence as long as a channel's first fragment, played before it.
+
+        The PBX sends a fragment's worth of audio (80 ms at 8 kHz) once per fragment
+        duration: a buffer started on one fragment runs dry whenever the next one is a
+        little late, and the first half-second of every call would stutter while the
+        jitter buffer grows its target. One fragment of lead-in gives a fragment of
+        slack from the start; the jitter buffer trims it later if it is never needed.
+        """
+        return np.zeros(min(fragment, int(self.cfg.sample_rate * MAX_LEAD_IN_S)), np.int16)
+
+    def _retire(self, name: str, sink: PcmSink) -> None:
+        """Remove a source once what it holds has played (the tail of the last words)."""
+        depth_ms = float(getattr(sink, "depth_ms", 0.0))  # a MixerSource knows its depth
+        delay = min(depth_ms / 1000.0 + DRAIN_MARGIN_S, MAX_DRAIN_S)
+        old = self._retiring.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._retiring[name] = asyncio.get_running_loop().call_later(delay, self._remove, name)
+
+    def _remove(self, name: str) -> None:
+        self._retiring.pop(name, None)
+        self._mixer.remove_source(name)
+
+    def _end_all_calls(self) -> None:
+        """The server stops: every source goes now (nothing will drain it)."""
+        for call in self._calls:
+            for name, _sink in call.sinks.values():
+                self._mixer.remove_source(name)
+            call.sinks.clear()
+            call.stream.close()
+        self._calls.clear()
+        self._admitted.clear()
+        self._metrics.set("active_calls", 0, link=NAME)
+        self._metrics.set("active_channels", 0, link=NAME)
+
+    # -- status --------------------------------------------------------------------------
+    def _show(self) -> None:
+        """``1 call, 2 channels, from 1009`` (or ``waiting for calls on ws://...``)."""
+        calls = [c for c in self._calls if c.stream.channels]
+        n_calls = sum(len(c.stream.callids) for c in calls)  # one per connection, normally
+        channels = sum(len(c.stream.channels) for c in calls)
+        self._metrics.set("active_calls", n_calls, link=NAME)
+        self._metrics.set("active_channels", channels, link=NAME)
+        if not calls:
+            detail = f"waiting for calls on {self.url}"
+        else:
+            detail = f"{_plural(n_calls, 'call')}, {_plural(channels, 'channel')}"
+            numbers = [n[0] for n in (c.stream.numbers() for c in calls) if n]
+            if numbers:
+                detail += f", from {', '.join(numbers)}"
+        self._status.set_link(NAME, LinkState.UP, detail)
+
+    def _beat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.beat()
+
+
+def _peer(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return "unknown peer"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
