@@ -3,6 +3,8 @@ hung peer (websockets' own server that accepts and never answers)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -30,7 +32,7 @@ def test_concurrency_refusals_wait_10_s_then_longer_each_time() -> None:
     waits = [decide(BUSY, n).at_least_s for n in range(1, 8)]
     assert waits[:5] == [10.0, 20.0, 40.0, 80.0, REFUSAL_CAP_S]
     assert waits[-1] == REFUSAL_CAP_S and all(w >= 10.0 for w in waits)
-    assert all(b >= a for a, b in zip(waits, waits[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(waits))
     down = decide(BUSY, 1)
     assert down.state is LinkState.RETRY
     assert down.detail == "app busy: concurrency limit reached (limit 1)"
