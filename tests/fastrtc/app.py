@@ -1,78 +1,65 @@
-"""A real FastRTC app on loopback: ``fastrtc.Stream`` (send-receive audio) with an echo
-handler, mounted on a FastAPI app and served by uvicorn on 127.0.0.1:<random port> in
-a thread of its own (its own event loop, so a test's loop and a subprocess agent see
-a server that behaves like a separate one).
+"""Start and watch a real FastRTC app (``server.py`` beside this file) on loopback.
 
-Nothing here is faked: the wire is fastrtc's own ``WebSocketHandler`` (mu-law codec,
-``concurrency_limit`` refusal, ping/pong, stop). What the tests observe comes from
-two places that leave fastrtc untouched:
+The app runs in a process of its own, with the Python of ``.venv-fastrtc`` (fastrtc
+cannot share the agent's environment: see ``requirements.txt``), so the agent under
+test sees a separate server, as on a real network. The tests read what the app saw
+through its ``/test/...`` routes (see ``server.py``).
 
-- an ASGI wrapper that records every WebSocket message each connection receives
-  (``start``/``media``/``ping``/``stop``, in order) and how it ended;
-- the echo handler, which keeps the audio it received (at the handler's input rate)
-  and gives tests its data channel to send app messages (``log``, ``send_input``...)
-  exactly as fastrtc's own handlers do (``fastrtc.utils.create_message``).
-
-fastrtc is big (gradio, librosa, aiortc...): it is imported by :func:`load_fastrtc`
-only, so collecting the test modules stays cheap and ``-m 'not fastrtc'`` skips it.
+Where that Python is: ``$FASTRTC_PYTHON``, else ``<repo>/.venv-fastrtc/bin/python``
+(``scripts/bootstrap`` makes it). Without it the tests are skipped, except under CI,
+where a missing server must fail the run, not hide it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
+import base64
 import json
 import os
-import socket
-import threading
+import signal
+import subprocess
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import ModuleType
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
-_fastrtc: ModuleType | None = None
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SERVER = HERE / "server.py"
+START_TIMEOUT_S = 60.0  # importing fastrtc (gradio, librosa...) takes seconds on a busy box
 
 
-def load_fastrtc() -> ModuleType:
-    """Import fastrtc (offline, quietly). Skips the test when it is not installed,
-    except under CI, where a missing fastrtc must fail the run, not hide it."""
-    global _fastrtc
-    if _fastrtc is None:
-        # gradio (a fastrtc dependency) must not phone home; the network is closed anyway.
-        for key, value in {
-            "GRADIO_ANALYTICS_ENABLED": "False",
-            "HF_HUB_OFFLINE": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-        }.items():
-            os.environ.setdefault(key, value)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fastrtc imports audioop
-            if os.environ.get("CI"):
-                _fastrtc = importlib.import_module("fastrtc")
-            else:
-                _fastrtc = pytest.importorskip("fastrtc", reason="pip install -e '.[test]'")
-    return _fastrtc
+def fastrtc_python() -> Path:
+    """The interpreter that has fastrtc; skips (fails under CI) when there is none."""
+    python = Path(os.environ.get("FASTRTC_PYTHON") or REPO / ".venv-fastrtc" / "bin" / "python")
+    if not python.exists():
+        why = f"no fastrtc environment at {python} (run scripts/bootstrap)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return python
 
 
-@dataclass
+@dataclass(frozen=True)
 class Connection:
-    """One WebSocket connection to ``/websocket/offer``, as the server saw it."""
+    """One WebSocket connection to the app, as the app saw it."""
 
-    events: list[str] = field(default_factory=list)  # "start", "media", "ping", "stop", ...
-    websocket_id: str = ""
-    media_messages: int = 0
-    first_media_at: float | None = None  # time.monotonic()
-    closed: bool = False
-    close_code: int | None = None  # the close code the *client* sent, if it sent one
+    path: str
+    events: tuple[str, ...]  # what the client sent: "start", "ping", "media", "stop", ...
+    websocket_id: str
+    media_messages: int
+    received_samples: int  # audio its handler received, at the input rate
+    closed: bool
+    close_code: int | None
 
 
 class FastRTCApp:
-    """``with FastRTCApp() as app: ... app.url ...`` — see the module docstring."""
+    """``with FastRTCApp() as app: ... app.url ...``; see the module docstring."""
 
     def __init__(
         self,
@@ -85,16 +72,17 @@ class FastRTCApp:
         self.input_rate = input_rate
         self.output_rate = output_rate
         self.concurrency_limit = concurrency_limit
-        self.connections: list[Connection] = []
-        self.handlers: dict[str, Any] = {}  # websocket_id -> its EchoHandler
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._server: Any = None
-        self.port = port  # 0: a free one, chosen at start
+        self.port = port  # 0: a free one, chosen by the app at start
+        self._proc: subprocess.Popen[str] | None = None
+        self._http = httpx.Client(timeout=5.0)
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/websocket/offer"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> FastRTCApp:
@@ -105,174 +93,118 @@ class FastRTCApp:
         self.stop()
 
     def start(self) -> None:
-        fastrtc = load_fastrtc()
-        import uvicorn
-        from fastapi import FastAPI
+        python = fastrtc_python()
+        self._proc = subprocess.Popen(
+            [str(python), str(SERVER), "--port", str(self.port),
+             "--input-rate", str(self.input_rate), "--output-rate", str(self.output_rate),
+             "--concurrency-limit", str(self.concurrency_limit)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        )  # fmt: skip
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            line = self._proc.stdout.readline()
+            if not line:  # exited
+                break
+            lines.append(line)
+            if line.startswith("READY "):
+                self.port = int(line.split()[1])
+                self._drain()
+                return
+        self.stop()
+        raise RuntimeError("the fastrtc app did not start:\n" + "".join(lines[-30:]))
 
-        api = FastAPI()
-        handler = _echo_class(fastrtc)(self)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # gradio 6 notes
-            stream = fastrtc.Stream(
-                handler,
-                modality="audio",
-                mode="send-receive",
-                concurrency_limit=self.concurrency_limit,
-            )
-        stream.mount(api)
-        self.stream = stream
-        # The first reply conversion imports librosa's resampler lazily (a second or more,
-        # inside the server's event loop): warm it up as a running app would be.
-        fastrtc.websocket.convert_to_mulaw(
-            np.zeros(960, np.int16), self.input_rate, self.output_rate
-        )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._record(api),
-            log_level="warning",
-            lifespan="off",
-            ws="websockets-sansio",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="fastrtc-app", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the fastrtc app did not start")
-            time.sleep(0.01)
+    def _drain(self) -> None:
+        """Keep reading the app's output (so it never blocks on a full pipe); keep the tail."""
+        import threading
+
+        self.output: list[str] = []
+
+        def pump() -> None:
+            assert self._proc is not None and self._proc.stdout is not None
+            for line in self._proc.stdout:
+                self.output.append(line)
+                del self.output[:-200]
+
+        threading.Thread(target=pump, name="fastrtc-app-output", daemon=True).start()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self._http.close()
+        self._http = httpx.Client(timeout=5.0)
 
     # -- observation ---------------------------------------------------------------------
-    def wait(self, pred: Callable[[], Any], within_s: float = 10.0, what: str = "") -> None:
-        """Poll ``pred`` (from any thread) until true, else fail naming ``what``."""
-        deadline = time.monotonic() + within_s
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {within_s} s waiting for {what or pred}")
-            time.sleep(0.01)
-
-    async def await_(self, pred: Callable[[], Any], within_s: float = 10.0, what: str = "") -> None:
-        """:meth:`wait` for async tests (polls without blocking the test's loop)."""
-        deadline = time.monotonic() + within_s
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {within_s} s waiting for {what or pred}")
-            await asyncio.sleep(0.01)
+    def connections(self) -> list[Connection]:
+        rows = self._http.get(f"{self.base}/test/connections").json()
+        return [
+            Connection(
+                r["path"],
+                tuple(r["events"]),
+                r["websocket_id"],
+                r["media_messages"],
+                r["received_samples"],
+                r["closed"],
+                r["close_code"],
+            )
+            for r in rows
+        ]
 
     def started(self) -> list[Connection]:
-        with self._lock:
-            return [c for c in self.connections if "start" in c.events]
+        return [c for c in self.connections() if "start" in c.events]
+
+    def session(self, websocket_id: str) -> Connection:
+        for c in self.connections():
+            if c.websocket_id == websocket_id:
+                return c
+        raise AssertionError(f"the app saw no session {websocket_id!r}")
 
     def received(self, websocket_id: str) -> np.ndarray:
         """Audio the session's handler received, int16 at the input rate."""
-        with self._lock:
-            chunks = list(self.handlers[websocket_id].received)
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        body = self._http.get(f"{self.base}/test/received/{websocket_id}").json()
+        return np.frombuffer(base64.b64decode(body["pcm"]), dtype="<i2").astype(np.int16)
 
-    def send(self, websocket_id: str, message: dict[str, Any] | str) -> None:
-        """Send one message to the session's client through its handler's data channel,
-        as fastrtc's own handlers do (thread-safe)."""
-        text = message if isinstance(message, str) else json.dumps(message)
-        self.handlers[websocket_id].channel.send(text)
+    def send(self, websocket_id: str, kind: str, data: Any) -> str:
+        """Make the session's handler send ``create_message(kind, data)``; returns the text."""
+        return self._post_send(websocket_id, {"type": kind, "data": data})
 
-    def create_message(self, kind: str, data: Any) -> str:
-        """fastrtc's own encoder of app messages (``{"type":..., "data":...}``)."""
-        from fastrtc.utils import create_message
+    def send_text(self, websocket_id: str, text: str | dict[str, Any]) -> str:
+        """Make the session's handler send ``text`` verbatim (garbage, other shapes)."""
+        raw = text if isinstance(text, str) else json.dumps(text)
+        return self._post_send(websocket_id, {"text": raw})
 
-        text: str = create_message(kind, data)  # type: ignore[arg-type]
-        return text
+    def _post_send(self, websocket_id: str, body: dict[str, Any]) -> str:
+        r = self._http.post(f"{self.base}/test/send/{websocket_id}", json=body)
+        r.raise_for_status()
+        sent: str = r.json()["sent"]
+        return sent
 
-    # -- the ASGI recorder ---------------------------------------------------------------
-    def _record(self, api: Any) -> Callable[..., Any]:
-        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if scope["type"] != "websocket":
-                await api(scope, receive, send)
-                return
-            conn = Connection()
-            with self._lock:
-                self.connections.append(conn)
+    def reset(self, within_s: float = 10.0) -> None:
+        """Wait until no session is live (the seat is free), then forget the recordings."""
+        self.wait(lambda: all(c.closed for c in self.connections()), within_s, "no live session")
+        self._http.post(f"{self.base}/test/reset")
 
-            async def recording_receive() -> dict[str, Any]:
-                message: dict[str, Any] = await receive()
-                with self._lock:
-                    if message["type"] == "websocket.receive" and message.get("text"):
-                        try:
-                            body = json.loads(message["text"])
-                        except ValueError:
-                            body = {}
-                        event = str(body.get("event", "?"))
-                        conn.events.append(event)
-                        if event == "start":
-                            conn.websocket_id = str(body.get("websocket_id", ""))
-                        elif event == "media":
-                            conn.media_messages += 1
-                            if conn.first_media_at is None:
-                                conn.first_media_at = time.monotonic()
-                    elif message["type"] == "websocket.disconnect":
-                        conn.closed = True
-                        conn.close_code = message.get("code")
-                return message
+    def wait(self, pred: Callable[[], Any], within_s: float = 10.0, what: str = "") -> None:
+        """Poll ``pred`` until true, else fail naming ``what``."""
+        deadline = time.monotonic() + within_s
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {within_s} s waiting for {what or pred}")
+            time.sleep(0.05)
 
-            try:
-                await api(scope, recording_receive, send)
-            finally:
-                with self._lock:
-                    conn.closed = True
-
-        return app
-
-
-def _echo_class(fastrtc: ModuleType) -> type:
-    """fastrtc's echo example as an AsyncStreamHandler (defined once fastrtc is loaded)."""
-
-    class EchoHandler(fastrtc.AsyncStreamHandler):  # type: ignore[misc, name-defined]
-        """Emits what it received, as received (``(input_rate, samples)``): fastrtc's
-        server converts it to the output rate and mu-law. Emits everything queued at
-        once, so the server's 20 ms send pacing never lets a backlog build up."""
-
-        def __init__(self, app: FastRTCApp) -> None:
-            super().__init__(
-                expected_layout="mono",
-                input_sample_rate=app.input_rate,
-                output_sample_rate=app.output_rate,
-            )
-            self.app = app
-            self.queue: asyncio.Queue[tuple[int, np.ndarray]] = asyncio.Queue()
-            self.received: list[np.ndarray] = []
-
-        async def start_up(self) -> None:
-            # fastrtc runs start_up in the context it set for this connection
-            context = fastrtc.utils.current_context.get()
-            with self.app._lock:
-                self.app.handlers[context.webrtc_id] = self
-
-        async def receive(self, frame: tuple[int, np.ndarray]) -> None:
-            rate, samples = frame
-            samples = np.asarray(samples, dtype=np.int16).reshape(-1)
-            with self.app._lock:
-                self.received.append(samples)
-            self.queue.put_nowait((rate, samples))
-
-        async def emit(self) -> tuple[int, np.ndarray]:
-            rate, first = await self.queue.get()
-            parts = [first]
-            while not self.queue.empty():
-                parts.append(self.queue.get_nowait()[1])
-            return rate, np.concatenate(parts)
-
-        def copy(self) -> EchoHandler:
-            return EchoHandler(self.app)
-
-    return EchoHandler
+    async def await_(self, pred: Callable[[], Any], within_s: float = 10.0, what: str = "") -> None:
+        """:meth:`wait` for async tests: ``pred`` (it may ask the app) runs in a thread,
+        so the test's event loop (and the link in it) never blocks."""
+        deadline = time.monotonic() + within_s
+        while not await asyncio.to_thread(pred):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {within_s} s waiting for {what or pred}")
+            await asyncio.sleep(0.05)

@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/fastrtc/capture_frames.py   # rewrites tests/fastrtc/captured.jsonl
 
-Starts the real fastrtc app of :mod:`tests.fastrtc.app` (echo handler, 48 kHz in,
+Starts the real fastrtc app of ``server.py`` (needs ``.venv-fastrtc``; echo handler, 48 kHz in,
 24 kHz out, concurrency limit 1), connects with a bare websockets client, sends
 ``start`` + ``ping`` and 200 ms of a 440 Hz tone (-12 dBFS, 48 kHz, mu-law), and
 records what the server sends: the pong, the echoed media, the app messages its
@@ -58,7 +58,7 @@ async def capture(app: FastRTCApp) -> list[dict[str, str]]:
             ("send_input", []),
             ("stopword", ""),
         ]:
-            app.send(WID, app.create_message(kind, data))
+            await asyncio.to_thread(app.send, WID, kind, data)
             rows.append({"what": kind, "text": str(await ws.recv())})
         async with connect(app.url) as second:
             await second.send(json.dumps({"event": "start", "websocket_id": "capture-0002"}))

@@ -1,7 +1,7 @@
 """Fixtures for the FastRTC link: a real fastrtc app on loopback, a link harness.
 
-The fixtures that start the app import fastrtc (large) on first use only: the codec
-tests in this folder run without it.
+The app runs in its own process and environment (``.venv-fastrtc``); the codec tests
+in this folder need neither.
 """
 
 from __future__ import annotations
@@ -137,10 +137,18 @@ class Harness(LinkHarnessBase):
         await self.mic.stop()
 
 
-@pytest.fixture
-def app() -> Iterator[FastRTCApp]:
+@pytest.fixture(scope="session")
+def shared_app() -> Iterator[FastRTCApp]:
+    """One real fastrtc app for the whole run (starting one costs seconds: fastrtc's import)."""
     with FastRTCApp() as a:
         yield a
+
+
+@pytest.fixture
+def app(shared_app: FastRTCApp) -> FastRTCApp:
+    """The shared app with its seat free and its recordings forgotten."""
+    shared_app.reset()
+    return shared_app
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The real FastRTCLink against a real fastrtc app (Stream + echo handler, uvicorn) on
-loopback, with a recording mixer and a paced uplink queue."""
+"""The real FastRTCLink against a real fastrtc app (Stream + echo handler under uvicorn,
+in its own process) on loopback, with a recording mixer and a paced uplink queue."""
 
 from __future__ import annotations
 
@@ -19,21 +19,26 @@ from .conftest import Harness, peak_hz, rms_dbfs, tone
 pytestmark = [pytest.mark.fastrtc, pytest.mark.asyncio]
 
 
+def session_id(h: Harness) -> str:
+    assert h.link is not None
+    return h.link.websocket_id
+
+
 async def test_tone_goes_up_at_the_input_rate_and_comes_back_at_the_output_rate(
     harness: Harness, app: FastRTCApp
 ) -> None:
     harness.start()
     await harness.wait_up()
     harness.mic.play(tone(440.0, 1.0))
-    await app.await_(lambda: len(app.handlers) == 1, what="a handler")
-    wid = harness.link.websocket_id if harness.link else ""
-    # the server got 1 s of 440 Hz at 48 kHz (it does not resample: we did)
-    await app.await_(lambda: len(app.received(wid)) >= 48000, what="1 s of audio at the server")
-    heard = app.received(wid)[:48000]
-    assert peak_hz(heard[4800:43200], 48000) == pytest.approx(440.0, abs=2.0)
-    assert rms_dbfs(heard[4800:43200]) == pytest.approx(-15.0, abs=1.0)  # -12 dBFS peak sine
-    # ... and echoed it back: the mixer source plays 24 kHz mono, the same tone
+    wid = session_id(harness)
+    # the app got 1 s of 440 Hz at 48 kHz (it does not resample: the link did)
+    await app.await_(lambda: app.session(wid).received_samples >= 48000, what="1 s at the app")
     await harness.wait_until_played(24000)
+    heard = app.received(wid)
+    start = int(np.argmax(np.abs(heard) > 1000))
+    assert peak_hz(heard[start + 4800 : start + 43200], 48000) == pytest.approx(440.0, abs=2.0)
+    assert rms_dbfs(heard[start + 4800 : start + 43200]) == pytest.approx(-15.0, abs=1.0)
+    # ... and echoed it back: the mixer source plays 24 kHz mono, the same tone
     src = harness.mixer.sources[0]
     assert (src.name, src.rate, src.channels) == ("fastrtc", 24000, 1)
     back = src.pcm()
@@ -42,8 +47,8 @@ async def test_tone_goes_up_at_the_input_rate_and_comes_back_at_the_output_rate(
     assert rms_dbfs(back[start + 2400 : start + 21600]) == pytest.approx(-15.0, abs=1.0)
     assert all(t is not None for t in src.arrivals)
     # wire: start first, with a unique id; then ping (answered), then media
-    conn = app.started()[0]
-    assert conn.events[:2] == ["start", "ping"] and conn.websocket_id == wid and len(wid) == 32
+    conn = app.session(wid)
+    assert conn.events[:2] == ("start", "ping") and len(wid) == 32
     assert harness.metric("frames_sent_total") >= 50
     assert harness.metric("frames_received_total") >= 5
     assert harness.status.summary().startswith(f"fastrtc: up (app 127.0.0.1:{app.port})")
@@ -55,7 +60,7 @@ async def test_second_device_is_refused_and_waits_at_least_10_s(
     harness.start()
     await harness.wait_up()
     harness.mic.play(tone(440.0, 0.2))
-    first = harness.link.websocket_id if harness.link else ""
+    first = session_id(harness)
     second = Harness(app)
     try:
         second.start()  # the default refusal wait: 10 s
@@ -67,11 +72,14 @@ async def test_second_device_is_refused_and_waits_at_least_10_s(
         assert second.metric("refusals_total", reason="concurrency_limit_reached") == 1
         assert not second.mixer.live() and second.metric("frames_sent_total") == 0
         await asyncio.sleep(1.0)
-        assert len(app.connections) == 2, "no second attempt within the wait"
+        conns = await asyncio.to_thread(app.started)
+        assert len(conns) == 2, "no second attempt within the wait"
         # the refused session did not disturb the first one (its id is its own)
-        assert app.connections[1].websocket_id not in ("", first)
-        n = len(app.received(first))
-        await app.await_(lambda: len(app.received(first)) > n + 4800, what="first still streams")
+        assert conns[1].websocket_id not in ("", first) and conns[1].closed
+        n = conns[0].received_samples
+        await app.await_(
+            lambda: app.session(first).received_samples > n + 4800, what="the first streams on"
+        )
         assert harness.up()
     finally:
         await second.close()
@@ -89,9 +97,7 @@ async def test_refusal_waits_grow_and_the_seat_is_taken_once_free(
     def on_change(board: StatusBoard) -> None:
         part = board.links.get("fastrtc")
         if part and part.state is LinkState.RETRY and part.retry_at is not None:
-            wait = round(part.retry_at - time.monotonic(), 2)
-            if not waits or abs(wait - waits[-1]) > 0.05:
-                waits.append(wait)
+            waits.append(round(part.retry_at - time.monotonic(), 2))
 
     status.add_listener(on_change)
     second = Harness(app, status=status)
@@ -112,27 +118,32 @@ async def test_app_events_reach_the_journal_and_the_status(
     caplog.set_level(logging.INFO, logger="agent.links.fastrtc")
     harness.start()
     await harness.wait_up()
-    wid = harness.link.websocket_id if harness.link else ""
-    await app.await_(lambda: wid in app.handlers, what="the handler")
+    wid = session_id(harness)
     who = f"app 127.0.0.1:{app.port}"
 
-    app.send(wid, app.create_message("log", "started_talking"))
+    def say(kind: str, data: object) -> None:
+        app.send(wid, kind, data)
+
+    await asyncio.to_thread(say, "log", "started_talking")
     await wait_until(lambda: harness.detail() == f"{who}, hearing you", what="hearing you")
-    app.send(wid, app.create_message("log", "pause_detected"))
+    await asyncio.to_thread(say, "log", "pause_detected")
     await wait_until(lambda: harness.detail() == f"{who}, thinking", what="thinking")
-    app.send(wid, app.create_message("log", "response_starting"))
+    await asyncio.to_thread(say, "log", "response_starting")
     await wait_until(lambda: harness.detail() == f"{who}, assistant talking", what="talking")
     assert "fastrtc: up (app 127.0.0.1" in harness.status.summary()
     assert "assistant talking)" in harness.status.summary()
     # no reply audio follows: after a quiet second the status is plain again
     await wait_until(lambda: harness.detail() == who, 5, "the reply over")
 
-    for _ in range(2):
-        app.send(wid, app.create_message("send_input", []))
-    app.send(wid, app.create_message("stopword", ""))
-    app.send(wid, {"type": "error", "message": "model overloaded"})
-    app.send(wid, "this is not json")
-    app.send(wid, {"type": "fetch_output", "data": []})  # known to fastrtc, not to us
+    def more() -> None:
+        for _ in range(2):
+            app.send(wid, "send_input", [])
+        app.send(wid, "stopword", "")
+        app.send_text(wid, {"type": "error", "message": "model overloaded"})
+        app.send_text(wid, "this is not json")
+        app.send(wid, "fetch_output", [])  # a fastrtc message kind this client ignores
+
+    await asyncio.to_thread(more)
     await wait_until(lambda: harness.metric("unknown_events_total") == 1, what="unknown counted")
 
     assert harness.metric("app_events_total", event="send_input") == 2
@@ -146,45 +157,31 @@ async def test_app_events_reach_the_journal_and_the_status(
     notes = [getattr(r, "APP_EVENT", "") for r in caplog.records]
     assert [n for n in notes if n in progress] == list(progress)
     assert all(getattr(r, "LINK", "") == "fastrtc" for r in caplog.records)
-    assert harness.up() and len(app.connections) == 1  # none of it broke the session
+    conns = await asyncio.to_thread(app.started)
+    assert harness.up() and len(conns) == 1  # none of it broke the session
 
 
-async def test_cancel_sends_stop_and_the_app_closes_the_session(
+async def test_cancel_sends_stop_and_the_app_frees_the_seat(
     harness: Harness, app: FastRTCApp
 ) -> None:
     harness.start()
     await harness.wait_up()
     harness.mic.play(tone(440.0, 0.3))
-    await app.await_(lambda: app.connections[0].media_messages >= 5, what="media")
+    wid = session_id(harness)
+    await app.await_(lambda: app.session(wid).media_messages >= 5, what="media")
     took = await harness.stop()
     assert took < 1.0
-    conn = app.connections[0]
-    await app.await_(lambda: conn.closed, what="the server saw the close")
+    await app.await_(lambda: app.session(wid).closed, what="the app saw the close")
+    conn = await asyncio.to_thread(app.session, wid)
     assert conn.events[-1] == "stop"
     assert not harness.mixer.live()
     assert harness.status.links["fastrtc"].state is LinkState.STOPPED
-    # the app freed its seat: a new device is taken at once
-    other = Harness(app)
+    other = Harness(app)  # the seat is free: a new device is taken at once
     try:
         other.start()
         await other.wait_up()
     finally:
         await other.close()
-
-
-async def test_app_restart_reconnects_quickly_with_a_new_id(harness: Harness) -> None:
-    with FastRTCApp() as first:
-        harness.start(url=first.url)
-        await harness.wait_up()
-        old_id = harness.link.websocket_id if harness.link else ""
-        port = first.port
-    await wait_until(lambda: not harness.up(), 5, "the link down")
-    assert harness.state() in ("retry", "connecting")
-    assert not harness.mixer.live()
-    with FastRTCApp(port=port) as second:
-        await harness.wait_up(within_s=5)
-        assert second.started()[0].websocket_id != old_id
-        assert harness.metric("reconnects_total") >= 1
 
 
 async def test_wrong_path_needs_attention(harness: Harness, app: FastRTCApp) -> None:
@@ -193,3 +190,27 @@ async def test_wrong_path_needs_attention(harness: Harness, app: FastRTCApp) -> 
     detail = harness.detail()
     assert "HTTP 403" in detail and "fastrtc.url" in detail and "/websocket/offer" in detail
     assert harness.status.led.value == "blink-4hz"
+
+
+@pytest.mark.slow
+async def test_app_restart_reconnects_quickly_with_a_new_id(harness: Harness) -> None:
+    first = await asyncio.to_thread(FastRTCApp().__enter__)
+    try:
+        harness.start(url=first.url)
+        await harness.wait_up()
+        old_id = session_id(harness)
+        port = first.port
+    finally:
+        await asyncio.to_thread(first.stop)
+    await wait_until(lambda: not harness.up(), 5, "the link down")
+    assert harness.state() in ("retry", "connecting")
+    assert not harness.mixer.live()
+    second = await asyncio.to_thread(FastRTCApp(port=port).__enter__)
+    try:
+        await harness.wait_up(within_s=5)
+        assert session_id(harness) != old_id
+        conns = await asyncio.to_thread(second.started)
+        assert conns[0].websocket_id == session_id(harness)
+        assert harness.metric("reconnects_total") >= 1
+    finally:
+        await asyncio.to_thread(second.stop)
