@@ -172,6 +172,12 @@ class FastRTCApp:
         body = self._http.get(f"{self.base}/test/received/{websocket_id}").json()
         return np.frombuffer(base64.b64decode(body["pcm"]), dtype="<i2").astype(np.int16)
 
+    def arrivals(self, websocket_id: str) -> list[tuple[int, float]]:
+        """(first sample index, time.monotonic() of arrival) of each chunk the session's
+        handler received: the app's clock is this machine's monotonic clock."""
+        body = self._http.get(f"{self.base}/test/received/{websocket_id}").json()
+        return [(int(i), float(t)) for i, t in body["chunks"]]
+
     def send(self, websocket_id: str, kind: str, data: Any) -> str:
         """Make the session's handler send ``create_message(kind, data)``; returns the text."""
         return self._post_send(websocket_id, {"type": kind, "data": data})

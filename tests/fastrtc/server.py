@@ -6,8 +6,9 @@
 ``fastrtc.Stream(EchoHandler(), modality="audio", mode="send-receive",
 concurrency_limit=N).mount(app)`` on a FastAPI app, served by uvicorn on 127.0.0.1.
 The handler is fastrtc's echo example as an AsyncStreamHandler: it emits what it
-received, at the rate received, and fastrtc's server converts that to the output
-rate and mu-law. Prints ``READY <port>`` on stdout once it accepts connections.
+received (in chunks of >= 40 ms, see EchoHandler), at the rate received, and
+fastrtc's server converts that to the output rate and mu-law. Prints ``READY <port>``
+on stdout once it accepts connections.
 
 Nothing of fastrtc is changed or faked. For the tests to see what happened, the
 app has a few extra routes of its own (plain HTTP, beside fastrtc's):
@@ -15,7 +16,8 @@ app has a few extra routes of its own (plain HTTP, beside fastrtc's):
 - ``GET  /test/connections``: every ``/websocket/offer`` connection with the events
   its client sent, in order (an ASGI wrapper records them), and the audio its handler
   received so far (samples);
-- ``GET  /test/received/{websocket_id}``: that audio, base64 int16 at the input rate;
+- ``GET  /test/received/{websocket_id}``: that audio, base64 int16 at the input rate,
+  with the ``time.monotonic()`` at which each chunk arrived;
 - ``POST /test/send/{websocket_id}``: ``{"type": t, "data": d}`` is sent through the
   handler's data channel as ``fastrtc.utils.create_message(t, d)``, as fastrtc's own
   handlers send ``log``/``send_input``/``stopword``; ``{"text": s}`` sends ``s`` verbatim;
@@ -80,11 +82,17 @@ class Recorder:
 
 
 RECORDER = Recorder()
+MIN_CHUNK_S = 0.04  # see EchoHandler
 
 
 class EchoHandler(fastrtc.AsyncStreamHandler):  # type: ignore[misc]
-    """Emits what it received, as received; everything queued goes out at once, so
-    the server's 20 ms pacing of sends never lets a backlog build up."""
+    """Emits what it received, as received, in chunks of at least MIN_CHUNK_S.
+
+    Why chunks: fastrtc 0.0.34's WebSocket sender (``websocket.py``, ``_emit_loop``)
+    sleeps 20 ms after *every* message it sends, so a handler emitting one 20 ms frame
+    at a time is sent slower than real time (measured here: a message every ~22 ms,
+    1 s behind after 10 s). Real apps emit TTS in long chunks; an echo must too.
+    """
 
     def __init__(self, input_rate: int, output_rate: int) -> None:
         super().__init__(
@@ -94,6 +102,7 @@ class EchoHandler(fastrtc.AsyncStreamHandler):  # type: ignore[misc]
         )
         self.queue: asyncio.Queue[tuple[int, np.ndarray]] = asyncio.Queue()
         self.received: list[np.ndarray] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each received chunk
 
     async def start_up(self) -> None:
         # fastrtc runs start_up in the context it set for this connection
@@ -105,13 +114,17 @@ class EchoHandler(fastrtc.AsyncStreamHandler):  # type: ignore[misc]
         rate, samples = frame
         samples = np.asarray(samples, dtype=np.int16).reshape(-1)
         self.received.append(samples)
+        self.arrivals.append(time.monotonic())
         self.queue.put_nowait((rate, samples))
 
     async def emit(self) -> tuple[int, np.ndarray]:
         rate, first = await self.queue.get()
         parts = [first]
-        while not self.queue.empty():
-            parts.append(self.queue.get_nowait()[1])
+        have = len(first)
+        while have < MIN_CHUNK_S * rate or not self.queue.empty():
+            _, more = await self.queue.get()
+            parts.append(more)
+            have += len(more)
         return rate, np.concatenate(parts)
 
     def copy(self) -> EchoHandler:
@@ -140,9 +153,16 @@ def build(input_rate: int, output_rate: int, concurrency_limit: int) -> Any:
     @api.get("/test/received/{websocket_id}")
     async def received(websocket_id: str) -> JSONResponse:
         handler = RECORDER.handlers.get(websocket_id)
-        pcm = np.concatenate(handler.received) if handler and handler.received else np.zeros(0)
+        chunks = list(handler.received) if handler else []
+        pcm = np.concatenate(chunks) if chunks else np.zeros(0)
         data = base64.b64encode(pcm.astype("<i2").tobytes()).decode("ascii")
-        return JSONResponse({"rate": input_rate, "pcm": data})
+        # where each chunk starts in pcm, and when it arrived (time.monotonic(): on Linux
+        # the same clock in every process, so a bench can compare it with its own)
+        starts = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist() if chunks else []
+        arrivals = list(handler.arrivals[: len(chunks)]) if handler else []
+        return JSONResponse(
+            {"rate": input_rate, "pcm": data, "chunks": list(zip(starts, arrivals, strict=True))}
+        )
 
     @api.post("/test/send/{websocket_id}")
     async def send(websocket_id: str, request: Request) -> JSONResponse:
