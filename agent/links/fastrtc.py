@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import numpy as np
 import websockets.asyncio.client
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -77,6 +78,7 @@ REFUSAL_WAIT_S = 10.0  # least wait after a concurrency refusal; doubles per ref
 REFUSAL_CAP_S = 120.0  # ... up to this
 REFUSAL_JITTER = 0.2  # refusal waits are stretched by up to this fraction (devices desync)
 REPLY_QUIET_S = 1.0  # no reply audio this long after `response_starting`: the reply is over
+QUIET_PEAK = 64  # a media message whose samples all stay within +-this is silence (-54 dBFS)
 
 # What the app's `log` notes mean to someone looking at the device's status.
 ACTIVITY = {
@@ -213,7 +215,7 @@ class FastRTCLink:
         self._sink: PcmSink | None = None
         self._who = f"app {urlsplit(cfg.url).netloc or cfg.url}"  # status detail while up
         self._activity = ""  # the app's latest `log` note, shown in the status
-        self._last_media = 0.0
+        self._last_media = 0.0  # when audible reply audio last arrived
         self._asked_inputs = False  # `send_input` logged on this connection
         self._malformed_seen: set[str] = set()  # reasons logged on this connection
         self.websocket_id = ""  # of the current (or last) connection
@@ -366,7 +368,9 @@ class FastRTCLink:
                 assert self._sink is not None
                 if pcm.size:
                     self._sink.push(pcm, t_arrival)
-                    self._last_media = t_arrival
+                    if int(np.abs(pcm).max()) > QUIET_PEAK:
+                        self._last_media = t_arrival
+                self._reply_over(t_arrival)
             case Pong():
                 if self._sink is None:
                     self._accepted(ws)

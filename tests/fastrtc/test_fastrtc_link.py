@@ -161,6 +161,26 @@ async def test_app_events_reach_the_journal_and_the_status(
     assert harness.up() and len(conns) == 1  # none of it broke the session
 
 
+async def test_assistant_talking_lasts_as_long_as_the_reply_is_heard(
+    harness: Harness, app: FastRTCApp
+) -> None:
+    harness.start()
+    await harness.wait_up()
+    wid = session_id(harness)
+    talking = f"app 127.0.0.1:{app.port}, assistant talking"
+    harness.mic.play(tone(440.0, 2.5))  # the echo app "replies" with the tone
+    await asyncio.to_thread(app.send, wid, "log", "response_starting")
+    await wait_until(lambda: harness.detail() == talking, what="talking")
+    await asyncio.sleep(1.5)  # longer than the quiet timeout, but the reply is still audible
+    assert harness.detail() == talking
+    await wait_until(lambda: harness.detail() != talking, 5, "the reply over")
+    assert harness.detail() == f"app 127.0.0.1:{app.port}"
+    # it ended because the audible echo ended, while (silent) media still streams
+    n = len(harness.mixer.sources[0].pcm())
+    await harness.wait_until_played(n + 2400)
+    assert harness.detail() == f"app 127.0.0.1:{app.port}"
+
+
 async def test_cancel_sends_stop_and_the_app_frees_the_seat(
     harness: Harness, app: FastRTCApp
 ) -> None:
