@@ -1,6 +1,6 @@
 """Round trip mic -> FastRTC echo app -> speaker, on loopback.
 
-    .venv/bin/python bench/fastrtc_latency.py [--seconds 30] [--every-ms 500]
+    .venv/bin/python bench/fastrtc_latency.py [--runs 3] [--seconds 20] [--every-ms 500]
 
 The whole agent (:class:`agent.app.Agent`, PTT open, only the FastRTC link) runs here
 on simulated devices paced like a sound card (20 ms periods): the mic plays a 60 ms
@@ -18,8 +18,12 @@ Times, all on this machine's monotonic clock (the app's too: same clock on Linux
   (``write`` time + its offset in the period; the simulated speaker plays what it is
   given at once, so this is the render time).
 
+Each run starts a fresh agent against the same app: within a run the clocks (mic
+periods, the echo's 40 ms chunks, speaker periods, the jitter buffer's target) lock
+into one phase, so the spread shows *between* runs; the figures pool every run.
 Prints the median, p90, p99 and max of mic -> app, app -> speaker and mic -> speaker
-over the bursts, plus the jitter buffer's state at the end.
+over the bursts, the playout part of app -> speaker (arrival at the agent -> speaker,
+as the mixer records it for every period), and the jitter buffer's state at the end.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -152,12 +157,25 @@ def first_after(times: np.ndarray, t: float, within_s: float) -> float | None:
     return None
 
 
-async def run(seconds: float, every_ms: int) -> None:
-    every = max(every_ms // 20, BURST_MS // 20 + 5)
+@dataclass
+class Run:
+    up: list[float] = field(default_factory=list)  # ms per burst
+    down: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    playout: list[float] = field(default_factory=list)  # ms per period
+    missed: int = 0
+    target_ms: float = float("nan")
+    underruns: float = 0.0
+    uplink_drops: float = 0.0
+
+
+async def one_run(app: FastRTCApp, seconds: float, every: int) -> Run:
+    """A fresh agent (fresh clock phases) against the running app; bursts measured."""
     mic = BurstMic(every, first_period=int(WARMUP_S / PERIOD_S))
     speaker = TimedSpeaker()
     metrics = Metrics()
-    with FastRTCApp() as app, tempfile.TemporaryDirectory() as creds:
+    await asyncio.to_thread(app.reset)
+    with tempfile.TemporaryDirectory() as creds:
         cfg = config.from_dict(
             {
                 "device": {"id": "bench"},
@@ -184,14 +202,18 @@ async def run(seconds: float, every_ms: int) -> None:
         )
         task = asyncio.create_task(agent.run())
         await asyncio.sleep(WARMUP_S + seconds + 1.0)
+        run = Run()
         mixer = agent._mixer
         source = mixer.source("fastrtc")
-        target_ms = source.target_ms if source is not None else float("nan")
+        run.target_ms = source.target_ms if source is not None else float("nan")
+        run.playout = [x * 1000 for x in mixer.latencies("fastrtc")]  # arrival -> render
+        run.underruns = metrics.total("audio_underruns_total")
+        run.uplink_drops = metrics.total("frames_dropped_total", link="fastrtc")
         agent.stop()
         await asyncio.wait_for(task, 5)
-        wid = (await asyncio.to_thread(app.started))[0].websocket_id
-        heard = await asyncio.to_thread(app.received, wid)
-        chunks = await asyncio.to_thread(app.arrivals, wid)
+    wid = (await asyncio.to_thread(app.started))[0].websocket_id
+    heard = await asyncio.to_thread(app.received, wid)
+    chunks = await asyncio.to_thread(app.arrivals, wid)
 
     # when each loud sample reached the app: the arrival time of the chunk holding it
     starts = np.array([i for i, _ in chunks])
@@ -199,53 +221,67 @@ async def run(seconds: float, every_ms: int) -> None:
     loud_idx = np.flatnonzero(np.abs(heard) > LOUD)
     app_times = arrived[np.searchsorted(starts, loud_idx, side="right") - 1]
     spk_times = speaker.loud_times()
-
-    up, down, total = [], [], []
-    missed = 0
     for onset in mic.onsets[:-1]:
         t_app = first_after(app_times, onset, 1.0)
         t_spk = first_after(spk_times, onset, 1.0)
         if t_app is None or t_spk is None:
-            missed += 1
+            run.missed += 1
             continue
-        up.append((t_app - onset) * 1000)
-        down.append((t_spk - t_app) * 1000)
-        total.append((t_spk - onset) * 1000)
+        run.up.append((t_app - onset) * 1000)
+        run.down.append((t_spk - t_app) * 1000)
+        run.total.append((t_spk - onset) * 1000)
+    return run
+
+
+async def bench(runs: int, seconds: float, every_ms: int) -> None:
+    every = max(every_ms // 20, BURST_MS // 20 + 5)
+    results = []
+    with FastRTCApp() as app:
+        for _ in range(runs):
+            results.append(await one_run(app, seconds, every))
+
+    def pooled(name: str) -> list[float]:
+        return [x for r in results for x in getattr(r, name)]
 
     print(
         f"machine: {platform.machine()}, Python {platform.python_version()}, "
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"bursts: {len(total)} measured, {missed} missed ({seconds:g} s, one per {every * 20} ms); "
+        f"{runs} runs x {seconds:g} s, one burst per {every * 20} ms: "
+        f"{len(pooled('total'))} bursts measured, {sum(r.missed for r in results)} missed; "
         f"fastrtc 48 kHz in / 24 kHz out, speaker {SPK_RATE} Hz"
     )
-    print(f"{'':22}{'median':>8}{'p90':>8}{'p99':>8}{'max':>8}  ms")
-    for label, xs in (
-        ("mic -> app", up),
-        ("app -> speaker", down),
-        ("mic -> speaker", total),
+    print(f"{'all runs':22}{'median':>8}{'p90':>8}{'p99':>8}{'max':>8}  ms")
+    for label, name in (
+        ("mic -> app", "up"),
+        ("app -> speaker", "down"),
+        ("  of which playout *", "playout"),
+        ("mic -> speaker", "total"),
     ):
+        xs = pooled(name)
         if xs:
             print(
                 f"{label:22}"
                 + "".join(f"{v:8.1f}" for v in (pct(xs, 50), pct(xs, 90), pct(xs, 99), max(xs)))
             )
-    print(
-        f"jitter buffer target at the end: {target_ms:.0f} ms; "
-        f"underruns {metrics.total('audio_underruns_total'):.0f}, "
-        f"resets {metrics.total('jitter_resets_total'):.0f}, "
-        f"uplink drops {metrics.total('frames_dropped_total', link='fastrtc'):.0f}"
-    )
+    print("* reply bytes arriving at the agent -> speaker (the mixer's last 500 periods)")
+    for i, r in enumerate(results, 1):
+        median = pct(r.total, 50) if r.total else float("nan")
+        print(
+            f"run {i}: mic -> speaker median {median:.1f} ms; jitter target at the end "
+            f"{r.target_ms:.0f} ms, underruns {r.underruns:.0f}, uplink drops {r.uplink_drops:.0f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30.0, help="measured time")
+    parser.add_argument("--runs", type=int, default=3, help="fresh agents, one after another")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured time per run")
     parser.add_argument("--every-ms", type=int, default=500, help="one burst per this long")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(run(args.seconds, args.every_ms))
+    asyncio.run(bench(args.runs, args.seconds, args.every_ms))
 
 
 if __name__ == "__main__":
