@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import websockets.asyncio.client
@@ -213,7 +213,10 @@ class FastRTCLink:
         self._live: ClientConnection | None = None  # set while accepted: media flows
         self._resampler = StreamResampler(UPLINK_RATE, cfg.input_rate)
         self._sink: PcmSink | None = None
-        self._who = f"app {urlsplit(cfg.url).netloc or cfg.url}"  # status detail while up
+        parts = urlsplit(cfg.url)
+        self._who = f"app {parts.netloc or cfg.url}"  # status detail while up
+        # for logs: without a query string (config holds no secrets, but an app's URL may)
+        self._shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         self._activity = ""  # the app's latest `log` note, shown in the status
         self._last_media = 0.0  # when audible reply audio last arrived
         self._asked_inputs = False  # `send_input` logged on this connection
@@ -276,7 +279,7 @@ class FastRTCLink:
     async def _attempt(self) -> None:
         """One connection, until it ends (by raising, or cleanly)."""
         url = self.cfg.url
-        logger.info("connecting to %s", url, extra=LOG)
+        logger.info("connecting to %s", self._shown, extra=LOG)
         try:
             ws = await self._connect(
                 url,
@@ -289,9 +292,9 @@ class FastRTCLink:
         except InvalidStatus as e:
             raise HandshakeRefused(e.response.status_code) from None
         except InvalidURI:
-            raise LinkError(f"invalid URL {url!r}") from None
+            raise LinkError(f"invalid URL {self._shown!r}") from None
         except (OSError, TimeoutError, InvalidHandshake) as e:
-            raise AppUnreachable(f"cannot connect to {url}: {type(e).__name__}") from None
+            raise AppUnreachable(f"cannot connect to {self._shown}: {type(e).__name__}") from None
         self.websocket_id = self._new_id()
         self._asked_inputs = False
         self._malformed_seen.clear()
@@ -421,7 +424,7 @@ class FastRTCLink:
         logger.info(
             "fastrtc session %s accepted by %s (send %d Hz, play %d Hz)",
             self.websocket_id,
-            self.cfg.url,
+            self._shown,
             self.cfg.input_rate,
             self.cfg.output_rate,
             extra=LOG,
