@@ -296,6 +296,15 @@ class Agent:
                 metrics=self.metrics,
                 heartbeat=self.heartbeats.register("link-pbx", 30.0),
             )
+        if cfg.fastrtc.enabled:
+            from agent.links.fastrtc import FastRTCLink
+
+            links["fastrtc"] = FastRTCLink(
+                cfg.fastrtc,
+                uplink=gen.fanout.subscribe("fastrtc"),
+                heartbeat=self.heartbeats.register("link-fastrtc", 30.0),
+                **{k: v for k, v in common.items() if k != "http"},  # no REST in this link
+            )
         for name in links:
             self.status.set_link(name, LinkState.CONNECTING)
         gen.links = links
