@@ -78,6 +78,25 @@ def _url(*schemes: str, empty_ok: bool = False) -> Check:
     return check
 
 
+def _ca_file(v: str) -> str | None:
+    """A readable PEM file of CA certificates (loaded once here to prove it)."""
+    if v == "":
+        return None
+    if not os.path.isabs(v):
+        return f"must be an absolute path, not {v!r}"
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=v)
+    except FileNotFoundError:
+        return f"file {v} not found"
+    except ssl.SSLError:
+        return f"{v} holds no PEM CA certificate"
+    except OSError as e:
+        return f"cannot read {v}: {e.strerror or type(e).__name__}"
+    return None
+
+
 def _topic(v: str) -> str | None:
     return None if len(v) <= 128 else f"must be at most 128 characters, not {len(v)}"
 
@@ -230,6 +249,13 @@ class MetricsConfig:
 class SecurityConfig:
     allow_insecure: bool = field(
         default=False, metadata=_doc("Allow ws:// and http:// to hosts other than loopback.")
+    )
+    ca_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM file of CAs trusted for https:// and wss:// besides the system's ('' = none).",
+            _ca_file,
+        ),
     )
 
 
