@@ -72,6 +72,18 @@ class _Pipe:
         self.closed = True
         _reset(self.client)
         _reset(self.server)
+        self._cancel()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for writer in (self.client, self.server):
+            if writer is not None:
+                writer.close()
+        self._cancel()
+
+    def _cancel(self) -> None:
         current = asyncio.current_task()
         for task in self.tasks:
             if task is not current:
@@ -121,7 +133,16 @@ class FaultProxy:
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        await self.kill()
+        """Stop listening and close every connection cleanly (FIN, not RST)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for pipe in list(self._pipes):
+            pipe.close()
+        self._pipes.clear()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
 
     @property
     def port(self) -> int:
