@@ -70,7 +70,10 @@ def _url(*schemes: str, empty_ok: bool = False) -> Check:
     def check(v: str) -> str | None:
         if v == "" and empty_ok:
             return None
-        parts = urlsplit(v.replace("{computer_id}", "x"))
+        try:
+            parts = urlsplit(v.replace("{computer_id}", "x"))
+        except ValueError:  # e.g. "http://[::1": an unclosed IPv6 bracket
+            parts = urlsplit("")
         if parts.scheme not in schemes or not parts.netloc:
             return f"must be a {'/'.join(s + '://' for s in schemes)} URL, not {v!r}"
         return None
@@ -94,6 +97,8 @@ def _ca_file(v: str) -> str | None:
         return f"{v} holds no PEM CA certificate"
     except OSError as e:
         return f"cannot read {v}: {e.strerror or type(e).__name__}"
+    except ValueError:  # a NUL in the path
+        return f"not a usable path: {v!r}"
     return None
 
 
