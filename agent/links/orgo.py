@@ -394,6 +394,7 @@ class OrgoLink:
                     pong = True
                 case ServerError(message=text):
                     self._metrics.inc("server_errors_total", link=NAME)
+                    text = RedactingFilter.scrub(text[:200])  # a server may echo the token
                     logger.warning("Orgo server error: %s", text, extra=LOG)
                     self._status.set_error(f"orgo: {text}")
                 case Unknown(type=kind):
