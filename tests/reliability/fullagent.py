@@ -114,6 +114,7 @@ async def full_agent(
     wait_up: bool = True,
     orgo_kw: dict[str, Any] | None = None,
     setup: Setup | None = None,
+    hardware: Hardware | None = None,
 ) -> AsyncIterator[FullAgent]:
     """Start fakes and the agent (VideoSDK + Orgo, open mic); stop both on exit.
 
@@ -147,7 +148,7 @@ async def full_agent(
         agent = Agent(
             cfg,
             credentials=Credentials(creds, env={}),
-            hardware=Hardware(mic=lambda _c, _m: mic, speaker=lambda _c, _m: speaker),
+            hardware=hardware or Hardware(mic=lambda _c, _m: mic, speaker=lambda _c, _m: speaker),
             state=StateStore(None),
             notifier=notifier or Notifier(env={}),
         )
