@@ -111,3 +111,20 @@ async def test_link_survives_and_recovers(
     await rig.stop_link()
     assert rig.rest_requests_made() == rig.rest_requests_seen(), "REST requests made != seen"
     assert len(rig.entered("connecting")) == attempts, "one 'connecting' per attempt"
+
+
+def test_shipped_keepalives_drop_a_half_open_link_within_two_ping_intervals() -> None:
+    """What the half-open scenario shows with short timers holds for the shipped ones:
+    ping interval + pong timeout + the close wait (a dead peer never completes the
+    closing handshake) stays within two ping intervals."""
+    import inspect
+
+    from agent.links import orgo, videosdk
+
+    for cls, timeout_kw, close_s in (
+        (videosdk.VideoSDKLink, "ping_timeout_s", videosdk.STOP_TIMEOUT_S),
+        (orgo.OrgoLink, "pong_timeout_s", orgo.STOP_TIMEOUT_S),
+    ):
+        params = inspect.signature(cls).parameters
+        interval, timeout = params["ping_interval_s"].default, params[timeout_kw].default
+        assert interval + timeout + close_s <= 2 * interval, (cls.__name__, interval, timeout)
