@@ -34,6 +34,7 @@ from agent.controls import Controls, StateStore
 from agent.errors import ConfigError, GpioUnavailable
 from agent.hw.ports import AudioSink, AudioSource
 from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
 from agent.ptt import PttGate
 from agent.secrets import Credentials
@@ -136,7 +137,11 @@ class Agent:
         """Run until stop(); return the process exit code (0 after a clean stop)."""
         self.status.add_listener(lambda _b: self._status_changed.set())
         own_http = self._http is None
-        http = self._http or httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, follow_redirects=False)
+        http = self._http or httpx.AsyncClient(
+            timeout=HTTP_TIMEOUT_S,
+            follow_redirects=False,
+            verify=httpx_verify(self.cfg.security),  # security.ca_file: read at start
+        )
         self._open_gpio()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -274,6 +279,7 @@ class Agent:
                 uplink=gen.fanout.subscribe("videosdk"),
                 heartbeat=self.heartbeats.register("link-videosdk", 30.0),
                 on_command=self.controls.on_command,
+                security=cfg.security,
                 **common,
             )
         if cfg.orgo.enabled:
@@ -283,6 +289,7 @@ class Agent:
                 cfg.orgo,
                 self.credentials,
                 heartbeat=self.heartbeats.register("link-orgo", 30.0),
+                security=cfg.security,
                 **common,
             )
         if cfg.pbx.enabled:

@@ -70,7 +70,10 @@ def _url(*schemes: str, empty_ok: bool = False) -> Check:
     def check(v: str) -> str | None:
         if v == "" and empty_ok:
             return None
-        parts = urlsplit(v.replace("{computer_id}", "x"))
+        try:
+            parts = urlsplit(v.replace("{computer_id}", "x"))
+        except ValueError:  # e.g. "http://[::1": an unclosed IPv6 bracket
+            parts = urlsplit("")
         if parts.scheme not in schemes or not parts.netloc:
             return f"must be a {'/'.join(s + '://' for s in schemes)} URL, not {v!r}"
         return None
@@ -85,6 +88,27 @@ def _abspath(v: str) -> str | None:
 def _message_bytes(v: int) -> str | None:
     # _range's %g would print 1 MiB as 1.04858e+06
     return None if 4096 <= v <= 1 << 20 else f"must be between 4096 and 1048576 bytes, not {v!r}"
+
+
+def _ca_file(v: str) -> str | None:
+    """A readable PEM file of CA certificates (loaded once here to prove it)."""
+    if v == "":
+        return None
+    if not os.path.isabs(v):
+        return f"must be an absolute path, not {v!r}"
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=v)
+    except FileNotFoundError:
+        return f"file {v} not found"
+    except ssl.SSLError:
+        return f"{v} holds no PEM CA certificate"
+    except OSError as e:
+        return f"cannot read {v}: {e.strerror or type(e).__name__}"
+    except ValueError:  # a NUL in the path
+        return f"not a usable path: {v!r}"
+    return None
 
 
 def _topic(v: str) -> str | None:
@@ -257,6 +281,13 @@ class MetricsConfig:
 class SecurityConfig:
     allow_insecure: bool = field(
         default=False, metadata=_doc("Allow ws:// and http:// to hosts other than loopback.")
+    )
+    ca_file: str = field(
+        default="",
+        metadata=_doc(
+            "PEM file of CAs trusted for https:// and wss:// besides the system's ('' = none).",
+            _ca_file,
+        ),
     )
 
 

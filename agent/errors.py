@@ -10,6 +10,7 @@ also from the built-in that best describes it, so callers may catch either::
     │   └── MessageTooLarge                 refused locally before sending
     ├── AudioError (OSError)                an audio device failed
     │   └── DeviceUnavailable               opening failed / device vanished (ENODEV)
+    │       └── DeviceBusy                  another program, or a stuck handle, has it (EBUSY)
     ├── GpioUnavailable (OSError)           no GPIO chip or pin factory
     └── LinkError (ConnectionError)         a link could not be (re)established
         └── AuthRefused                     the service refused our credentials
@@ -50,6 +51,10 @@ class AudioError(AgentError, OSError):
 
 class DeviceUnavailable(AudioError):
     """An audio device cannot be opened or has vanished (e.g. USB card pulled)."""
+
+
+class DeviceBusy(DeviceUnavailable):
+    """An audio device exists but is held by another program or a stuck handle (EBUSY)."""
 
 
 class GpioUnavailable(AgentError, OSError):

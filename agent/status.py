@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.secrets import RedactingFilter
+
 
 class LinkState(enum.Enum):
     """The state of one link or device, as a user would name it."""
@@ -102,6 +104,7 @@ class StatusBoard:
 
     def set_error(self, message: str) -> None:
         """Remember the last user-relevant error (never containing a secret)."""
+        message = RedactingFilter.scrub(message)  # in case a peer's words carried one
         if message != self.last_error:
             self.last_error = message
             self._changed()
@@ -190,6 +193,7 @@ class StatusBoard:
         retry_in: float | None,
     ) -> None:
         retry_at = None if retry_in is None else self.clock() + retry_in
+        detail = RedactingFilter.scrub(detail)
         old = table.get(name)
         if old is not None and (old.state, old.detail, old.retry_at) == (state, detail, retry_at):
             return

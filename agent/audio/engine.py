@@ -32,7 +32,7 @@ from agent.audio.frames import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm
 from agent.audio.level import dbfs
 from agent.audio.mixer import Mixer
 from agent.audio.resample import StreamResampler, downmix, to_int16
-from agent.errors import AudioError, DeviceUnavailable
+from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
 from agent.hw.ports import AudioSink, AudioSource, device_name
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.metrics import Metrics
@@ -107,7 +107,9 @@ class _Device:
     def failed(self, loop: _Loop, exc: AudioError) -> float:
         """Report the failure; return the delay before the next attempt."""
         name = device_name(self.port)
-        if isinstance(exc, DeviceUnavailable):
+        if isinstance(exc, DeviceBusy):
+            detail = f"{self.kind} device busy: {name}"
+        elif isinstance(exc, DeviceUnavailable):
             detail = f"{self.kind} device missing: {name}"
         else:
             detail = f"{self.kind} device error: {name}"

@@ -24,7 +24,7 @@ import alsaaudio
 import numpy as np
 
 from agent.audio.frames import Pcm, samples_per_frame
-from agent.errors import AudioError, DeviceUnavailable
+from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
 from agent.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ def _classify(exc: Exception, device: str, action: str) -> AudioError:
     text = str(exc)
     if text.startswith(os.strerror(errno.EINVAL)):  # the device exists but refuses the format
         return AudioError(f"{device}: {action} refused (format not supported?): {text}")
+    if action == "open" and text.startswith(os.strerror(errno.EBUSY)):
+        return DeviceBusy(f"{device}: cannot open, busy (held by another program?): {text}")
     if action == "open" or text.startswith(_GONE):
         return DeviceUnavailable(f"{device}: cannot {action}: {text}")
     return AudioError(f"{device}: {action} failed: {text}")

@@ -32,9 +32,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from agent.audio.frames import PcmSink, SourceFactory
-from agent.config import OrgoConfig
+from agent.config import OrgoConfig, SecurityConfig
 from agent.errors import AgentError, AuthRefused, CredentialError, LinkError
 from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.links.tls import client_context, ws_tls
 from agent.metrics import Metrics
 from agent.proto.orgo import (
     CLOSE_BAD_TOKEN,
@@ -65,7 +66,7 @@ ws_logger.addFilter(RedactingFilter())
 NAME = "orgo"
 API_KEY = "orgo-api-key"  # credential file name
 LOG = {"LINK": NAME}  # journald field on every record of this link
-FETCH_TIMEOUT_S = 5.0  # REST password fetch
+FETCH_TIMEOUT_S = 5.0  # REST password fetch, in total (a server trickling bytes included)
 OPEN_TIMEOUT_S = 5.0  # TCP + WebSocket handshake
 STOP_TIMEOUT_S = 1.0  # send `stop` and close on cancellation
 OFFLINE_CAP_S = 60.0  # longest wait while the computer is offline
@@ -170,6 +171,9 @@ class OrgoLink:
         clock: Callable[[], float] = time.monotonic,
         ping_interval_s: float = 30.0,
         pong_timeout_s: float = 10.0,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        fetch_timeout_s: float = FETCH_TIMEOUT_S,
+        security: SecurityConfig | None = None,
     ) -> None:
         self.cfg = cfg
         self._creds = creds
@@ -183,6 +187,9 @@ class OrgoLink:
         self._clock = clock
         self._ping_interval_s = ping_interval_s
         self._pong_timeout_s = pong_timeout_s
+        self._open_timeout_s = open_timeout_s
+        self._fetch_timeout_s = fetch_timeout_s
+        self._tls = client_context(security or SecurityConfig())
         self._sink: PcmSink | None = None
         self._token_refusals = 0  # close 4401s in a row
         self._malformed_seen: set[str] = set()  # reasons already logged on this connection
@@ -245,12 +252,13 @@ class OrgoLink:
         try:
             ws = await self._connect(
                 url,
-                open_timeout=OPEN_TIMEOUT_S,
+                open_timeout=self._open_timeout_s,
                 ping_interval=None,  # liveness is the Orgo `ping`/`pong` below
                 close_timeout=STOP_TIMEOUT_S,
                 max_size=MAX_MESSAGE_BYTES,
                 compression=None,  # raw PCM hardly compresses; spare the Pi's CPU
                 logger=ws_logger,
+                **ws_tls(url, self._tls),
             )
         except InvalidStatus as e:
             code = e.response.status_code
@@ -293,9 +301,16 @@ class OrgoLink:
         url = f"{self.cfg.api_base.rstrip('/')}/computers/{quote(cid, safe='')}/vnc-password"
         self._metrics.inc("password_fetches_total", link=NAME)
         try:
-            resp = await self._http.get(
-                url, headers={"Authorization": f"Bearer {key.reveal()}"}, timeout=FETCH_TIMEOUT_S
-            )
+            # httpx's timeout bounds each read, not the reply: a trickling server would
+            # hold the link for ever without the outer deadline.
+            async with asyncio.timeout(self._fetch_timeout_s):
+                resp = await self._http.get(
+                    url,
+                    headers={"Authorization": f"Bearer {key.reveal()}"},
+                    timeout=self._fetch_timeout_s,
+                )
+        except TimeoutError:
+            raise ApiUnavailable("Orgo API timed out") from None
         except httpx.HTTPError as e:
             raise ApiUnavailable(f"Orgo API unreachable ({type(e).__name__})") from None
         if resp.status_code in (401, 403, 404):
@@ -379,6 +394,7 @@ class OrgoLink:
                     pong = True
                 case ServerError(message=text):
                     self._metrics.inc("server_errors_total", link=NAME)
+                    text = RedactingFilter.scrub(text[:200])  # a server may echo the token
                     logger.warning("Orgo server error: %s", text, extra=LOG)
                     self._status.set_error(f"orgo: {text}")
                 case Unknown(type=kind):

@@ -42,9 +42,10 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from agent.audio.frames import Frame, PcmSink, SourceFactory
-from agent.config import DeviceConfig, VideoSDKConfig
+from agent.config import DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, LinkError, ProtocolError
 from agent.links.backoff import Reconnector
+from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
 from agent.links.videosdk_auth import TokenSource
 from agent.metrics import Metrics
 from agent.proto.videosdk import (
@@ -137,6 +138,8 @@ def classify(exc: BaseException) -> Drop:
     match exc:
         case CredentialError():
             return Drop(str(exc), attention=True)
+        case InsecureTransport():
+            return Drop(str(exc), attention=True)
         case AuthRefused():
             return Drop(str(exc), attention=True)
         case SessionError(status=429, retry_after_s=wait):
@@ -214,18 +217,22 @@ class VideoSDKLink:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         ping_interval_s: float | None = 20.0,
-        ping_timeout_s: float | None = 20.0,
+        ping_timeout_s: float | None = 15.0,
         silence_s: float = 65.0,
         open_timeout_s: float = 10.0,
         status_interval_s: float = 0.25,
         outbox_size: int = 32,
+        security: SecurityConfig | None = None,
     ) -> None:
-        """Tuning, all optional: ``ping_*``: our keepalive (a missed pong drops the link);
+        """Tuning, all optional: ``ping_*``: our keepalive (a missed pong drops the link;
+        interval + timeout + the 1 s close wait stay within two intervals, so a half-open
+        connection is dropped within 2 ping intervals);
         ``silence_s``: drop when the server sent nothing at all for this long (two of its
         30 s pings + 5 s); ``open_timeout_s``: bound on the session request and on the
         WebSocket handshake, each; ``status_interval_s``: status publications are at most
         this frequent; ``outbox_size``: unsent topic messages kept while down;
-        ``wall_clock``: epoch seconds for JWT ``exp``."""
+        ``wall_clock``: epoch seconds for JWT ``exp``; ``security``: TLS trust
+        (``ca_file``) and whether a ws:// ``wsUrl`` to a non-loopback host is allowed."""
         self._cfg = cfg
         self._device = device
         self._tokens = TokenSource(creds, wall_clock=wall_clock)
@@ -245,6 +252,8 @@ class VideoSDKLink:
         self._open_timeout_s = open_timeout_s
         self._status_interval_s = status_interval_s
         self._outbox_size = outbox_size
+        self._security = security or SecurityConfig()
+        self._tls = client_context(self._security)
 
         self._topics = self._valid_topics(cfg)
         self._live: ClientConnection | None = None  # set while started: media flows
@@ -392,6 +401,9 @@ class VideoSDKLink:
             session.call_id,
             extra={"LINK": LINK, "CALL_ID": session.call_id, "ROOM_ID": self._cfg.room_id},
         )
+        refusal = plaintext_refusal(session.ws_url, allow_insecure=self._security.allow_insecure)
+        if refusal is not None:
+            raise InsecureTransport(f"session wsUrl refused: {refusal}")
         return session
 
     async def _stream(self, session: IngestSession) -> Drop:
@@ -407,6 +419,7 @@ class VideoSDKLink:
             max_size=WS_MAX_SIZE,
             logger=_wire_logger,
             create_connection=_WatchedConnection,
+            **ws_tls(session.ws_url, self._tls),
         ) as ws:
             sink: PcmSink | None = None
             try:

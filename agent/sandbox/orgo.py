@@ -198,6 +198,11 @@ class FakeOrgo:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def rest_requests(self) -> list[Request]:
+        """Every REST request seen (headers lower-cased), refused ones included."""
+        return self._rest.requests
+
     def accepted(self) -> list[Session]:
         """Sessions whose token was valid (streams that started)."""
         return [s for s in self.sessions if s.accepted]

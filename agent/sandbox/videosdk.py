@@ -23,7 +23,8 @@ Everything received is recorded (sessions, refs presented, media frames with
 arrival times, events, published messages, protocol violations) for assertions.
 Faults: :meth:`FakeVideoSDK.stop_ws` / :meth:`FakeVideoSDK.start_ws` (server death and
 restart on the same port), :meth:`FakeVideoSDK.drop`, :meth:`FakeVideoSDK.freeze`,
-:meth:`FakeVideoSDK.send_raw` (garbage), ``rest_delay_s``, ``accepted_tokens``.
+:meth:`FakeVideoSDK.send_raw` (garbage), ``rest_delay_s``, ``accepted_tokens``; ``ws_url_base``
+puts a proxy (:mod:`agent.sandbox.faultproxy`) in the ``wsUrl`` it hands out.
 
 Usage::
 
@@ -159,6 +160,9 @@ class FakeVideoSDK:
         self.rest_delay_s = 0.0  # answer session requests this late
         self.rest_status: int | None = None  # force this status on session requests
         self.on_session_created: Callable[[FakeSession], None] | None = None  # REST thread
+        # "scheme://host:port" put in wsUrl instead of the server's own address (a proxy
+        # or TLS terminator in front of it, or a name the test resolves).
+        self.ws_url_base: str | None = None
 
         self.sessions: list[FakeSession] = []
         self.ref_presented: collections.Counter[str] = collections.Counter()
@@ -383,8 +387,9 @@ class FakeVideoSDK:
             self._by_ref[ref] = s
         if self.on_session_created is not None:
             self.on_session_created(s)
+        base = self.ws_url_base or f"ws://{self.host}:{self._ws_port}"
         data = {
-            "wsUrl": f"ws://{self.host}:{self._ws_port}/videosdk?ref={ref}",
+            "wsUrl": f"{base}/videosdk?ref={ref}",
             "callId": s.call_id,
             "expiresIn": int(self.session_ttl_s),
         }

@@ -1,0 +1,154 @@
+"""A stand-in for ``alsaaudio.PCM`` behind the real :mod:`agent.hw.alsa` ports.
+
+The agent's own ALSA code (error classification, xrun recovery, reopening) runs
+unchanged; only the C library's answers are scripted, per device name:
+
+- ``unplug(name)`` / ``plug(name)``: opening fails and I/O on an open handle fails
+  with "No such device" (ENODEV), as when a USB card is pulled;
+- ``busy(name)``: opening fails with "Device or resource busy" (EBUSY); with
+  ``exclusive=True`` a device already open elsewhere is busy too (a stuck handle);
+- ``storm(name, p)``: each read/write returns -EPIPE (over/underrun) with probability p.
+
+Reads and writes are paced at the 20 ms period like a sound card, so both audio
+threads run at real time. Captured audio is a 1 kHz tone at -20 dBFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import alsaaudio
+import numpy as np
+
+FRAME_S = 0.02
+
+
+@dataclass
+class DeviceState:
+    plugged: bool = True
+    busy: bool = False
+    storm: float = 0.0  # probability of -EPIPE per period
+    opens: int = 0  # successful opens
+    refused: int = 0  # opens refused (gone or busy)
+    open_handles: int = 0
+    periods: int = 0  # periods read or written successfully
+    xruns: int = 0  # -EPIPE returned
+    energy: list[float] = field(default_factory=list)  # RMS of recent written periods
+
+
+class AlsaStub:
+    def __init__(self, *, exclusive: bool = True, seed: int = 1) -> None:
+        self.exclusive = exclusive
+        self.devices: dict[str, DeviceState] = {}
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+
+    def dev(self, name: str) -> DeviceState:
+        with self._lock:
+            return self.devices.setdefault(name, DeviceState())
+
+    def unplug(self, name: str) -> None:
+        self.dev(name).plugged = False
+
+    def plug(self, name: str) -> None:
+        self.dev(name).plugged = True
+
+    def busy(self, name: str, on: bool = True) -> None:
+        self.dev(name).busy = on
+
+    def storm(self, name: str, p: float) -> None:
+        self.dev(name).storm = p
+
+    def xrun(self, name: str) -> bool:
+        d = self.dev(name)
+        with self._lock:
+            hit = d.storm > 0 and self._rng.random() < d.storm
+        if hit:
+            d.xruns += 1
+        return hit
+
+    # -- what agent.hw.alsa calls ----------------------------------------------------
+    def pcm(self, **kw: Any) -> StubPcm:
+        name = kw["device"]
+        d = self.dev(name)
+        with self._lock:
+            if not d.plugged:
+                d.refused += 1
+                raise alsaaudio.ALSAAudioError(f"No such device [{name}]")
+            if d.busy or (self.exclusive and d.open_handles):
+                d.refused += 1
+                raise alsaaudio.ALSAAudioError(f"Device or resource busy [{name}]")
+            d.opens += 1
+            d.open_handles += 1
+        return StubPcm(self, name, kw)
+
+
+class StubPcm:
+    def __init__(self, stub: AlsaStub, name: str, kw: dict[str, Any]) -> None:
+        self.stub, self.name = stub, name
+        self.rate, self.channels = int(kw["rate"]), int(kw["channels"])
+        self.capture = kw["type"] == alsaaudio.PCM_CAPTURE
+        self.period = int(kw["periodsize"])
+        self._t0 = time.monotonic()
+        self._n = 0
+        self._phase = 0
+        self._open = True
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "rate": self.rate,
+            "channels": self.channels,
+            "period_size": self.period,
+            "buffer_size": self.period * 4,
+        }
+
+    def _pace(self) -> None:
+        self._n += 1
+        delay = self._t0 + self._n * FRAME_S - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -0.2:
+            self._t0, self._n = time.monotonic(), 0
+
+    def _check(self) -> None:
+        if not self._open:
+            raise alsaaudio.ALSAAudioError(f"File descriptor in bad state [{self.name}]")
+        if not self.stub.dev(self.name).plugged:
+            raise alsaaudio.ALSAAudioError(f"No such device [{self.name}]")
+
+    def read(self) -> tuple[int, bytes]:
+        self._check()
+        self._pace()
+        if self.stub.xrun(self.name):
+            return -errno.EPIPE, b""
+        n = self.period * self.channels
+        t = (self._phase + np.arange(self.period)) / self.rate
+        self._phase += self.period
+        tone = np.round(32768 * math.sqrt(2) * 0.1 * np.sin(2 * np.pi * 1000 * t))
+        pcm = np.repeat(tone.astype("<i2"), self.channels)[:n]
+        self.stub.dev(self.name).periods += 1
+        return self.period, pcm.tobytes()
+
+    def write(self, data: bytes) -> int:
+        self._check()
+        self._pace()
+        if self.stub.xrun(self.name):
+            return -errno.EPIPE
+        d = self.stub.dev(self.name)
+        d.periods += 1
+        samples = np.frombuffer(data, "<i2").astype(np.float64)
+        d.energy = [*d.energy[-49:], float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0]
+        return len(data) // (2 * self.channels)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            d = self.stub.dev(self.name)
+            with self.stub._lock:
+                d.open_handles -= 1

@@ -1,0 +1,130 @@
+"""Network faults on loopback, every scenario against every link, repeated.
+
+Each cycle: audio flowing -> inject the fault -> the link must leave ``up`` within the
+scenario's bound -> while the fault lasts it must not pretend to be up, nor hammer
+the server -> clear the fault -> audio must flow again within the backoff bound.
+After the cycles: no crash, no leaked connection, task or descriptor, one mixer
+source, and the link's counters match what the fakes and proxies saw.
+
+Cycles per scenario: ``FIELD_AGENT_FAULT_CYCLES`` (default 1 for CI; the soak mode
+of the note used 100). The numbers go to the terminal summary (``-rA`` not needed)
+and, with ``FIELD_AGENT_FAULT_REPORT=path``, as JSON lines to that file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import FaultRow, Report
+from tests.reliability.rigs import RIGS, LinkRig, VideoSDKRig, open_fds, rss_kib
+from tests.reliability.scenarios import SCENARIOS, Scenario
+from tests.support import wait_until
+
+pytestmark = pytest.mark.slow
+
+CYCLES = int(os.environ.get("FIELD_AGENT_FAULT_CYCLES", "1"))
+FIRST_CONNECT_S = 10.0
+
+
+@pytest.fixture(params=list(RIGS), ids=list(RIGS))
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LinkRig]:
+    r = RIGS[request.param](tmp_path)
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+def _applies(rig: LinkRig, scenario: Scenario) -> bool:
+    return rig.scenarios is None or scenario.name in rig.scenarios
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+async def test_link_survives_and_recovers(
+    rig: LinkRig, scenario: Scenario, fault_report: Report, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not _applies(rig, scenario):
+        pytest.skip(f"{scenario.name} does not apply to {rig.name}")
+    caplog.set_level(logging.WARNING)
+    await rig.wait_flowing(FIRST_CONNECT_S)
+    # Baselines once the link is streaming (first connect creates lasting tasks/fds).
+    tasks0, fds0 = len(asyncio.all_tasks()), open_fds()
+    rss: list[int] = []
+    row = FaultRow(rig.name, scenario.name, scenario.what)
+    fault_report.rows.append(row)
+
+    for cycle in range(CYCLES):
+        await rig.wait_flowing(FIRST_CONNECT_S)
+        connects0 = rig.ws.connections
+        t_inject = time.monotonic()
+        await scenario.inject(rig)
+        detect_bound = scenario.detect_within(rig)
+        await wait_until(
+            lambda t=t_inject: bool(rig.drops(t)),
+            detect_bound + (time.monotonic() - t_inject),
+            f"{rig.name} to notice {scenario.name} (cycle {cycle})",
+        )
+        detected = rig.drops(t_inject)[0] - t_inject
+        assert detected <= detect_bound, (scenario.name, detected, detect_bound)
+        await scenario.hold(rig)
+        t_clear = time.monotonic()
+        await scenario.clear(rig)
+        t_flow = await rig.wait_flowing(scenario.recover_within(rig))
+        drops = len(rig.drops(t_inject))
+        connects = rig.ws.connections - connects0
+        row.add(detected, t_flow - t_clear)
+        if scenario.exact_drops is not None:
+            assert drops == scenario.exact_drops, (scenario.name, drops)
+        if scenario.exact_connects is not None:
+            assert connects == scenario.exact_connects, (scenario.name, connects)
+        assert not rig.crashed()
+        rig.trim()
+        if cycle == 0 or cycle == CYCLES - 1:
+            rss.append(rss_kib())
+
+    await rig.wait_flowing(FIRST_CONNECT_S)
+    row.rss_growth_kib = rss[-1] - rss[0]
+    row.crashes = int(rig.crashed()) + sum(
+        1 for r in caplog.records if "unexpected" in r.getMessage() or r.exc_info
+    )
+    # No crash, nothing leaked: one connection, one mixer source, tasks and fds back.
+    assert row.crashes == 0, [r.getMessage() for r in caplog.records]
+    await wait_until(lambda: rig.ws.live == 1, 3.0, "exactly one proxied connection")
+    assert rig.mixer.source_names == [rig.name]
+    await wait_until(lambda: len(asyncio.all_tasks()) <= tasks0 + 1, 3.0, "tasks back to normal")
+    await wait_until(lambda: open_fds() <= fds0 + 2, 3.0, f"fds back to {fds0}")
+    if isinstance(rig, VideoSDKRig):
+        published, accounted = rig.uplink_accounted()
+        assert published == accounted, "every uplink frame is sent, dropped (counted) or queued"
+        sent = rig.metric("frames_sent_total")
+        assert rig.fake.frames_total <= sent
+    # Counters match what the other side saw.
+    attempts = rig.attempts()
+    await rig.stop_link()
+    assert rig.rest_requests_made() == rig.rest_requests_seen(), "REST requests made != seen"
+    assert len(rig.entered("connecting")) == attempts, "one 'connecting' per attempt"
+
+
+def test_shipped_keepalives_drop_a_half_open_link_within_two_ping_intervals() -> None:
+    """What the half-open scenario shows with short timers holds for the shipped ones:
+    ping interval + pong timeout + the close wait (a dead peer never completes the
+    closing handshake) stays within two ping intervals."""
+    import inspect
+
+    from agent.links import orgo, videosdk
+
+    for cls, timeout_kw, close_s in (
+        (videosdk.VideoSDKLink, "ping_timeout_s", videosdk.STOP_TIMEOUT_S),
+        (orgo.OrgoLink, "pong_timeout_s", orgo.STOP_TIMEOUT_S),
+    ):
+        params = inspect.signature(cls).parameters
+        interval, timeout = params["ping_interval_s"].default, params[timeout_kw].default
+        assert interval + timeout + close_s <= 2 * interval, (cls.__name__, interval, timeout)
