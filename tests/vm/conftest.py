@@ -23,3 +23,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("vm"):
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The VM tier's timings and sizes (set by test_vm.py's fixture), after the results."""
+    for line in getattr(config, "vm_tier_summary", []):
+        terminalreporter.write_line(line)
