@@ -130,6 +130,8 @@ class FakeOrgo:
         jitter_s: float = 0.0,
         desktop_token: bool = False,
         seed: int = 0,
+        rest_port: int = 0,
+        ws_port: int = 0,
     ) -> None:
         self.computer_id = computer_id
         self.api_key = api_key
@@ -152,10 +154,10 @@ class FakeOrgo:
         self._stale: tuple[str, str] | None = None  # what a stale fetch hands out
         self._stale_fetches = 0
         self._live: dict[ServerConnection, Session] = {}
-        self._rest = RestServer()
+        self._rest = RestServer(port=rest_port)  # 0 = any free port
         self._rest.route("GET", r"/api/computers/([^/]+)/vnc-password", self._vnc_password)
         self._ws: Server | None = None
-        self._port = 0
+        self._port = ws_port
 
     # -- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> FakeOrgo:

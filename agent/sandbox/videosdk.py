@@ -142,8 +142,11 @@ class FakeVideoSDK:
         clock: Callable[[], float] = time.monotonic,
         host: str = "127.0.0.1",
         keep_frames: int | None = None,
+        rest_port: int = 0,
+        ws_port: int = 0,
     ) -> None:
-        """``keep_frames``: remember only the last N media frames (long runs, benchmarks)."""
+        """``keep_frames``: remember only the last N media frames (long runs, benchmarks).
+        ``rest_port``/``ws_port``: fixed ports (0 = any free one)."""
         if not is_loopback_host(host):
             raise ValueError("the fake listens on loopback only")
         self.host = host
@@ -179,10 +182,10 @@ class FakeVideoSDK:
         self._lock = threading.Lock()
         self._by_ref: dict[str, FakeSession] = {}
         self._pending: dict[ServerConnection, FakeSession] = {}
-        self._rest = RestServer(host)
+        self._rest = RestServer(host, rest_port)
         self._rest.route("POST", r"/v2/ingest/sessions", self._create_session)
         self._ws: Server | None = None
-        self._ws_port = 0
+        self._ws_port = ws_port
         self._frozen: set[ServerConnection] = set()
 
     # -- lifecycle -----------------------------------------------------------------

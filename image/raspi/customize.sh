@@ -1,0 +1,31 @@
+#!/bin/sh
+# mmdebstrap customize hook of the arm64 Raspberry Pi base (image/build-base arm64).
+#   image/raspi/customize.sh ROOTFS
+# Does what Debian's own raspi images do, on a filesystem-image build (no loop mounts):
+# boot from the partitions labelled RASPIFIRM (FAT, /boot/firmware) and RASPIROOT
+# (ext4, /); serial console on the Pi 3/4's ttyS1; DHCP on Ethernet and Wi-Fi with
+# systemd-networkd; no ssh host keys or machine-id baked into the image (made at first
+# boot, so every card is its own device).
+set -eu
+root=$1
+here=$(dirname "$(readlink -f "$0")")
+
+# raspi-firmware writes cmdline.txt/config.txt and copies kernel, initrd and device
+# trees to /boot/firmware from its kernel hook: point it at the labels, then run it.
+sed -i 's/^#\?ROOTPART=.*/ROOTPART=LABEL=RASPIROOT/; s/^#\?CONSOLES=.*/CONSOLES="ttyS1,115200 tty0"/' \
+  "$root/etc/default/raspi-firmware"
+grep -q '^ROOTPART=LABEL=RASPIROOT' "$root/etc/default/raspi-firmware"
+kver=$(ls "$root/lib/modules" | sort -V | tail -1)
+chroot "$root" /etc/kernel/postinst.d/z50-raspi-firmware "$kver"
+grep -q 'root=LABEL=RASPIROOT' "$root/boot/firmware/cmdline.txt"
+
+install -m 0644 "$here/fstab" "$root/etc/fstab"
+install -m 0644 "$here/10-field-agent-wired.network" "$here/20-field-agent-wireless.network" \
+  "$root/etc/systemd/network/"
+install -m 0600 "$here/wpa_supplicant-wlan0.conf" "$root/etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
+install -D -m 0644 "$here/ssh-host-keys.conf" "$root/etc/systemd/system/ssh.service.d/host-keys.conf"
+systemctl --root="$root" enable systemd-networkd.service systemd-resolved.service \
+  systemd-timesyncd.service wpa_supplicant@wlan0.service
+rm -f "$root"/etc/ssh/ssh_host_*
+printf 'uninitialized\n' > "$root/etc/machine-id"
+echo "raspi: boot files for $kver in /boot/firmware: $(ls "$root/boot/firmware" | wc -l) files"

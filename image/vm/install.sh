@@ -1,0 +1,31 @@
+#!/bin/sh
+# Put the VM-tier test overlay into a provisioned amd64 rootfs (called by image/build --vm).
+#   image/vm/install.sh ROOTFS
+# Adds: snd-aloop at boot, the gpio-sim chip, the sandbox servers, the test config and
+# credentials (random values, so the checks can look for them in the journal), the
+# field-agent drop-in, the checks unit; masks the serial getty (its hang-ups would
+# swallow the results on ttyS0) and the apt timers.
+set -eu
+root=$1
+here=$(dirname "$(readlink -f "$0")")
+lib=$root/usr/local/lib/field-agent-vm
+units=$root/etc/systemd/system
+
+install -D -m 0644 "$here/checks.py" "$lib/checks.py"
+install -m 0644 "$here/cpuinfo" "$lib/cpuinfo"
+echo snd-aloop > "$root/etc/modules-load.d/field-agent-vm.conf"
+install -m 0644 "$here/agent.toml" "$root/etc/field-agent/agent.toml"
+secret() { od -An -N12 -tx1 /dev/urandom | tr -d ' \n'; }
+umask 077
+printf 'vm-videosdk-token-%s\n' "$(secret)" > "$root/etc/field-agent/credentials/videosdk-token"
+printf 'sk_orgo_vm_%s\n' "$(secret)" > "$root/etc/field-agent/credentials/orgo-api-key"
+umask 022
+for u in field-agent-vm-gpio.service field-agent-sandbox.service field-agent-vm-checks.service; do
+  install -m 0644 "$here/$u" "$units/$u"
+done
+install -D -m 0644 "$here/field-agent-vm.conf" "$units/field-agent.service.d/vm.conf"
+systemctl --root="$root" enable field-agent-vm-gpio.service field-agent-sandbox.service \
+  field-agent-vm-checks.service
+systemctl --root="$root" mask serial-getty@ttyS0.service getty@tty1.service \
+  apt-daily.timer apt-daily-upgrade.timer
+echo "vm overlay installed"
