@@ -43,6 +43,7 @@ MAX_RATE = 192000
 MAX_CHANNELS = 8
 MAX_PUSH_S = 5.0  # one push longer than this is refused (memory, not latency, limit)
 GAUGE_EVERY = FRAMES_PER_S  # renders between gauge updates (once a second)
+RESET_LOG_EVERY_S = 10.0  # a starved device resets every few pushes: one line per 10 s
 
 
 def _check_format(name: str, rate: Any, channels: Any) -> None:
@@ -87,6 +88,8 @@ class MixerSource:
         self._push_lock = threading.Lock()  # guards _resampler against concurrent pushers
         self._max_push = int(MAX_PUSH_S * rate) * channels
         self._seen_resets = 0
+        self._reset_logged_at = -RESET_LOG_EVERY_S
+        self._resets_unlogged = 0
         self._seen_underruns = 0
         self._seen_latencies = 0
         self._seen_played = 0
@@ -121,7 +124,15 @@ class MixerSource:
             new_underruns, self._seen_underruns = underruns - self._seen_underruns, underruns
         if new_resets:
             self._metrics.inc("jitter_resets_total", new_resets, source=self.name)
-            logger.info("jitter buffer of %s reset to its target (audio piled up)", self.name)
+            self._resets_unlogged += new_resets
+            if t_arrival - self._reset_logged_at >= RESET_LOG_EVERY_S:
+                logger.info(
+                    "jitter buffer of %s reset to its target (audio piled up; %d time(s) "
+                    "since the last such line)",
+                    self.name,
+                    self._resets_unlogged,
+                )
+                self._reset_logged_at, self._resets_unlogged = t_arrival, 0
         if new_underruns:  # counted when the late audio arrives (it was late, not over)
             self._metrics.inc("audio_underruns_total", new_underruns, source=self.name)
 
