@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -68,6 +69,25 @@ from agent.service import Heartbeat
 from agent.status import LinkState, StatusBoard
 
 logger = logging.getLogger(__name__)
+
+
+class _HideQuery(logging.Filter):
+    """The websockets library logs the request line at DEBUG (``> GET /path?query``): an
+    app's URL may carry a token in its query (a signed or private app), so the query
+    is masked there as it is left out of this link's own lines."""
+
+    _query = re.compile(r"(^> GET [^?\s]*)\?\S*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self._query.sub(r"\1?***", message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+ws_logger = logging.getLogger(__name__ + ".ws")
+ws_logger.addFilter(_HideQuery())
 
 NAME = "fastrtc"  # link name, mixer source, Fanout subscriber
 LOG = {"LINK": NAME}  # journald field on every record of this link
@@ -303,6 +323,7 @@ class FastRTCLink:
                 close_timeout=STOP_TIMEOUT_S,
                 max_size=MAX_MESSAGE_BYTES,
                 compression=None,  # mu-law hardly compresses; spare the Pi's CPU
+                logger=ws_logger,
                 **ws_tls(url, self._tls),
             )
         except InvalidStatus as e:
