@@ -177,6 +177,10 @@ class LinkRig(abc.ABC):
         """The mixer sources while audio flows and nothing else is going on."""
         return [self.name]
 
+    @abc.abstractmethod
+    def secrets(self) -> list[str]:
+        """Every secret value the run involved so far (scanned for in logs and status)."""
+
     def check_counters(self) -> None:  # noqa: B027 - optional hook
         """After the cycles, link running: its counters match what the fakes saw."""
 
@@ -379,6 +383,9 @@ class VideoSDKRig(UplinkRig):
     def flow(self) -> float:
         return self.metric("frames_received_total")
 
+    def secrets(self) -> list[str]:
+        return [VSDK_TOKEN, *(s.ref for s in self.fake.sessions)]
+
     def set_auth_refused(self, refused: bool) -> None:
         self.fake.accepted_tokens = set() if refused else {VSDK_TOKEN}
 
@@ -447,6 +454,9 @@ class OrgoRig(LinkRig):
     def flow(self) -> float:
         return self.metric("frames_received_total")
 
+    def secrets(self) -> list[str]:
+        return [ORGO_KEY, self.fake.password, *(s.token for s in self.fake.sessions if s.token)]
+
     def set_auth_refused(self, refused: bool) -> None:
         self.fake.api_key = "sk_orgo_someone_else" if refused else ORGO_KEY
 
@@ -465,6 +475,8 @@ class OrgoRig(LinkRig):
 
 
 # --- FastRTC ------------------------------------------------------------------------------
+
+RTC_TOKEN = "rig-rtc-sign-2c7e9a1f4b6d"  # a signed app's URL carries a token in its query
 
 
 class FastRTCRig(UplinkRig):
@@ -499,7 +511,7 @@ class FastRTCRig(UplinkRig):
         t = self.timing
         cfg = FastRTCConfig(
             enabled=True,
-            url=f"ws://{FAULT_HOST}:{self.ws.port}/websocket/offer",
+            url=f"ws://{FAULT_HOST}:{self.ws.port}/websocket/offer?token={RTC_TOKEN}",
             input_rate=self.fake.input_rate,
             output_rate=self.fake.output_rate,
         )
@@ -518,6 +530,9 @@ class FastRTCRig(UplinkRig):
 
     def flow(self) -> float:
         return self.metric("frames_received_total")
+
+    def secrets(self) -> list[str]:
+        return [RTC_TOKEN]
 
     def set_auth_refused(self, refused: bool) -> None:
         self.fake.busy = refused
@@ -680,6 +695,9 @@ class PbxRig(LinkRig):
 
     def flow(self) -> float:
         return self.metric("frames_received_total")
+
+    def secrets(self) -> list[str]:
+        return [PBX_SECRET, PBX_WRONG]
 
     def set_auth_refused(self, refused: bool) -> None:
         self.secret = PBX_WRONG if refused else PBX_SECRET

@@ -4,7 +4,9 @@ Each cycle: audio flowing -> inject the fault -> the link must leave ``up`` with
 scenario's bound -> while the fault lasts it must not pretend to be up, nor hammer
 the server -> clear the fault -> audio must flow again within the backoff bound.
 After the cycles: no crash, no leaked connection, task or descriptor, one mixer
-source, and the link's counters match what the fakes and proxies saw.
+source, and the link's counters match what the fakes and proxies saw. Throughout, the
+link's log records (INFO and up, as the journal gets them), every status change and
+the final metrics are scanned for the rig's secrets: 0 hits.
 
 Cycles per scenario: ``FIELD_AGENT_FAULT_CYCLES`` (default 1 for CI; the soak mode
 of the note used 100). The numbers go to the terminal summary (``-rA`` not needed)
@@ -14,14 +16,17 @@ and, with ``FIELD_AGENT_FAULT_REPORT=path``, as JSON lines to that file.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from agent.status import StatusBoard
 from tests.reliability.conftest import FaultRow, Report
 from tests.reliability.rigs import RIGS, LinkRig, open_fds, rss_kib
 from tests.reliability.scenarios import SCENARIOS, Scenario
@@ -57,6 +62,57 @@ async def test_link_survives_and_recovers(
     rig: LinkRig, scenario: Scenario, fault_report: Report, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
+    scan = SecretScan(rig)
+    agent_log = logging.getLogger("agent")
+    level0 = agent_log.level
+    agent_log.setLevel(logging.INFO)
+    agent_log.addHandler(scan)
+    rig.status.add_listener(scan.status)
+    try:
+        await _cycles(rig, scenario, fault_report, caplog, scan)
+    finally:
+        agent_log.removeHandler(scan)
+        agent_log.setLevel(level0)
+
+
+class SecretScan(logging.Handler):
+    """Counts secret values in what a person or a log collector would see; keeps only
+    the first few hits (memory is measured)."""
+
+    def __init__(self, rig: LinkRig) -> None:
+        super().__init__(logging.INFO)
+        self.rig = rig
+        self.records = 0
+        self.hits = 0
+        self.examples: list[str] = []
+
+    def text(self, where: str, text: str) -> None:
+        for secret in self.rig.secrets():
+            if secret and secret in text:
+                self.hits += 1
+                if len(self.examples) < 5:
+                    self.examples.append(f"{where}: {secret[:6]}...: {text[:160]!r}")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("agent.sandbox"):  # the fakes: the other side
+            return
+        self.records += 1
+        parts = [record.getMessage(), repr(record.args), record.exc_text or ""]
+        if record.exc_info:
+            parts.append("".join(traceback.format_exception(*record.exc_info)))
+        self.text(f"log {record.name}", "\n".join(parts))
+
+    def status(self, board: StatusBoard) -> None:
+        self.text("status", json.dumps(board.to_json()))
+
+
+async def _cycles(
+    rig: LinkRig,
+    scenario: Scenario,
+    fault_report: Report,
+    caplog: pytest.LogCaptureFixture,
+    scan: SecretScan,
+) -> None:
     await rig.wait_flowing(FIRST_CONNECT_S)
     # Baselines once the link is streaming (first connect creates lasting tasks/fds).
     tasks0, fds0 = len(asyncio.all_tasks()), open_fds()
@@ -112,6 +168,11 @@ async def test_link_survives_and_recovers(
     )
     await wait_until(lambda: len(asyncio.all_tasks()) <= tasks0 + 1, 3.0, "tasks back to normal")
     await wait_until(lambda: open_fds() <= fds0 + 2, 3.0, f"fds back to {fds0}")
+    # Nothing secret anywhere a person can see.
+    scan.text("metrics", json.dumps(rig.metrics.snapshot()))
+    row.secret_hits, row.records_scanned = scan.hits, scan.records
+    assert scan.records >= row.cycles, "the link's records were scanned"
+    assert scan.hits == 0, scan.examples
     # Counters match what the other side saw.
     rig.check_counters()
     attempts = rig.attempts()
