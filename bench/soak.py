@@ -315,22 +315,22 @@ class FakePbx:
 
         async def one(trickle: bool) -> None:
             reader, writer = await asyncio.open_connection(host, int(port))
+            answer = asyncio.ensure_future(reader.read(1))  # b"", a byte, or a reset
+            request = b"GET / HTTP/1.1\r\nHost: pbx\r\nX-Padding: " + b"a" * 1000
             try:
-                if trickle:
-                    request = b"GET / HTTP/1.1\r\nHost: pbx\r\nX-Padding: " + b"a" * 1000
-                    for i in range(len(request)):
-                        writer.write(request[i : i + 1])
-                        await writer.drain()
-                        read = asyncio.ensure_future(reader.read(1))
-                        done, _ = await asyncio.wait([read], timeout=0.2)
-                        if done:
-                            break
-                        read.cancel()
-                else:
-                    await reader.read()
+                for i in range(len(request) if trickle else 0):
+                    writer.write(request[i : i + 1])
+                    await writer.drain()
+                    done, _ = await asyncio.wait([answer], timeout=0.2)
+                    if done:
+                        break
+                await asyncio.wait([answer])
             except OSError:
                 pass
             finally:
+                answer.cancel()
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    await answer
                 writer.close()
 
         await asyncio.gather(*(one(i < n - 1) for i in range(n)))

@@ -16,6 +16,7 @@ own ``detect``: the link noticed when it refused or dropped what was bad.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -316,21 +317,21 @@ _REQUEST = b"GET / HTTP/1.1\r\nHost: pbx.example\r\nX-Padding: "
 async def _slowloris_conn(port: int, trickle: bool) -> None:
     """One slowloris connection; returns when the server has closed it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = asyncio.ensure_future(reader.read(1))  # b"" (closed), a byte, or a reset
     try:
-        if trickle:
-            for i in range(10_000):
-                writer.write(_REQUEST[i : i + 1] if i < len(_REQUEST) else b"a")
-                await writer.drain()
-                read = asyncio.ensure_future(reader.read(1))
-                done, _ = await asyncio.wait([read], timeout=0.2)
-                if done:
-                    break  # b"" (closed) or a byte of a response: either way, answered
-                read.cancel()
-        else:
-            await reader.read()
+        for i in range(10_000 if trickle else 0):
+            writer.write(_REQUEST[i : i + 1] if i < len(_REQUEST) else b"a")
+            await writer.drain()
+            done, _ = await asyncio.wait([answer], timeout=0.2)
+            if done:
+                break
+        await asyncio.wait([answer])
     except OSError:
-        pass  # reset: closed
+        pass  # reset while writing: closed
     finally:
+        answer.cancel()
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            await answer  # retrieved: a reset is the expected end here
         writer.close()
 
 
