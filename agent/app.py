@@ -310,6 +310,7 @@ class Agent:
                 cfg.fastrtc,
                 uplink=gen.fanout.subscribe("fastrtc"),
                 heartbeat=self.heartbeats.register("link-fastrtc", 30.0),
+                security=cfg.security,
                 **{k: v for k, v in common.items() if k != "http"},  # no REST in this link
             )
         for name in links:

@@ -63,6 +63,8 @@ def _host_port(v: str, *, allow_empty: bool) -> str | None:
     host, sep, port = v.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"must be HOST:PORT (e.g. 127.0.0.1:9464), not {v!r}"
+    if not host.isprintable() or " " in host or not host.isascii():
+        return f"HOST must be an address or an ASCII host name, not {host!r}"
     return None
 
 
@@ -82,7 +84,21 @@ def _url(*schemes: str, empty_ok: bool = False) -> Check:
 
 
 def _abspath(v: str) -> str | None:
-    return None if v == "" or v.startswith("/") else f"must be an absolute path, not {v!r}"
+    if v == "":
+        return None
+    if not v.startswith("/"):
+        return f"must be an absolute path, not {v!r}"
+    if "\x00" in v or not _encodable(v):
+        return f"not a usable path: {v!r}"
+    return None
+
+
+def _encodable(v: str) -> bool:
+    try:
+        os.fsencode(v)
+    except UnicodeError:
+        return False
+    return True
 
 
 def _message_bytes(v: int) -> str | None:
@@ -357,7 +373,14 @@ def from_dict(raw: dict[str, Any], *, path: str = "<dict>") -> Config:
         sections[name] = _build_section(name, cls, table if isinstance(table, dict) else {}, bad)
 
     cfg = Config(**sections, path=path)
-    _cross_checks(cfg, bad)
+    refused = {p.removeprefix(f"{path}: ").split(": ", 1)[0] for p in problems}
+
+    def bad_unless_refused(key: str, reason: str) -> None:
+        # a key whose value was refused above is left at its default: not a second line
+        if key not in refused:
+            bad(key, reason)
+
+    _cross_checks(cfg, bad_unless_refused)
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -3,16 +3,22 @@
     .venv/bin/python bench/soak.py [--minutes 10] [--seed 1] [--log-level DEBUG]
                                    [--production-timers] [--json PATH]
 
-The agent (:class:`agent.app.Agent`: VideoSDK + Orgo, open mic, simulated paced mic
-and speaker, secrets in a credentials directory) runs in this process; the fakes and
-the fault proxies in front of them (:mod:`agent.sandbox.faultproxy`) run in a child
-process, so RSS, descriptors, tasks and threads are the agent's own.
+The agent (:class:`agent.app.Agent`: VideoSDK + Orgo + FastRTC + the PBX server, open
+mic, simulated paced mic and speaker, secrets in a credentials directory) runs in
+this process; the fakes (a fake FastRTC app, and a fake PBX that keeps calling the
+agent's PBX server) and the fault proxies in front of them
+(:mod:`agent.sandbox.faultproxy`) run in a child process, so RSS, descriptors, tasks
+and threads are the agent's own.
 
 Every few seconds of healthy streaming a random fault is injected and later cleared:
 server killed, TCP reset mid-frame, half-open connection, accept-and-never-answer,
-handshake-then-silence, trickling REST, DNS failure (names under ``.invalid``),
-401 storm, Orgo computer restart with a stale password (4401), mic unplugged,
-speaker unplugged. Reported:
+handshake-then-silence (each on VideoSDK, Orgo or FastRTC), trickling REST, 401 storm
+(VideoSDK or Orgo), DNS failure (names under ``.invalid``), Orgo computer restart with
+a stale password (4401), FastRTC app busy (concurrency refusals), mic unplugged,
+speaker unplugged, and on the PBX side: the PBX vanishes mid-call (reset), stops
+sending (half-open: the idle timeout ends the call), sends a wrong secret for a while
+(401 storm), dials 20 calls at once (503 beyond ``max_calls``), slowloris handshakes,
+garbage frames. Reported:
 
 - per scenario: cycles, crashes, max recovery time (fault cleared -> audio flowing);
 - RSS growth after a warm-up, open fds, asyncio tasks, threads (first/last/max);
@@ -22,14 +28,19 @@ speaker unplugged. Reported:
 - secret hits: every log record (at ``--log-level``, before redaction, streamed to a
   temporary file), STATUS line, status JSON and the final metrics snapshot, scanned
   for every secret value the run involved (files, minted JWTs, passwords, refs);
+- counters against what the other side saw: the PBX link's calls, refusals by reason
+  (401, 503, slowloris timeouts, non-HTTP) and malformed frames against what the fake
+  PBX did; FastRTC's refusals against the app's;
 - the unit's ``systemd-analyze security --offline=true`` exposure (if available).
 
 Timers: backoff as shipped except ``slow_s`` = 5 s (a refused credential is retried
-after 5 s, not 2 min) and keepalive 5 s / 3 s (VideoSDK), ping 5 s / pong 2 s (Orgo)
-instead of 20/15 and 30/10, so a half-open connection costs ~10 s, not ~40 s;
-``--production-timers`` keeps everything as shipped. Exit status 1 on a crash, a
-fault not recovered within 90 s, a lost frame during up-time, a secret hit, or
-growth beyond the limits printed.
+after 5 s, not 2 min) and keepalive 5 s / 3 s (VideoSDK), ping 5 s / pong 2 s (Orgo,
+FastRTC) instead of 20/15, 30/10 and 20/10, so a half-open connection costs ~10 s, not
+~40 s; a busy FastRTC app is retried after 2 s (doubling), not 10 s; the PBX idle
+timeout is 5 s, not 30 s; ``--production-timers`` keeps everything as shipped. Exit
+status 1 on a crash, a fault not recovered within 90 s, a lost frame during up-time,
+a secret hit, a PBX or FastRTC counter that does not match what the PBX side / the
+app saw, or growth beyond the limits printed.
 
 CI short mode: ``.venv/bin/python bench/soak.py --minutes 2.5``.
 """
@@ -81,8 +92,14 @@ HOST = "agent-soak.invalid"  # RFC 6761: only our Resolver shim makes it resolve
 VSDK_API_KEY = "soak-vsdk-apikey-6f1d3b8a2c"
 VSDK_SECRET = "soak-vsdk-secret-2a9e7c5b3d1f8e6a4c2b0d9f7e5a3c1b"
 ORGO_KEY = "sk_orgo_soak_9c7e5a3b1d2f4e6a"
+PBX_SECRET = "soak-pbx-secret-3f8a6c1e9b2d"
+PBX_WRONG = "soak-pbx-secret-3f8a6c1e9b2e"  # a misconfigured PBX: a near miss
+RTC_QUERY_TOKEN = "soak-rtc-sign-8b4e2a6c0d1f"  # a token in the FastRTC app's URL query
 RECOVERY_LIMIT_S = 90.0
-LINKS = ("videosdk", "orgo")
+LINKS = ("videosdk", "orgo", "fastrtc", "pbx")
+OUTGOING = ("videosdk", "orgo", "fastrtc")  # links that connect out (by the name HOST)
+PBX_STORM = 20  # calls dialled at once
+PBX_SLOWLORIS = 4  # connections that trickle (3) or withhold (1) their handshake
 LIMITS = {"rss_growth_kib": 20 * 1024, "fds_growth": 8, "tasks_growth": 8, "threads_growth": 4}
 
 
@@ -94,6 +111,7 @@ def child_main(conn: Connection, seed: int) -> None:
 
 
 async def _child(conn: Connection, seed: int) -> None:
+    from agent.sandbox.fastrtc import FakeFastRTC
     from agent.sandbox.orgo import FakeOrgo, tone
     from agent.sandbox.videosdk import FakeVideoSDK
 
@@ -103,12 +121,16 @@ async def _child(conn: Connection, seed: int) -> None:
     await vsdk.start()
     orgo = FakeOrgo(api_key=ORGO_KEY, generator=tone(440.0, -12.0), seed=seed)
     await orgo.__aenter__()
+    rtc = FakeFastRTC(concurrency_limit=2, keep_sessions=50)
+    await rtc.start()
     proxies = {
         ("videosdk", "rest"): FaultProxy(_port(vsdk.api_base)),
         ("videosdk", "ws"): FaultProxy(vsdk.ws_port),
         ("orgo", "rest"): FaultProxy(_port(orgo.api_base)),
         ("orgo", "ws"): FaultProxy(_port(orgo.audio_url.replace("{computer_id}", "x"))),
+        ("fastrtc", "ws"): FaultProxy(rtc.port),
     }
+    pbx: FakePbx | None = None  # started once the parent says where the agent listens
     for p in proxies.values():
         await p.start()
     vsdk.ws_url_base = f"ws://{HOST}:{proxies['videosdk', 'ws'].port}"
@@ -142,6 +164,8 @@ async def _child(conn: Connection, seed: int) -> None:
             "orgo_api": f"http://127.0.0.1:{proxies['orgo', 'rest'].port}/api",
             "orgo_audio": f"ws://{HOST}:{proxies['orgo', 'ws'].port}/{{computer_id}}/audio",
             "computer_id": orgo.computer_id,
+            "fastrtc": f"ws://{HOST}:{proxies['fastrtc', 'ws'].port}/websocket/offer",
+            "fastrtc_rates": (rtc.input_rate, rtc.output_rate),
         }
     )
     while True:
@@ -162,8 +186,27 @@ async def _child(conn: Connection, seed: int) -> None:
                     link, on = args
                     if link == "videosdk":
                         vsdk.api_key = "someone-elses-key" if on else VSDK_API_KEY
+                    elif link == "fastrtc":
+                        rtc.busy = on
+                    elif link == "pbx":
+                        assert pbx is not None
+                        pbx.secret = PBX_WRONG if on else PBX_SECRET
                     else:
                         orgo.api_key = "sk_orgo_not_yours" if on else ORGO_KEY
+                case "pbx_start":  # (agent's PBX port,)
+                    proxies["pbx", "ws"] = FaultProxy(args[0])
+                    await proxies["pbx", "ws"].start()
+                    pbx = FakePbx(f"ws://127.0.0.1:{proxies['pbx', 'ws'].port}")
+                    pbx.task = asyncio.create_task(pbx.run(), name="fake-pbx")
+                case "pbx_storm":
+                    assert pbx is not None
+                    result = await pbx.storm(PBX_STORM)
+                case "pbx_slowloris":
+                    assert pbx is not None
+                    result = await pbx.slowloris(PBX_SLOWLORIS)
+                case "pbx_garbage":
+                    assert pbx is not None
+                    result = await pbx.garbage()
                 case "orgo_restart":
                     await orgo.restart_computer(stale_fetches=1)
                 case "received":
@@ -185,6 +228,10 @@ async def _child(conn: Connection, seed: int) -> None:
                         "violations": len(vsdk.violations),
                         "orgo_sessions": len(orgo.sessions),
                         "password_fetches": orgo.password_fetches,
+                        "fastrtc_connections": rtc.connections,
+                        "fastrtc_refusals": rtc.refusals,
+                        "fastrtc_media": rtc.media_total,
+                        "pbx": None if pbx is None else pbx.report(),
                     }
                 case "quit":
                     conn.send(None)
@@ -193,10 +240,124 @@ async def _child(conn: Connection, seed: int) -> None:
         except Exception as e:  # a bug in the harness: report it, keep serving
             conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     task.cancel()
+    if pbx is not None and pbx.task is not None:
+        pbx.task.cancel()
     for p in proxies.values():
         await p.stop()
+    await rtc.stop()
     await orgo.__aexit__(None, None, None)
     await vsdk.stop()
+
+
+class FakePbx:
+    """The PBX side, in the child: calls the agent again and again (one call at a time,
+    8 kHz, two parties), and the PBX faults that need a client."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.secret = PBX_SECRET
+        self.call: Any = None  # the current PbxCall, once connected
+        self.task: asyncio.Task[None] | None = None
+        self.admitted = 0
+        self.statuses: dict[int, int] = defaultdict(int)  # HTTP refusals seen
+
+    def new_call(self, secret: str | None = None) -> Any:
+        from agent.sandbox.pbx import two_party_call
+
+        return two_party_call(self.url, secret=secret or self.secret, sample_rate=8000)
+
+    async def run(self) -> None:
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+        while True:
+            call = self.new_call()
+            try:
+                await call.connect()
+            except InvalidStatus as e:
+                self.statuses[e.response.status_code] += 1
+                await asyncio.sleep(0.1)
+                continue
+            except (OSError, TimeoutError, InvalidHandshake):
+                await asyncio.sleep(0.2)
+                continue
+            self.admitted += 1
+            self.call = call
+            try:
+                await call.stream(24 * 3600.0)
+            except ConnectionClosed:
+                pass
+            finally:
+                self.call = None
+                if call.ws is not None:
+                    call.ws.transport.abort()
+            await asyncio.sleep(0.1)
+
+    async def storm(self, n: int) -> dict[str, int]:
+        """``n`` calls at once; the admitted ones play 0.3 s and hang up."""
+        calls = [self.new_call() for _ in range(n)]
+        results = await asyncio.gather(*(c.connect() for c in calls), return_exceptions=True)
+        out: dict[str, int] = defaultdict(int)
+        for call, r in zip(calls, results, strict=True):
+            status = getattr(getattr(r, "response", None), "status_code", None)
+            out["admitted" if r is None else str(status or type(r).__name__)] += 1
+            if r is None:
+                self.admitted += 1
+                await call.stream(0.3)
+                await call.end()
+                await call.close()
+        return dict(out)
+
+    async def slowloris(self, n: int) -> float:
+        """``n`` connections trickle their request (the last sends nothing); return the
+        seconds until the agent closed them all."""
+        t0 = time.monotonic()
+        host, port = self.url.removeprefix("ws://").rsplit(":", 1)
+
+        async def one(trickle: bool) -> None:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            answer = asyncio.ensure_future(reader.read(1))  # b"", a byte, or a reset
+            request = b"GET / HTTP/1.1\r\nHost: pbx\r\nX-Padding: " + b"a" * 1000
+            try:
+                for i in range(len(request) if trickle else 0):
+                    writer.write(request[i : i + 1])
+                    await writer.drain()
+                    done, _ = await asyncio.wait([answer], timeout=0.2)
+                    if done:
+                        break
+                await asyncio.wait([answer])
+            except OSError:
+                pass
+            finally:
+                answer.cancel()
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    await answer
+                writer.close()
+
+        await asyncio.gather(*(one(i < n - 1) for i in range(n)))
+        return time.monotonic() - t0
+
+    async def garbage(self) -> int:
+        """Malformed frames in the live call and one non-HTTP connection; how many frames."""
+        frames: list[str | bytes] = [b"\x00\x01", "not json", "[" * 50_000,
+                                     '{"callid":"g","audio":"!!"}', '{"callid":"g","audio":"QUJD"}',
+                                     '{"audio":""}']  # fmt: skip
+        sent = 0
+        call = self.call
+        if call is not None:
+            for f in frames:
+                await call.send_raw(f)
+                sent += 1
+        host, port = self.url.removeprefix("ws://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"\x16\x03\x01 not HTTP\r\n\r\n")
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(5):
+                await reader.read()
+        writer.close()
+        return sent
+
+    def report(self) -> dict[str, Any]:
+        return {"admitted": self.admitted, "statuses": dict(self.statuses)}
 
 
 def _port(url: str) -> int:
@@ -277,6 +438,10 @@ class Soak:
         self.samples: list[dict[str, float]] = []
         self.loop_errors: list[str] = []
         self.resolver = Resolver([HOST])
+        self.pbx_storms: list[dict[str, int]] = []  # what each storm of calls got
+        self.pbx_slowloris: list[float] = []  # seconds until the agent closed them all
+        self.pbx_garbage = 0  # malformed frames sent in live calls
+        self.pbx_port = _free_port()
 
     # -- setup ------------------------------------------------------------------------
     def build_agent(self) -> Agent:
@@ -286,6 +451,7 @@ class Soak:
             ("videosdk-api-key", VSDK_API_KEY),
             ("videosdk-secret", VSDK_SECRET),
             ("orgo-api-key", ORGO_KEY),
+            ("pbx-secret", PBX_SECRET),
         ):
             (creds / name).write_text(value + "\n")
             os.chmod(creds / name, 0o600)
@@ -299,6 +465,17 @@ class Soak:
                     "computer_id": self.urls["computer_id"],
                     "api_base": self.urls["orgo_api"],
                     "audio_url": self.urls["orgo_audio"],
+                },
+                "fastrtc": {
+                    "enabled": True,
+                    "url": f"{self.urls['fastrtc']}?token={RTC_QUERY_TOKEN}",
+                    "input_rate": self.urls["fastrtc_rates"][0],
+                    "output_rate": self.urls["fastrtc_rates"][1],
+                },
+                "pbx": {
+                    "enabled": True,
+                    "listen": f"127.0.0.1:{self.pbx_port}",
+                    "idle_timeout_s": 30.0 if self.args.production_timers else 5.0,
                 },
                 "metrics": {"listen": ""},
                 # the fault proxies are reached by a name under .invalid (so DNS can fail)
@@ -321,11 +498,16 @@ class Soak:
         if self.args.production_timers:
             return
         policy = dataclasses.replace(BackoffPolicy(), slow_s=5.0)
+        import agent.links.fastrtc as rtc_mod
         import agent.links.orgo as orgo_mod
+        import agent.links.pbx as pbx_mod
         import agent.links.videosdk as vsdk_mod
 
-        for mod in (vsdk_mod, orgo_mod):
+        for mod in (vsdk_mod, orgo_mod, rtc_mod, pbx_mod):
             mod.Reconnector = functools.partial(_reconnector, policy)
+        rtc_mod.FastRTCLink = functools.partial(
+            rtc_mod.FastRTCLink, ping_interval_s=5.0, pong_timeout_s=2.0, refusal_wait_s=2.0
+        )
         vsdk_mod.VideoSDKLink = functools.partial(
             vsdk_mod.VideoSDKLink, ping_interval_s=5.0, ping_timeout_s=3.0
         )
@@ -335,8 +517,13 @@ class Soak:
 
     # -- observation --------------------------------------------------------------------
     def state(self, name: str) -> str:
+        """A part's state; for the PBX server "up" means a call is playing ("idle": none)."""
         part = self.agent.status.links.get(name) or self.agent.status.devices.get(name)
-        return "" if part is None else part.state.value
+        if part is None:
+            return ""
+        if name == "pbx" and part.state.value == "up":
+            return "up" if self.agent.metrics.get("active_channels", link="pbx") else "idle"
+        return part.state.value
 
     def flow(self, link: str) -> float:
         return self.agent.metrics.total("frames_received_total", link=link)
@@ -344,7 +531,7 @@ class Soak:
     async def healthy(self, parts: tuple[str, ...], within_s: float) -> float | None:
         """Wait until every part is up and (links) audio flows; return when, or None."""
         deadline = time.monotonic() + within_s
-        links = [p for p in parts if p in ("videosdk", "orgo")]
+        links = [p for p in parts if p in LINKS]
         while time.monotonic() < deadline:
             if all(self.state(p) == "up" for p in parts):
                 start = {link: self.flow(link) for link in links}
@@ -403,10 +590,9 @@ class Soak:
     # -- faults ---------------------------------------------------------------------------
     async def fault(self, name: str) -> None:
         c, rng = self.child, self.rng
-        link = rng.choice(["videosdk", "orgo"])
-        scenario = name if name in ("dns_failure", "mic_unplug", "speaker_unplug",
-                                    "orgo_restart") else f"{name}:{link}"  # fmt: skip
-        parts: tuple[str, ...] = (link,)
+        link = rng.choice(self.APPLIES.get(name, ("",)))
+        scenario = f"{name}:{link}" if link and len(self.APPLIES[name]) > 1 else name
+        parts: tuple[str, ...] = (link,) if link else ()
         rec = FaultRecord(scenario, parts, time.monotonic())
         match name:
             case "server_killed":
@@ -437,30 +623,46 @@ class Soak:
                 rec.t_clear = time.monotonic()
                 await c.proxy(link, "rest", "mode", "pass")
             case "dns_failure":
-                rec.links = parts = ("videosdk", "orgo")
+                rec.links = parts = OUTGOING
                 self.resolver.broken = True
-                await c.proxy("videosdk", "ws", "reset_all")
-                await c.proxy("orgo", "ws", "reset_all")
+                for name_ in OUTGOING:
+                    await c.proxy(name_, "ws", "reset_all")
                 await asyncio.sleep(rng.uniform(1.0, 4.0))
                 rec.t_clear = time.monotonic()
                 self.resolver.broken = False
-            case "auth_storm":
+            case "auth_storm" | "fastrtc_busy" | "pbx_401_storm":
                 await c.call("refuse", link, True)
                 await c.proxy(link, "ws", "reset_all")
                 await asyncio.sleep(rng.uniform(3.0, 8.0))
                 rec.t_clear = time.monotonic()
                 await c.call("refuse", link, False)
             case "orgo_restart":
-                rec.links = parts = ("orgo",)
                 await c.call("orgo_restart")
                 rec.t_clear = time.monotonic()
             case "mic_unplug" | "speaker_unplug":
                 dev = self.mic if name == "mic_unplug" else self.speaker
-                rec.links = parts = ("mic",) if name == "mic_unplug" else ("speaker",)
                 dev.unplug()
                 await asyncio.sleep(rng.uniform(0.5, 3.0))
                 rec.t_clear = time.monotonic()
                 dev.plug()
+            case "pbx_client_reset":
+                await c.proxy("pbx", "ws", "reset_all")
+                rec.t_clear = time.monotonic()
+            case "pbx_half_open":  # the PBX stops sending: the idle timeout ends the call
+                await c.proxy("pbx", "ws", "freeze")
+                await self.left_up("pbx", RECOVERY_LIMIT_S)
+                rec.t_clear = time.monotonic()
+                await c.proxy("pbx", "ws", "thaw")
+            case "pbx_storm":
+                got = await c.call("pbx_storm")
+                self.pbx_storms.append(got)
+                rec.t_clear = time.monotonic()
+            case "pbx_slowloris":
+                self.pbx_slowloris.append(await c.call("pbx_slowloris"))
+                rec.t_clear = time.monotonic()
+            case "pbx_garbage":
+                self.pbx_garbage += await c.call("pbx_garbage")
+                rec.t_clear = time.monotonic()
         self.faults.append(rec)
         rec.t_ok = await self.healthy(parts, RECOVERY_LIMIT_S)
         stats = self.stats[scenario]
@@ -474,10 +676,31 @@ class Soak:
             took = "-" if rec.t_ok is None else f"{rec.t_ok - rec.t_clear:.2f} s"
             print(f"  {time.monotonic() - self.t_start:7.1f} s {scenario}: back in {took}")
 
+    # Which links each fault is drawn on (one at random per injection).
+    APPLIES: dict[str, tuple[str, ...]] = {
+        "server_killed": OUTGOING,
+        "reset_mid_frame": OUTGOING,
+        "half_open": OUTGOING,
+        "accept_no_answer": OUTGOING,
+        "handshake_then_silence": OUTGOING,
+        "slow_rest": ("videosdk", "orgo"),
+        "auth_storm": ("videosdk", "orgo"),
+        "orgo_restart": ("orgo",),
+        "fastrtc_busy": ("fastrtc",),
+        "mic_unplug": ("mic",),
+        "speaker_unplug": ("speaker",),
+        "pbx_client_reset": ("pbx",),
+        "pbx_half_open": ("pbx",),
+        "pbx_401_storm": ("pbx",),
+        "pbx_storm": ("pbx",),
+        "pbx_slowloris": ("pbx",),
+        "pbx_garbage": ("pbx",),
+    }
     FAULTS = (
         "server_killed", "reset_mid_frame", "half_open", "accept_no_answer",
         "handshake_then_silence", "slow_rest", "dns_failure", "auth_storm", "orgo_restart",
-        "mic_unplug", "speaker_unplug",
+        "fastrtc_busy", "mic_unplug", "speaker_unplug", "pbx_client_reset", "pbx_half_open",
+        "pbx_401_storm", "pbx_storm", "pbx_slowloris", "pbx_garbage",
     )  # fmt: skip
 
     # -- the run --------------------------------------------------------------------------
@@ -498,7 +721,8 @@ class Soak:
         sampler = asyncio.create_task(self.sampler())
         crashed = False
         try:
-            first = await self.healthy(("videosdk", "orgo", "mic", "speaker"), 30.0)
+            await self.child.call("pbx_start", self.pbx_port)  # the fake PBX starts calling
+            first = await self.healthy((*LINKS, "mic", "speaker"), 30.0)
             if first is None:
                 raise RuntimeError("the agent never came up")
             warm = self.t_start + min(60.0, duration * 0.2)
@@ -518,6 +742,7 @@ class Soak:
             metrics = self.agent.metrics.snapshot()
             received = set(await self.child.call("received"))
             secrets = await self.child.call("secrets")
+            self.child_report = await self.child.call("report")
         finally:
             sampler.cancel()
             self.agent.stop()
@@ -530,6 +755,55 @@ class Soak:
         return self.report(crashed, end_sample, metrics, received, secrets)
 
     # -- the report ---------------------------------------------------------------------
+    def pbx_counters(self) -> list[str]:
+        """Print the PBX link's counters beside what the PBX side saw; return mismatches."""
+        m = self.agent.metrics
+
+        def n(name: str, **labels: str) -> int:
+            return int(m.total(name, link="pbx", **labels))
+
+        side = self.child_report["pbx"] or {"admitted": 0, "statuses": {}}
+        statuses = {int(k): v for k, v in side["statuses"].items()}
+        storm_503 = sum(s.get("503", 0) for s in self.pbx_storms)
+        expected = {
+            "calls_total": side["admitted"],
+            "refused bad_secret": statuses.get(401, 0),
+            "refused too_many_calls": statuses.get(503, 0) + storm_503,
+            "refused handshake_timeout": PBX_SLOWLORIS * len(self.pbx_slowloris),
+            "refused bad_request": self.stats["pbx_garbage"].cycles,
+            "malformed_total": self.pbx_garbage,
+        }
+        counted = {
+            "calls_total": n("calls_total"),
+            "refused bad_secret": n("connections_refused_total", reason="bad_secret"),
+            "refused too_many_calls": n("connections_refused_total", reason="too_many_calls"),
+            "refused handshake_timeout": n("connections_refused_total",
+                                           reason="handshake_timeout"),
+            "refused bad_request": n("connections_refused_total", reason="bad_request"),
+            "malformed_total": n("malformed_total"),
+        }  # fmt: skip
+        ended = {
+            r: n("calls_ended_total", reason=r)
+            for r in ("closed", "lost", "idle_timeout", "too_large", "stopping", "error")
+        }
+        admitted_by_storm = sum(s.get("admitted", 0) for s in self.pbx_storms)
+        print(f"counters      pbx calls {counted['calls_total']} (PBX side: {side['admitted']}, "
+              f"{admitted_by_storm} of them in {len(self.pbx_storms)} storms of {PBX_STORM}), "
+              f"ended {ended}")  # fmt: skip
+        refused = ", ".join(f"{k[8:]} {v}" for k, v in counted.items() if k.startswith("refused"))
+        print(f"              pbx refused: {refused}; "
+              f"malformed {counted['malformed_total']}; slowloris closed within "
+              f"{max(self.pbx_slowloris, default=0):.1f} s")  # fmt: skip
+        bad = [f"{k}: counted {counted[k]}, happened {v}" for k, v in expected.items()
+               if counted[k] != v]  # fmt: skip
+        if sum(ended.values()) not in (counted["calls_total"] - 1, counted["calls_total"]):
+            bad.append(f"calls ended {sum(ended.values())} of {counted['calls_total']}")
+        if ended["error"]:
+            bad.append(f"{ended['error']} calls ended by an internal error")
+        for line in bad:
+            print("   mismatch:", line)
+        return bad
+
     def lost_frames(self, received: set[int]) -> tuple[int, int, int]:
         """(lost during up-time, frames during up-time, frames captured in all)."""
         up: list[tuple[float, float]] = []  # videosdk up intervals
@@ -563,7 +837,7 @@ class Soak:
         return lost, counted, len(times)
 
     def scan(self, secrets: list[str], metrics: Any) -> tuple[int, list[str]]:
-        values = set(secrets) | {VSDK_API_KEY, VSDK_SECRET, ORGO_KEY}
+        values = set(secrets) | set(FIXED_SECRETS)
         for v in list(values):
             if v.count(".") == 2 and v.startswith("ey"):
                 values.update(seg for seg in v.split(".")[1:] if len(seg) >= 16)
@@ -623,7 +897,8 @@ class Soak:
             print(f"{k:<14}{warm[k]:.0f} -> {end[k]:.0f} (peak {peak[k]:.0f})")
         print(f"uplink frames {lost} lost / {counted} during up-time "
               f"({captured} captured, {len(received)} reached the room)")  # fmt: skip
-        print(f"secret hits   {hits} ({len(secrets) + 3} secret values; log, STATUS, status "
+        print(f"secret hits   {hits} ({len(set(secrets) | set(FIXED_SECRETS))} secret values; "
+              f"log, STATUS, status "
               f"JSON, metrics scanned)")  # fmt: skip
         for e in examples:
             print("   ", e)
@@ -633,8 +908,19 @@ class Soak:
         reconnects = {k: self.agent.metrics.total("reconnects_total", link=k) for k in LINKS}
         print(f"counters      videosdk sent {sent:.0f}, dropped {dropped:.0f}; reconnects "
               f"videosdk {reconnects['videosdk']:.0f}, orgo {reconnects['orgo']:.0f}")  # fmt: skip
+        rtc = {k: self.agent.metrics.total(k, link="fastrtc") for k in
+               ("frames_sent_total", "frames_dropped_total", "refusals_total")}  # fmt: skip
+        print(f"counters      fastrtc sent {rtc['frames_sent_total']:.0f}, dropped "
+              f"{rtc['frames_dropped_total']:.0f}, refusals {rtc['refusals_total']:.0f} (app: "
+              f"{self.child_report['fastrtc_refusals']}); reconnects fastrtc "
+              f"{reconnects['fastrtc']:.0f}")  # fmt: skip
+        mismatches = self.pbx_counters()
         over = {k: v for k, v in growth.items() if v > LIMITS[k]}
         failed = crashes or any(s.not_recovered for s in self.stats.values()) or lost or hits
+        failed = failed or mismatches
+        if rtc["refusals_total"] != self.child_report["fastrtc_refusals"]:
+            print("fastrtc refusals counted != refusals the app sent")
+            failed = True
         if self.args.json:
             Path(self.args.json).write_text(
                 json.dumps(
@@ -654,6 +940,7 @@ class Soak:
                         "lost": lost,
                         "counted": counted,
                         "secret_hits": hits,
+                        "counter_mismatches": mismatches,
                         "exposure": exposure,
                     },
                     indent=1,
@@ -667,6 +954,17 @@ class Soak:
 
 
 # === helpers =============================================================================
+
+FIXED_SECRETS = (VSDK_API_KEY, VSDK_SECRET, ORGO_KEY, PBX_SECRET, PBX_WRONG, RTC_QUERY_TOKEN)
+
+
+def _free_port() -> int:
+    """A loopback port free right now (pbx.listen wants a number, not 0)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _reconnector(

@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,9 +39,10 @@ from websockets.protocol import State
 
 from agent.audio.frames import UPLINK_RATE, Frame, PcmSink, SourceFactory
 from agent.audio.resample import StreamResampler
-from agent.config import FastRTCConfig
+from agent.config import FastRTCConfig, SecurityConfig
 from agent.errors import AgentError, LinkError
 from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.links.tls import client_context, ws_tls
 from agent.metrics import Metrics
 from agent.proto.fastrtc import (
     PATH,
@@ -66,6 +69,25 @@ from agent.service import Heartbeat
 from agent.status import LinkState, StatusBoard
 
 logger = logging.getLogger(__name__)
+
+
+class _HideQuery(logging.Filter):
+    """The websockets library logs the request line at DEBUG (``> GET /path?query``): an
+    app's URL may carry a token in its query (a signed or private app), so the query
+    is masked there as it is left out of this link's own lines."""
+
+    _query = re.compile(r"(^> GET [^?\s]*)\?\S*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self._query.sub(r"\1?***", message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+ws_logger = logging.getLogger(__name__ + ".ws")
+ws_logger.addFilter(_HideQuery())
 
 NAME = "fastrtc"  # link name, mixer source, Fanout subscriber
 LOG = {"LINK": NAME}  # journald field on every record of this link
@@ -119,7 +141,11 @@ class HandshakeRefused(LinkError):
 
 
 class AppUnreachable(LinkError):
-    """No connection to the app (refused, timed out, DNS)."""
+    """No connection to the app (refused, timed out, DNS, TLS)."""
+
+    def __init__(self, message: str, *, untrusted: bool = False) -> None:
+        self.untrusted = untrusted  # the app's TLS certificate failed verification
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +183,8 @@ def decide(
             return Down(LinkState.RETRY, str(exc))
         case NoPong():
             return Down(LinkState.RETRY, "no pong, reconnecting")
+        case AppUnreachable(untrusted=True):
+            return Down(LinkState.RETRY, "app unreachable: TLS certificate not trusted")
         case AppUnreachable():
             return Down(LinkState.RETRY, "app unreachable")
         case ConnectionClosed(rcvd=rcvd) if rcvd is not None:
@@ -191,10 +219,15 @@ class FastRTCLink:
         ping_interval_s: float = 20.0,
         pong_timeout_s: float = 10.0,
         refusal_wait_s: float = REFUSAL_WAIT_S,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        security: SecurityConfig | None = None,
     ) -> None:
         """Tuning, all optional: ``ping_*``: our keepalive (the first ping, sent with
         ``start``, also tells an accepted session from a refused one);
-        ``refusal_wait_s``: least wait after the first refusal in a row (tests shorten it)."""
+        ``refusal_wait_s``: least wait after the first refusal in a row (tests shorten it);
+        ``open_timeout_s``: TCP + TLS + WebSocket handshake deadline; ``security``: TLS
+        trust (``security.ca_file``) for a wss:// URL. ws:// to a non-loopback host is
+        refused by the configuration check (the URL only ever comes from the config)."""
         self.cfg = cfg
         self._uplink = uplink
         self._mixer = mixer
@@ -209,6 +242,8 @@ class FastRTCLink:
         self._ping_interval_s = ping_interval_s
         self._pong_timeout_s = pong_timeout_s
         self._refusal_wait_s = refusal_wait_s
+        self._open_timeout_s = open_timeout_s
+        self._tls = client_context(security or SecurityConfig())
         self._refusals = 0  # refusals in a row
         self._live: ClientConnection | None = None  # set while accepted: media flows
         self._resampler = StreamResampler(UPLINK_RATE, cfg.input_rate)
@@ -283,18 +318,23 @@ class FastRTCLink:
         try:
             ws = await self._connect(
                 url,
-                open_timeout=OPEN_TIMEOUT_S,
+                open_timeout=self._open_timeout_s,
                 ping_interval=None,  # liveness is the FastRTC `ping`/`pong` below
                 close_timeout=STOP_TIMEOUT_S,
                 max_size=MAX_MESSAGE_BYTES,
                 compression=None,  # mu-law hardly compresses; spare the Pi's CPU
+                logger=ws_logger,
+                **ws_tls(url, self._tls),
             )
         except InvalidStatus as e:
             raise HandshakeRefused(e.response.status_code) from None
         except InvalidURI:
             raise LinkError(f"invalid URL {self._shown!r}") from None
         except (OSError, TimeoutError, InvalidHandshake) as e:
-            raise AppUnreachable(f"cannot connect to {self._shown}: {type(e).__name__}") from None
+            raise AppUnreachable(
+                f"cannot connect to {self._shown}: {type(e).__name__}",
+                untrusted=isinstance(e, ssl.SSLCertVerificationError),
+            ) from None
         self.websocket_id = self._new_id()
         self._asked_inputs = False
         self._malformed_seen.clear()

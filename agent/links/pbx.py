@@ -34,6 +34,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
@@ -171,7 +172,10 @@ class PbxLink:
         heartbeat: Heartbeat | None = None,
         reconnector: Reconnector | None = None,
         clock: Callable[[], float] = time.monotonic,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
     ) -> None:
+        """``open_timeout_s``: how long one connection may take for its TLS handshake
+        and HTTP upgrade (a slowloris client is dropped after it); tests shorten it."""
         self.cfg = cfg
         self._creds = creds
         self._mixer = mixer
@@ -180,6 +184,7 @@ class PbxLink:
         self._heartbeat = heartbeat
         self._reconnector = reconnector or Reconnector(BackoffPolicy())
         self._clock = clock
+        self._open_timeout_s = open_timeout_s
         host, _, port = cfg.listen.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
@@ -252,7 +257,7 @@ class PbxLink:
                 process_request=self._admit,
                 max_size=self.cfg.max_message_bytes,
                 compression=None,  # base64 PCM hardly compresses; spare the Pi's CPU
-                open_timeout=OPEN_TIMEOUT_S,
+                open_timeout=self._open_timeout_s,
                 close_timeout=CLOSE_TIMEOUT_S,
                 # Liveness is the audio itself (pbx.idle_timeout_s): no reliance on how
                 # the PBX's client answers pings.
@@ -260,10 +265,13 @@ class PbxLink:
                 server_header=None,  # do not tell scanners what answers here
                 ssl=tls,
                 logger=ws_logger,
+                create_connection=self._connection_class(),
             )
         except OSError as e:
             reason = "address in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
             raise CannotListen(f"cannot listen on {self.cfg.listen}: {reason}") from None
+        except ValueError as e:  # e.g. a host name idna cannot encode (config checks it)
+            raise CannotListen(f"cannot listen on {self.cfg.listen!r}: {e}") from None
         try:
             self.port = server.sockets[0].getsockname()[1] if server.sockets else self._port
             self._reconnector.connected()
@@ -284,7 +292,7 @@ class PbxLink:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
-        except (OSError, ssl.SSLError) as e:
+        except (OSError, ssl.SSLError, ValueError) as e:  # ValueError: a NUL in a path
             what = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
             raise TlsUnavailable(
                 f"cannot load pbx.tls_cert {self.cfg.tls_cert} / pbx.tls_key "
@@ -314,12 +322,19 @@ class PbxLink:
     def _refuse(
         self, connection: ServerConnection, peer: str, reason: str, code: http.HTTPStatus
     ) -> Response:
-        self._metrics.inc("connections_refused_total", link=NAME, reason=reason)
         why = {
             "no_secret": f"no {self.cfg.secret_header!r} header",
             "bad_secret": f"wrong secret in the {self.cfg.secret_header!r} header",
             "too_many_calls": f"already {self.cfg.max_calls} calls (pbx.max_calls)",
         }[reason]
+        self._note_refusal(peer, reason, f"{why} (HTTP {code.value})")
+        text = "unauthorized\n" if code == http.HTTPStatus.UNAUTHORIZED else "too many calls\n"
+        return connection.respond(code, text)
+
+    def _note_refusal(self, peer: str, reason: str, why: str) -> None:
+        """Count a refused connection; log it (the same address and reason: once a minute
+        at WARNING, the rest at DEBUG, so a storm does not flood the journal)."""
+        self._metrics.inc("connections_refused_total", link=NAME, reason=reason)
         host = peer.rpartition(":")[0] or peer
         now = self._clock()
         last = self._refusals_logged.get((host, reason))
@@ -330,14 +345,48 @@ class PbxLink:
                 self._refusals_logged = {(host, reason): now}
         logger.log(
             logging.WARNING if fresh else logging.DEBUG,
-            "refused a PBX connection from %s: %s (HTTP %d)",
+            "refused a PBX connection from %s: %s",
             peer,
             why,
-            code.value,
             extra=LOG,
         )
-        text = "unauthorized\n" if code == http.HTTPStatus.UNAUTHORIZED else "too many calls\n"
-        return connection.respond(code, text)
+
+    def _connection_class(self) -> type[ServerConnection]:
+        """websockets' connection, with the handshakes it ends by itself counted too:
+        no valid request within ``open_timeout_s`` (slowloris, a silent TCP connection)
+        and requests it rejects (not HTTP, no Upgrade, headers too large)."""
+        link = self
+
+        class _Connection(ServerConnection):
+            async def handshake(self, *args: Any, **kwargs: Any) -> None:
+                try:
+                    await super().handshake(*args, **kwargs)
+                except asyncio.CancelledError:
+                    if self.server.is_serving():  # open_timeout, not the server stopping
+                        link._handshake_failed(self, timed_out=True)
+                    raise
+                if self.protocol.state is not State.OPEN:
+                    link._handshake_failed(self, timed_out=False)
+
+        return _Connection
+
+    def _handshake_failed(self, connection: ServerConnection, *, timed_out: bool) -> None:
+        """Count a handshake websockets ended (our own 401/503 are counted already)."""
+        status = 0 if connection.response is None else connection.response.status_code
+        if status in (http.HTTPStatus.UNAUTHORIZED, http.HTTPStatus.SERVICE_UNAVAILABLE):
+            return  # refused by _admit (the client then lingered, or left)
+        if status:
+            self._note_refusal(
+                _peer(connection), "bad_request", f"not a WebSocket upgrade (HTTP {status})"
+            )
+        elif connection.protocol.handshake_exc is not None or not timed_out:
+            self._note_refusal(_peer(connection), "bad_request", "not an HTTP request")
+        else:
+            self._note_refusal(
+                _peer(connection),
+                "handshake_timeout",
+                f"no complete request within {self._open_timeout_s:g} s",
+            )
 
     # -- one call ------------------------------------------------------------------------
     async def _call(self, ws: ServerConnection) -> None:
@@ -376,6 +425,8 @@ class PbxLink:
                 )
             elif e.sent is not None and e.sent.code == CloseCode.GOING_AWAY:
                 ended = "stopping"
+            elif e.rcvd is None:  # no closing handshake: reset, or the PBX vanished
+                ended = "lost"
         except Exception:  # a bug: this call ends, the others and the server go on
             ended = "error"
             logger.exception("call from %s failed unexpectedly", call.peer, extra=LOG)

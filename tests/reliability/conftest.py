@@ -21,6 +21,8 @@ class FaultRow:
     max_detect_s: float = 0.0
     max_recovery_s: float = 0.0
     rss_growth_kib: int = 0
+    secret_hits: int = 0  # secret values in log records (INFO+), status changes, metrics
+    records_scanned: int = 0
     detects: list[float] = field(default_factory=list, repr=False)
     recoveries: list[float] = field(default_factory=list, repr=False)
 
@@ -53,12 +55,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr.section("link fault scenarios")
     tr.write_line(
         f"{'link':<9}{'scenario':<24}{'cycles':>7}{'crashes':>8}"
-        f"{'max detect s':>13}{'max recovery s':>15}{'RSS growth KiB':>15}"
+        f"{'max detect s':>13}{'max recovery s':>15}{'RSS growth KiB':>15}{'secret hits':>12}"
     )
     for r in rows:
         tr.write_line(
             f"{r.link:<9}{r.scenario:<24}{r.cycles:>7}{r.crashes:>8}"
             f"{r.max_detect_s:>13.2f}{r.max_recovery_s:>15.2f}{r.rss_growth_kib:>15}"
+            f"{r.secret_hits:>12}"
         )
     path = os.environ.get("FIELD_AGENT_FAULT_REPORT")
     if path:

@@ -1,5 +1,7 @@
-"""The whole agent (agent.app.Agent) against the VideoSDK and Orgo fakes on loopback,
-with simulated paced audio devices and secrets in a credentials directory.
+"""The whole agent (agent.app.Agent) against the fakes on loopback: VideoSDK, Orgo, a
+FastRTC app (:mod:`agent.sandbox.fastrtc`) and the PBX server (called by the sandbox
+PBX, :meth:`FullAgent.pbx_call`), with simulated paced audio devices and secrets in a
+credentials directory. ``links`` picks which of the four are enabled.
 
 The config goes through :func:`agent.config.from_dict` (the real validation). Retry
 delays are shortened with :func:`fast_backoff` so that fault stories take seconds,
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,26 +28,40 @@ from agent.app import Agent, Hardware
 from agent.controls import StateStore
 from agent.hw.sim import RecordingSink, ToneSource
 from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.sandbox.fastrtc import FakeFastRTC
 from agent.sandbox.orgo import FakeOrgo, tone
+from agent.sandbox.pbx import PbxCall, two_party_call
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.service import Notifier
 
-Setup = Callable[[FakeVideoSDK, FakeOrgo], Awaitable[dict[str, dict[str, Any]]]]
+Setup = Callable[[FakeVideoSDK, FakeOrgo, FakeFastRTC], Awaitable[dict[str, dict[str, Any]]]]
 FAST = BackoffPolicy(initial_s=0.05, cap_s=0.5, jitter=0.3, slow_s=0.5, healthy_after_s=60.0)
-# Modules whose links build their own Reconnector (the lead adds pbx/fastrtc here).
-LINK_MODULES = ("agent.links.videosdk", "agent.links.orgo")
+# Modules whose links build their own Reconnector.
+LINK_MODULES = tuple(f"agent.links.{n}" for n in ("videosdk", "orgo", "pbx", "fastrtc"))
+ALL_LINKS = ("videosdk", "orgo", "pbx", "fastrtc")
 
 VSDK_API_KEY = "fa-vsdk-apikey-3c1e9b7d5a2f"
 VSDK_SECRET = "fa-vsdk-secret-8e4d2b6f0a9c1e3d5b7f9a2c4e6d8b0f"
 ORGO_KEY = "sk_orgo_full_4b8d2f6a0c9e1b3d"
+PBX_SECRET = "fa-pbx-secret-7d3b1f9e5a2c8064"
+PBX_WRONG = "fa-pbx-secret-7d3b1f9e5a2c8065"  # what a misconfigured PBX sends: a near miss
+# A FastRTC app's URL may carry a token in its query (a signed or private app): not a
+# credential file, but it must stay out of sight like one.
+RTC_QUERY_TOKEN = "fa-rtc-sign-5e0a2c4b6d8f1a3c"
 
 
 @contextlib.contextmanager
 def fast_backoff(monkeypatch: pytest.MonkeyPatch, policy: BackoffPolicy = FAST) -> Iterator[None]:
-    """Every link's Reconnector uses ``policy`` (the agent has no knob for it)."""
+    """Every link's Reconnector uses ``policy`` (the agent has no knob for it); a busy
+    FastRTC app is retried after ``policy.slow_s`` (doubling), not 10 s."""
     for module in LINK_MODULES:
         monkeypatch.setattr(f"{module}.Reconnector", functools.partial(_reconnector, policy))
+    from agent.links import fastrtc
+
+    monkeypatch.setattr(
+        fastrtc, "FastRTCLink", functools.partial(fastrtc.FastRTCLink, refusal_wait_s=policy.slow_s)
+    )
     yield
 
 
@@ -63,6 +80,9 @@ class FullAgent:
     mic: Any
     speaker: Any
     creds: Path
+    rtc: FakeFastRTC
+    pbx_url: str  # the agent's PBX server
+    links: tuple[str, ...] = ALL_LINKS
     notify_lines: list[str] = field(default_factory=list)
 
     def link_state(self, name: str) -> str:
@@ -82,7 +102,15 @@ class FullAgent:
         values += [s.ref for s in self.vsdk.sessions]
         values += [s.token for s in self.orgo.sessions if s.token]
         values += [self.orgo.password, self.orgo.desktop_api_token]
+        values += [PBX_WRONG, RTC_QUERY_TOKEN]
         return sorted({v for v in values if v})
+
+    def all_up(self) -> bool:
+        return all(self.link_state(name) == "up" for name in self.links)
+
+    def pbx_call(self, secret: str = PBX_SECRET) -> PbxCall:
+        """The sandbox PBX's two-party call to the agent (8 kHz)."""
+        return two_party_call(self.pbx_url, secret=secret, sample_rate=8000)
 
     async def stop(self) -> int:
         self.agent.stop()
@@ -92,7 +120,7 @@ class FullAgent:
 
 def write_creds(directory: Path, *, jwt: bool = True) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    files = {"orgo-api-key": ORGO_KEY}
+    files = {"orgo-api-key": ORGO_KEY, "pbx-secret": PBX_SECRET}
     if jwt:
         files |= {"videosdk-api-key": VSDK_API_KEY, "videosdk-secret": VSDK_SECRET}
     else:
@@ -115,31 +143,43 @@ async def full_agent(
     orgo_kw: dict[str, Any] | None = None,
     setup: Setup | None = None,
     hardware: Hardware | None = None,
+    links: tuple[str, ...] = ALL_LINKS,
 ) -> AsyncIterator[FullAgent]:
-    """Start fakes and the agent (VideoSDK + Orgo, open mic); stop both on exit.
+    """Start fakes and the agent (``links`` enabled, open mic); stop both on exit.
 
-    ``setup(vsdk, orgo)`` runs once the fakes listen and returns more config overrides
-    (e.g. URLs of proxies put in front of them)."""
+    ``setup(vsdk, orgo, rtc)`` runs once the fakes listen and returns more config
+    overrides (e.g. URLs of proxies put in front of them)."""
     async with (
         FakeVideoSDK(token=None, jwt_secret=VSDK_SECRET, api_key=VSDK_API_KEY, echo=True,
                      keep_frames=500) as vsdk,
         FakeOrgo(api_key=ORGO_KEY, generator=tone(440.0, -12.0), **(orgo_kw or {})) as orgo,
+        FakeFastRTC() as rtc,
     ):  # fmt: skip
         creds = write_creds(tmp_path / "credentials")
+        pbx_port = _free_port()
         raw: dict[str, dict[str, Any]] = {
             "device": {"id": "dev_full", "name": "Full agent"},
             "audio": {"capture_rate": 8000, "playback_rate": 48000},
             "ptt": {"mode": "open"},
             "videosdk": {"room_id": "room-full", "api_base": vsdk.api_base},
             "orgo": {
-                "enabled": True,
+                "enabled": "orgo" in links,
                 "computer_id": orgo.computer_id,
                 "api_base": orgo.api_base,
                 "audio_url": orgo.audio_url,
             },
+            "fastrtc": {
+                "enabled": "fastrtc" in links,
+                "url": f"{rtc.url}?token={RTC_QUERY_TOKEN}",
+                "input_rate": rtc.input_rate,
+                "output_rate": rtc.output_rate,
+            },
+            "pbx": {"enabled": "pbx" in links, "listen": f"127.0.0.1:{pbx_port}"},
             "metrics": {"listen": ""},
         }
-        more = await setup(vsdk, orgo) if setup is not None else {}
+        if "videosdk" not in links:
+            raw["videosdk"]["enabled"] = False
+        more = await setup(vsdk, orgo, rtc) if setup is not None else {}
         for section, values in [*(overrides or {}).items(), *more.items()]:
             raw.setdefault(section, {}).update(values)
         cfg = config.from_dict(raw, path="full-agent.toml")
@@ -153,14 +193,12 @@ async def full_agent(
             notifier=notifier or Notifier(env={}),
         )
         task = asyncio.create_task(agent.run(), name="full-agent")
-        rig = FullAgent(agent, task, vsdk, orgo, mic, speaker, creds)
+        rig = FullAgent(
+            agent, task, vsdk, orgo, mic, speaker, creds, rtc, f"ws://127.0.0.1:{pbx_port}", links
+        )
         try:
             if wait_up:
-                await vsdk.wait_for(
-                    lambda: rig.link_state("videosdk") == "up" and rig.link_state("orgo") == "up",
-                    10.0,
-                    "both links up",
-                )
+                await vsdk.wait_for(rig.all_up, 10.0, f"links {', '.join(links)} up")
             yield rig
         finally:
             if not task.done():
@@ -168,3 +206,10 @@ async def full_agent(
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     async with asyncio.timeout(5):
                         await task
+
+
+def _free_port() -> int:
+    """A loopback port free right now (pbx.listen wants a number, not 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

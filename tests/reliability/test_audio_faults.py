@@ -20,6 +20,7 @@ from tests.reliability.fullagent import FullAgent, fast_backoff, full_agent
 from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
+LINKS = ("videosdk", "orgo")  # the speaker checks listen for the Orgo tone alone
 
 MIC, SPK = "stub-mic", "stub-spk"
 REAL_TIME = 0.7  # at least this share of 50 periods/s (a loaded 2-core machine)
@@ -60,7 +61,7 @@ async def test_the_mic_vanishes_and_returns_while_the_speaker_plays_on(
 ) -> None:
     mic, spk = alsa.dev(MIC), alsa.dev(SPK)
     with fast_backoff(monkeypatch):
-        async with full_agent(tmp_path, hardware=alsa_hardware()) as rig:
+        async with full_agent(tmp_path, hardware=alsa_hardware(), links=LINKS) as rig:
             gen = rig.agent.generation
             assert await per_second(uplink(rig), 1.0) >= 50 * REAL_TIME
             alsa.unplug(MIC)
@@ -84,7 +85,7 @@ async def test_a_busy_speaker_at_start_leaves_the_uplink_alone_and_is_picked_up(
     alsa.busy(SPK)
     spk = alsa.dev(SPK)
     with fast_backoff(monkeypatch):
-        async with full_agent(tmp_path, hardware=alsa_hardware()) as rig:
+        async with full_agent(tmp_path, hardware=alsa_hardware(), links=LINKS) as rig:
             gen = rig.agent.generation
             await wait_until(lambda: rig.device_state("speaker") == "attention", 3.0, "busy")
             assert rig.agent.status.devices["speaker"].detail == f"playback device busy: {SPK}"
@@ -103,7 +104,7 @@ async def test_xrun_storms_on_one_side_leave_the_other_at_real_time(
 ) -> None:
     mic, spk = alsa.dev(MIC), alsa.dev(SPK)
     with fast_backoff(monkeypatch):
-        async with full_agent(tmp_path, hardware=alsa_hardware()) as rig:
+        async with full_agent(tmp_path, hardware=alsa_hardware(), links=LINKS) as rig:
             gen, metrics = rig.agent.generation, rig.agent.metrics
             alsa.storm(MIC, 0.5)  # every other read an overrun
             assert await per_second(lambda: spk.periods, 2.0) >= 50 * REAL_TIME
@@ -130,7 +131,7 @@ async def test_a_reload_never_finds_its_own_devices_busy(
     refuses a second open of a held device (EBUSY), as a real hw: PCM does."""
     mic, spk = alsa.dev(MIC), alsa.dev(SPK)
     with fast_backoff(monkeypatch):
-        async with full_agent(tmp_path, hardware=alsa_hardware()) as rig:
+        async with full_agent(tmp_path, hardware=alsa_hardware(), links=LINKS) as rig:
             for n in range(3):
                 old = rig.agent.generation
                 rig.agent.reload()

@@ -4,18 +4,21 @@ Contract: whatever the input, a decoder returns a value or raises one of its
 documented error types, within a second. A hang is caught by an interval timer
 (SIGALRM), not by hypothesis' deadline, which only fires after the call returns.
 
-Adding a decoder (PBX, FastRTC, ...) = one :class:`Decoder` entry in :data:`DECODERS`.
+Adding a decoder = one :class:`Decoder` entry in :data:`DECODERS`.
 More examples: ``FIELD_AGENT_FUZZ_EXAMPLES=20000 pytest tests/reliability/test_fuzz.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import string
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,8 +31,17 @@ from hypothesis import strategies as st
 
 from agent import config
 from agent.errors import ConfigError, ProtocolError
+from agent.links.pbx import PbxLink
+from agent.metrics import Metrics
+from agent.proto import fastrtc as rtc_proto
 from agent.proto import orgo as orgo_proto
 from agent.proto import videosdk as vsdk_proto
+from agent.proto import yeastar
+from agent.secrets import Credentials
+from agent.status import StatusBoard
+from tests.conftest import agent_cmd, subprocess_env
+from tests.reliability.rigs import write_secret
+from tests.support import RecordingMixer, wait_until
 
 EXAMPLES = int(os.environ.get("FIELD_AGENT_FUZZ_EXAMPLES", "150"))
 HANG_S = 1.0
@@ -140,6 +152,45 @@ orgo_text = st.one_of(
     st.text(max_size=100),
 )
 orgo_messages = st.lists(st.one_of(orgo_text, st.binary(max_size=2000)), max_size=12)
+short_ids = st.one_of(st.sampled_from(["c1", "c2", "", "PJSIP/1009-0000005"]), st.text(max_size=8))
+yeastar_frames = st.one_of(
+    shaped(
+        {
+            "callid": st.one_of(st.sampled_from(["1755940023.7", "c2"]), st.text(max_size=300)),
+            "callflow": st.sampled_from(["", "ivr", "queue", "conference", "weird"]),
+            "audio": st.one_of(b64_pcm, st.text(max_size=30)),
+            "number": st.one_of(st.sampled_from(["1009", "1010", ""]), st.text(max_size=300)),
+            "status": st.sampled_from(["process", "end", "", "ringing"]),
+            "channelid": short_ids,
+        }
+    ).map(json.dumps),
+    json_values.map(json.dumps),
+    st.text(max_size=200),
+    st.binary(max_size=200),
+)
+rtc_frames = st.one_of(
+    shaped(
+        {
+            "event": st.sampled_from(["media", "pong", "ping", "start", ""]),
+            "media": shaped({"payload": st.one_of(b64_pcm, st.text(max_size=30))}),
+            "type": st.sampled_from(
+                ["log", "send_input", "stopword", "error", "warning", "fetch_output", ""]
+            ),
+            "data": json_values,
+            "message": json_values,
+            "status": st.sampled_from(["failed", "success", ""]),
+            "meta": shaped(
+                {
+                    "error": st.one_of(st.just("concurrency_limit_reached"), json_values),
+                    "limit": json_values,
+                }
+            ),
+        }
+    ).map(json.dumps),
+    json_values.map(json.dumps),
+    st.text(max_size=200),
+    st.binary(max_size=200),
+)
 
 
 # --- the decoders -------------------------------------------------------------------------
@@ -158,6 +209,32 @@ def feed_orgo(arg: tuple[tuple[int, int], list[str | bytes]]) -> None:
                 assert event.pcm.dtype == np.int16
                 assert event.pcm.size % stream.channels == 0, "audio holds whole sample frames"
         assert stream.pending_bytes < stream.channels * 2
+
+
+def feed_call(arg: tuple[int, list[str | bytes]]) -> None:
+    """One PBX connection: any message sequence; the channel bookkeeping stays sound."""
+    max_channels, messages = arg
+    stream = yeastar.CallStream(max_channels=max_channels)
+    open_keys: set[yeastar.ChannelKey] = set()
+    for message in messages:
+        before = dict(stream.channels)
+        try:
+            events = stream.receive(message)
+        except yeastar.MalformedFrame:
+            assert stream.channels == before, "a refused frame leaves the stream unchanged"
+            continue
+        for event in events:
+            match event:
+                case yeastar.ChannelOpened(key=key):
+                    assert key not in open_keys
+                    open_keys.add(key)
+                case yeastar.ChannelAudio(key=key, pcm=pcm):
+                    assert key in open_keys and pcm.size and pcm.dtype == np.int16
+                case yeastar.ChannelEnded(key=key):
+                    open_keys.remove(key)
+        assert set(stream.channels) == open_keys
+        assert len(open_keys) <= max_channels
+    assert {e.key for e in stream.close()} == open_keys and not stream.channels
 
 
 @dataclass(frozen=True)
@@ -194,6 +271,14 @@ DECODERS = [
         st.one_of(shaped({"password": json_values, "desktop_api_token": json_values}), json_values),
         (orgo_proto.MalformedMessage,),
     ),
+    Decoder("yeastar.parse_frame", yeastar.parse_frame, yeastar_frames, (yeastar.MalformedFrame,)),
+    Decoder(
+        "yeastar.CallStream",
+        feed_call,
+        st.tuples(st.integers(1, 4), st.lists(yeastar_frames, max_size=16)),
+        (),  # the stream's own MalformedFrame is handled inside feed_call
+    ),
+    Decoder("fastrtc.decode", rtc_proto.decode, rtc_frames, (rtc_proto.MalformedMessage,)),
 ]
 
 
@@ -239,6 +324,30 @@ def test_orgo_stream_hostile_messages() -> None:
     assert stream.pending_bytes == 1  # an odd byte carried over, never a half sample handed out
 
 
+HOSTILE_TEXT = [
+    "[" * 200_000,  # recursion
+    '{"a":' * 50_000 + "1" + "}" * 50_000,
+    "A" * 3_000_000,
+    '{"callid":"c","audio":"' + "A" * 2_000_000 + '"}',  # 1.5 MB of audio
+    '{"event":"media","media":{"payload":"' + "A" * 2_000_000 + '"}}',
+    '{"callid":' + json.dumps("c" * 100_000) + ',"audio":""}',
+    '{"type":"log","data":' + json.dumps("x" * 100_000) + "}",
+    '{"status":"failed","meta":{"error":' + "[" * 10_000 + "]" * 10_000 + "}}",
+]
+
+
+@pytest.mark.parametrize("message", [*HOSTILE_TEXT, b"\xff\xfe\x00", b"\x00" * 1_000_000])
+def test_pbx_and_fastrtc_decoders_hostile_messages(message: str | bytes) -> None:
+    stream = yeastar.CallStream()
+    with no_hang(5.0):
+        for decode in (stream.receive, rtc_proto.decode):
+            try:
+                decode(message)
+            except ProtocolError as e:
+                assert len(str(e)) < 300, "the error names the problem, not the message"
+    assert not stream.channels or stream.frames_received == 1
+
+
 # --- config loading -------------------------------------------------------------------------
 
 BASE = {"device": {"id": "dev_1"}, "videosdk": {"room_id": "room-1"}}
@@ -260,6 +369,14 @@ toml_scalars = st.one_of(
             "127.0.0.1:9464",
             "wss://{computer_id}.orgo.dev/audio",
             "\ud800",
+            "relative/pbx.crt",
+            "/etc/field-agent/pbx\x00.key",
+            "/\udcff",
+            "[::1]:8765",
+            "a b:8765",
+            "\u00fc:8765",
+            "X-Pbx-Token",
+            "Bad Header",
         ]
     ),
 )
@@ -320,3 +437,99 @@ def test_config_load_of_any_text_is_a_config_error_or_a_config(tmp_path: Path) -
                 assert e.problems
 
     check()
+
+
+# --- the [pbx] keys: hostile values are config errors (exit 78), never an exception ------
+
+PBX_ON = {"enabled": True, "listen": "127.0.0.1:8765"}
+
+
+@pytest.mark.parametrize(
+    ("pbx", "key", "reason"),
+    [
+        ({"tls_cert": "/etc/c.pem", "tls_key": "/etc/k\x00.pem"}, "tls_key", "not a usable path"),
+        ({"tls_cert": "/\x00", "tls_key": "/etc/k.pem"}, "tls_cert", "not a usable path"),
+        ({"tls_cert": "/etc/c.pem", "tls_key": "/\udcff\ud800"}, "tls_key", "not a usable path"),
+        ({"tls_cert": "c.pem", "tls_key": "/etc/k.pem"}, "tls_cert", "absolute path"),
+        ({"tls_cert": "/etc/c.pem", "tls_key": "~/k.pem"}, "tls_key", "absolute path"),
+        ({"tls_cert": "/etc/c.pem", "tls_key": 7}, "tls_key", "must be a string"),
+        ({"tls_cert": "/etc/c.pem"}, "tls_key", "both or neither"),
+        ({"listen": "pbx host:8765"}, "listen", "ASCII host name"),
+        ({"listen": "h\x00st:8765"}, "listen", "ASCII host name"),
+        ({"listen": "\u00fcber:8765"}, "listen", "ASCII host name"),
+        ({"listen": "[::1]:0"}, "listen", "HOST:PORT"),
+        ({"secret_header": "Secret\r\nX-Injected: 1"}, "secret_header", "HTTP header name"),
+        ({"max_message_bytes": 2**64}, "max_message_bytes", "between 4096 and 1048576"),
+        ({"idle_timeout_s": float("nan")}, "idle_timeout_s", "between 1 and 3600"),
+    ],
+)
+def test_hostile_pbx_values_are_one_problem_line_each(
+    pbx: dict[str, Any], key: str, reason: str
+) -> None:
+    raw = {**BASE, "pbx": {**PBX_ON, **pbx}}
+    with no_hang(), pytest.raises(ConfigError) as e:
+        config.from_dict(raw, path="pbx.toml")
+    assert len(e.value.problems) == 1, e.value.problems
+    assert e.value.problems[0].startswith(f"pbx.toml: pbx.{key}: "), e.value.problems
+    assert reason in e.value.problems[0], e.value.problems
+
+
+def test_a_nul_in_a_pbx_tls_path_exits_78_with_one_line(tmp_path: Path) -> None:
+    """The whole CLI: TOML's \\u0000 escape reaches the validator, not the link."""
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[device]\nid = "d"\n[videosdk]\nroom_id = "r"\n'
+        '[pbx]\nenabled = true\nlisten = "127.0.0.1:8765"\n'
+        'tls_cert = "/etc/field-agent/pbx.crt"\ntls_key = "/etc/field-agent/pbx\\u0000.key"\n'
+    )
+    out = subprocess.run(
+        agent_cmd("check-config", "--config", str(path)),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=30,
+    )
+    assert out.returncode == 78, out
+    assert out.stdout.strip().splitlines() == [
+        f"{path}: pbx.tls_key: not a usable path: '/etc/field-agent/pbx\\x00.key'"
+    ]
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "tls",
+    [
+        {"tls_cert": "/nonexistent/pbx.crt", "tls_key": "/nonexistent/pbx.key"},
+        {"tls_cert": "/", "tls_key": "/"},  # directories
+        {"tls_cert": "/dev/null", "tls_key": "/dev/null"},  # empty
+        {"tls_cert": "/etc/hostname", "tls_key": "/etc/hostname"},  # not PEM
+    ],
+    ids=["missing", "directory", "empty", "not-pem"],
+)
+async def test_accepted_but_unusable_pbx_tls_files_are_attention_not_a_crash(
+    tls: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the config cannot know (the files may appear later) the link reports: the
+    server does not start, ATTENTION names both keys, no exception escapes."""
+    cfg = config.from_dict({**BASE, "pbx": {**PBX_ON, **tls}})  # accepted
+    write_secret(tmp_path, "pbx-secret", "fuzz-pbx-secret-0123")
+    status = StatusBoard()
+    link = PbxLink(
+        dataclasses.replace(cfg.pbx, listen="127.0.0.1:0"),
+        Credentials(tmp_path, env={}),
+        mixer=RecordingMixer(),
+        status=status,
+        metrics=Metrics(),
+    )
+    task = asyncio.create_task(link.run())
+    try:
+        await wait_until(lambda: "pbx" in status.links and status.links["pbx"].state.value
+                         == "attention", 5.0, "attention")  # fmt: skip
+        detail = status.links["pbx"].detail
+        assert "pbx.tls_cert" in detail and "pbx.tls_key" in detail, detail
+        assert link.port is None, "nothing listens"
+        assert not task.done()
+        assert not [r for r in caplog.records if r.exc_info or "unexpected" in r.getMessage()]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,11 +1,14 @@
 """No secret anywhere a person or a log collector can see, during a full run with faults.
 
-The whole agent runs against both fakes with its secrets in a credentials directory
+The whole agent runs against the fakes with its secrets in a credentials directory
 (VideoSDK API key + secret, from which it mints JWTs; the Orgo API key, from which it
-fetches rotating passwords). Faults drive every error path: refused credentials, a
+fetches rotating passwords; the PBX secret, which the PBX presents) and a token in
+the FastRTC app's URL query. Faults drive every error path: refused credentials, a
 stale password (close 4401), a computer restart, servers killed, garbage frames,
-server errors. Scanned, for every secret value the run involved (files, each minted
-JWT and its payload and signature, every session ref, every password handed out):
+server errors, PBX calls with the right and a wrong (near-miss) secret, a busy and a
+vanishing FastRTC app. Scanned, for every secret value the run involved (files, each
+minted JWT and its payload and signature, every session ref, every password handed
+out, the PBX's wrong secret, the URL token):
 
 - every log record of every logger at DEBUG (message, arguments, exception text,
   stack, extra fields), taken *before* the handlers' redacting filter;
@@ -27,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from agent.service import Notifier
 from tests.conftest import NotifyRecorder
-from tests.reliability.fullagent import FullAgent, fast_backoff, full_agent
+from tests.reliability.fullagent import PBX_WRONG, FullAgent, fast_backoff, full_agent
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +110,10 @@ async def test_no_secret_in_logs_exceptions_status_or_metrics(
     assert len(secrets) >= 10, secrets
     assert rig.vsdk.auth_failures, "VideoSDK refused a JWT at least once"
     assert any(s.close_code == 4401 for s in rig.orgo.sessions), "a stale password was refused"
+    metrics = rig.agent.metrics
+    assert metrics.total("calls_total", link="pbx") >= 2, "PBX calls played"
+    assert metrics.total("connections_refused_total", link="pbx", reason="bad_secret") >= 1
+    assert rig.rtc.refusals >= 1 and len(rig.rtc.accepted()) >= 3, "FastRTC: busy, dropped"
     assert hits([("canary", f"x{secrets[0]}y")], secrets), "the scanner finds a planted secret"
 
     found = hits(texts, secrets)
@@ -117,11 +125,7 @@ async def run_faults(rig: FullAgent) -> None:
     vsdk, orgo = rig.vsdk, rig.orgo
 
     async def both_up(what: str) -> None:
-        await vsdk.wait_for(
-            lambda: rig.link_state("videosdk") == "up" and rig.link_state("orgo") == "up",
-            10.0,
-            f"both links up after {what}",
-        )
+        await vsdk.wait_for(rig.all_up, 10.0, f"every link up after {what}")
 
     await vsdk.wait_for(lambda: vsdk.frames_total >= 20, 5.0, "uplink media")
     # refused credentials, both links
@@ -155,4 +159,35 @@ async def run_faults(rig: FullAgent) -> None:
     await vsdk.start_ws()
     await orgo.start_computer()
     await both_up("servers killed")
+    await pbx_and_fastrtc_faults(rig)
+    await both_up("PBX and FastRTC faults")
     await asyncio.sleep(0.5)
+
+
+async def pbx_and_fastrtc_faults(rig: FullAgent) -> None:
+    rtc, metrics = rig.rtc, rig.agent.metrics
+    # a PBX call with the right secret plays; one with a near miss is refused (401)
+    async with rig.pbx_call() as call:
+        await call.stream(0.5)
+        await rig.vsdk.wait_for(
+            lambda: metrics.total("active_channels", link="pbx") == 2, 5.0, "a PBX call playing"
+        )
+        await call.send_raw('{"callid":"x","audio":"!!"}')  # garbage in a live call
+        await call.end()
+    with pytest.raises(InvalidStatus) as refused:
+        await rig.pbx_call(PBX_WRONG).connect()
+    assert refused.value.response.status_code == 401
+    async with rig.pbx_call() as call:  # then the PBX vanishes mid-call
+        await call.stream(0.3)
+        assert call.ws is not None
+        call.ws.transport.abort()
+    # the FastRTC app: notes, garbage, an error, a busy app, a vanishing app
+    await rtc.send_log("started_talking")
+    await rtc.send_raw("{not json")
+    await rtc.send_error("the model is overloaded")
+    rtc.busy = True
+    rtc.drop_connections()
+    await rig.vsdk.wait_for(lambda: rtc.refusals >= 1, 5.0, "a refused FastRTC session")
+    rtc.busy = False
+    await rig.vsdk.wait_for(lambda: rig.link_state("fastrtc") == "up", 10.0, "fastrtc back")
+    rtc.drop_connections()

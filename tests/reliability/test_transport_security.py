@@ -20,6 +20,7 @@ from agent.config import DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import ConfigError
 from agent.links.videosdk import VideoSDKLink
 from agent.metrics import Metrics
+from agent.sandbox.fastrtc import FakeFastRTC
 from agent.sandbox.faultproxy import FaultProxy, Resolver
 from agent.sandbox.orgo import FakeOrgo
 from agent.sandbox.videosdk import FakeVideoSDK
@@ -160,6 +161,9 @@ async def test_a_plaintext_session_url_to_another_host_is_refused_at_run_time(
 # --- TLS through the whole agent ---------------------------------------------------------
 
 
+LINKS = ("videosdk", "orgo", "fastrtc")  # the outgoing links (the PBX serves: tests/pbx)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trusted", [False, True], ids=["default-trust", "ca_file"])
 @pytest.mark.parametrize("rest_tls", [True, False], ids=["https+wss", "wss-only"])
@@ -171,9 +175,10 @@ async def test_a_self_signed_server_is_refused_unless_its_ca_is_configured(
     trusted: bool,
     rest_tls: bool,
 ) -> None:
-    """TLS terminators with a certificate from a private CA sit in front of both fakes'
-    WebSocket servers (and, for https+wss, their REST APIs). Without ``ca_file`` neither
-    link comes up and no request or handshake reaches the fakes; with it both do.
+    """TLS terminators with a certificate from a private CA sit in front of the fakes'
+    WebSocket servers (VideoSDK, Orgo, FastRTC) and, for https+wss, the REST APIs.
+    Without ``ca_file`` no link comes up and no request or handshake reaches the fakes;
+    with it all three do.
     "wss-only" keeps REST on plain loopback http, so websockets' own verification is
     what is tested there."""
     proxies: list[FaultProxy] = []
@@ -184,11 +189,14 @@ async def test_a_self_signed_server_is_refused_unless_its_ca_is_configured(
         proxies.append(proxy)
         return proxy.port
 
-    async def setup(vsdk: FakeVideoSDK, orgo: FakeOrgo) -> dict[str, dict[str, Any]]:
+    async def setup(
+        vsdk: FakeVideoSDK, orgo: FakeOrgo, rtc: FakeFastRTC
+    ) -> dict[str, dict[str, Any]]:
         vsdk.ws_url_base = f"wss://127.0.0.1:{await tls_front(vsdk.ws_port)}"
         audio = await tls_front(_port(orgo.audio_url))
         out: dict[str, dict[str, Any]] = {
             "orgo": {"audio_url": f"wss://127.0.0.1:{audio}/{{computer_id}}/audio"},
+            "fastrtc": {"url": f"wss://127.0.0.1:{await tls_front(rtc.port)}/websocket/offer"},
             "security": {"ca_file": str(ca_file)} if trusted else {},
         }
         if rest_tls:
@@ -202,25 +210,34 @@ async def test_a_self_signed_server_is_refused_unless_its_ca_is_configured(
 
     try:
         with fast_backoff(monkeypatch):
-            async with full_agent(tmp_path, setup=setup, wait_up=False) as rig:
+            async with full_agent(tmp_path, setup=setup, wait_up=False, links=LINKS) as rig:
                 if trusted:
-                    await wait_until(
-                        lambda: (
-                            rig.link_state("videosdk") == "up" and rig.link_state("orgo") == "up"
-                        ),
-                        10.0,
-                        "both links up over TLS",
-                    )
+                    await wait_until(rig.all_up, 10.0, "every link up over TLS")
                     await rig.vsdk.wait_for(lambda: rig.vsdk.frames_total >= 10, 5.0, "wss media")
+                    await wait_until(lambda: rig.rtc.media_total >= 10, 5.0, "wss media (fastrtc)")
                     assert all(p.connections for p in proxies), "every TLS front was used"
                 else:
                     # several attempts each, all refused at the TLS handshake
                     await wait_until(
                         lambda: rig.agent.metrics.total("reconnects_total") >= 4, 10.0, "retries"
                     )
-                    assert rig.link_state("videosdk") != "up" and rig.link_state("orgo") != "up"
+                    await wait_until(
+                        lambda: rig.agent.metrics.total("reconnects_total", link="fastrtc") >= 2,
+                        10.0,
+                        "fastrtc retries",
+                    )
+                    assert not any(rig.link_state(name) == "up" for name in LINKS)
                     assert not rig.vsdk.ref_presented, "a wss handshake got through unverified"
                     assert not rig.orgo.sessions, "an Orgo handshake got through unverified"
+                    assert not rig.rtc.connections, "a FastRTC handshake got through unverified"
+                    await wait_until(
+                        lambda: (
+                            rig.agent.status.links["fastrtc"].detail
+                            == "app unreachable: TLS certificate not trusted"
+                        ),
+                        5.0,
+                        "the reason shown",
+                    )
                     if rest_tls:
                         assert not rig.vsdk.rest_requests and not rig.orgo.rest_requests
                     else:
