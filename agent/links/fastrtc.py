@@ -42,6 +42,7 @@ from agent.audio.resample import StreamResampler
 from agent.config import FastRTCConfig, SecurityConfig
 from agent.errors import AgentError, LinkError
 from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.links.keepalive import AppPing, NoPong
 from agent.links.tls import client_context, ws_tls
 from agent.metrics import Metrics
 from agent.proto.fastrtc import (
@@ -93,7 +94,6 @@ NAME = "fastrtc"  # link name, mixer source, Fanout subscriber
 LOG = {"LINK": NAME}  # journald field on every record of this link
 OPEN_TIMEOUT_S = 5.0  # TCP + WebSocket handshake
 STOP_TIMEOUT_S = 1.0  # send `stop` and close on cancellation
-IDLE_BEAT_S = 1.0  # longest wait on a quiet connection without a heartbeat
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~30 s of 24 kHz mu-law in base64; apps may send big chunks
 SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket (~0.5 s at 48 kHz): drop, don't lag
 REFUSAL_WAIT_S = 10.0  # least wait after a concurrency refusal; doubles per refusal in a row
@@ -126,10 +126,6 @@ class SessionRefused(LinkError):
         else:
             text = f"app refused the session ({refusal.error or 'no reason given'})"
         super().__init__(text)
-
-
-class NoPong(LinkError):
-    """No `pong` arrived in time after a `ping`: the connection is dead."""
 
 
 class HandshakeRefused(LinkError):
@@ -368,28 +364,20 @@ class FastRTCLink:
     # -- downlink ----------------------------------------------------------------------
     async def _receive(self, ws: ClientConnection) -> None:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
-        now = self._clock()
-        next_ping = now + self._ping_interval_s
-        pong_due: float | None = now + self._pong_timeout_s  # the ping sent with `start`
+        # the ping sent with `start` is outstanding
+        ping = AppPing(self._clock, self._ping_interval_s, self._pong_timeout_s, awaiting_pong=True)
         while True:
-            wake = next_ping if pong_due is None else min(next_ping, pong_due)
-            try:
-                # Wake at least every IDLE_BEAT_S: a quiet but healthy link is progress too.
-                async with asyncio.timeout(min(max(0.0, wake - self._clock()), IDLE_BEAT_S)):
+            message: str | bytes | None = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ping.wait_s()):
                     message = await ws.recv()
-            except TimeoutError:
+            if message is None:  # a quiet moment: heartbeat, keepalive, reply timeout
                 self._beat()
-                now = self._clock()
-                if pong_due is not None and now >= pong_due:
-                    raise NoPong(f"no pong within {self._pong_timeout_s:g} s") from None
-                if now >= next_ping:
+                if ping.due():  # raises NoPong
                     await ws.send(encode_ping())
-                    pong_due = pong_due if pong_due is not None else now + self._pong_timeout_s
-                    next_ping = now + self._ping_interval_s
-                self._reply_over(now)
-                continue
-            if self._handle(ws, message, self._clock()):
-                pong_due = None
+                self._reply_over(self._clock())
+            elif self._handle(ws, message, self._clock()):
+                ping.pong()
 
     def _handle(self, ws: ClientConnection, message: str | bytes, t_arrival: float) -> bool:
         """Act on one message; True when it was a `pong`. Raises SessionRefused."""

@@ -35,6 +35,7 @@ from agent.audio.frames import PcmSink, SourceFactory
 from agent.config import OrgoConfig, SecurityConfig
 from agent.errors import AgentError, AuthRefused, CredentialError, LinkError
 from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.links.keepalive import AppPing, NoPong
 from agent.links.tls import client_context, ws_tls
 from agent.metrics import Metrics
 from agent.proto.orgo import (
@@ -71,7 +72,6 @@ OPEN_TIMEOUT_S = 5.0  # TCP + WebSocket handshake
 STOP_TIMEOUT_S = 1.0  # send `stop` and close on cancellation
 OFFLINE_CAP_S = 60.0  # longest wait while the computer is offline
 TOKEN_REFUSALS_FOR_ATTENTION = 3  # 4401s in a row before a person is asked to look
-IDLE_BEAT_S = 1.0  # longest wait on a silent connection without a heartbeat
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~5 s of 48 kHz stereo, far above any real message
 
 Connect = Callable[..., Awaitable[ClientConnection]]
@@ -105,10 +105,6 @@ class TokenRefused(AuthRefused):
 
 class ComputerOffline(LinkError):
     """The audio server refused the connection: the computer is stopped or unreachable."""
-
-
-class NoPong(LinkError):
-    """No `pong` arrived in time after a `ping`: the connection is dead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,27 +327,19 @@ class OrgoLink:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
         stream = OrgoStream(self.cfg.sample_rate, self.cfg.channels)
         self._malformed_seen.clear()
-        next_ping = self._clock() + self._ping_interval_s
-        pong_due: float | None = None
+        ping = AppPing(self._clock, self._ping_interval_s, self._pong_timeout_s)
         while True:
-            wake = next_ping if pong_due is None else min(next_ping, pong_due)
-            try:
-                # Wake at least every IDLE_BEAT_S: a quiet but healthy link is progress too.
-                async with asyncio.timeout(min(max(0.0, wake - self._clock()), IDLE_BEAT_S)):
+            message: str | bytes | None = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ping.wait_s()):
                     message = await ws.recv()
-            except TimeoutError:
+            if message is None:  # a silent moment: heartbeat and keepalive
                 self._beat()
-                now = self._clock()
-                if pong_due is not None and now >= pong_due:
-                    raise NoPong(f"no pong within {self._pong_timeout_s:g} s") from None
-                if now >= next_ping:
+                if ping.due():  # raises NoPong
                     await ws.send(encode_ping())
                     logger.debug("ping", extra=LOG)
-                    pong_due = pong_due if pong_due is not None else now + self._pong_timeout_s
-                    next_ping = now + self._ping_interval_s
-                continue
-            if self._handle(stream, message, self._clock()):
-                pong_due = None
+            elif self._handle(stream, message, self._clock()):
+                ping.pong()
 
     def _handle(self, stream: OrgoStream, message: str | bytes, t_arrival: float) -> bool:
         """Act on one message; True when it was a `pong`."""

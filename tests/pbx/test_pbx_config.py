@@ -69,7 +69,10 @@ def test_clear_text_on_a_network_address_is_refused() -> None:
     ],
 )
 def test_loopback_tls_or_disabled_are_fine(pbx: dict[str, Any]) -> None:
-    load(pbx)
+    cfg = load(pbx)  # raises ConfigError (the test fails) if refused
+    assert cfg.pbx.enabled is pbx["enabled"]
+    assert cfg.pbx.listen == pbx.get("listen", "0.0.0.0:8765")
+    assert cfg.pbx.tls_cert == pbx.get("tls_cert", "")
 
 
 def test_allow_insecure_permits_clear_text_on_the_lan() -> None:
