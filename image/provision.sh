@@ -79,6 +79,8 @@ else
   "$VENV/bin/pip" install -q --no-cache-dir "$src[gpio]"
 fi
 "$VENV/bin/field-agent" --version
+# every native module loads on this machine (wheels of the right platform, libraries there)
+"$VENV/bin/python" -c 'import numpy, soxr, alsaaudio, lgpio, systemd.journal, agent.app'
 
 if [ -n "$installed_build_pkgs" ]; then
   say "apt: removing the build dependencies"
