@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from agent import config as config_mod
-from agent.audio.frames import Fanout, Frame
+from agent.audio.fanout import Fanout
 from agent.config import AudioConfig, Config
 from agent.controls import Controls, StateStore
 from agent.errors import ConfigError, GpioUnavailable
@@ -36,6 +36,7 @@ from agent.hw.ports import AudioSink, AudioSource
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
+from agent.pcm import Frame
 from agent.ptt import PttGate
 from agent.secrets import Credentials
 from agent.service import Heartbeats, Notifier, run_watchdog, watchdog_interval

@@ -33,13 +33,13 @@ import numpy as np
 
 from agent import config
 from agent.app import Agent, Hardware, alsa_mic, alsa_speaker
-from agent.audio.frames import Pcm
 from agent.audio.level import SILENCE_DBFS, dbfs
 from agent.controls import StateStore
 from agent.errors import AudioError
 from agent.hw.ports import AudioSink, AudioSource, device_name
 from agent.hw.sim import RecordingSink, WavSource, write_wav
 from agent.metrics import Metrics
+from agent.pcm import Pcm
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from agent.audio.frames import Frame
+from agent.pcm import Frame
 
 logger = logging.getLogger(__name__)
 

@@ -31,12 +31,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from agent.audio.frames import UPLINK_SAMPLES, Fanout, Frame
+from agent.audio.fanout import Fanout
 from agent.audio.mixer import Mixer
 from agent.config import DeviceConfig, VideoSDKConfig
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.videosdk import VideoSDKLink
 from agent.metrics import Metrics
+from agent.pcm import UPLINK_SAMPLES, Frame
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.status import StatusBoard

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agent.audio.frames import Pcm
 from agent.metrics import Metrics
+from agent.pcm import Pcm
 from agent.status import StatusBoard
 
 

@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio.frames import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm
 from agent.audio.level import dbfs
 from agent.audio.mixer import Mixer
-from agent.audio.resample import StreamResampler, downmix, to_int16
+from agent.audio.resample import StreamResampler
 from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
 from agent.hw.ports import AudioSink, AudioSource, device_name
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.metrics import Metrics
+from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, downmix, to_int16
 from agent.status import LinkState, StatusBoard
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import logging
 import numpy as np
 import numpy.typing as npt
 
-from agent.audio.frames import Pcm
 from agent.errors import ProtocolError
+from agent.pcm import Pcm
 
 logger = logging.getLogger(__name__)
 

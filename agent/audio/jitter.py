@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from agent.audio.frames import FRAME_MS, samples_per_frame
+from agent.pcm import FRAME_MS, samples_per_frame
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from agent.audio.frames import UPLINK_RATE, Pcm
+from agent.pcm import UPLINK_RATE, Pcm
 
 logger = logging.getLogger(__name__)
 

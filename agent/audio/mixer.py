@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio.frames import FRAMES_PER_S, Pcm, samples_per_frame
 from agent.audio.jitter import JitterBuffer, JitterPolicy
 from agent.audio.reject import Rejections
-from agent.audio.resample import Floats, StreamResampler, to_int16
+from agent.audio.resample import Floats, StreamResampler
 from agent.errors import ProtocolError
 from agent.metrics import Metrics
+from agent.pcm import FRAMES_PER_S, Pcm, samples_per_frame, to_int16
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _check_format(name: str, rate: Any, channels: Any) -> None:
 
 
 class MixerSource:
-    """One downlink stream of the mixer (a :class:`~agent.audio.frames.PcmSink`)."""
+    """One downlink stream of the mixer (a :class:`~agent.pcm.PcmSink`)."""
 
     def __init__(
         self,

@@ -25,50 +25,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import soxr
 
-from agent.audio.frames import Pcm
+from agent.pcm import Pcm, to_int16
 
 logger = logging.getLogger(__name__)
 
-_INT16_MIN = -32768
-_INT16_MAX = 32767
 Floats = npt.NDArray[np.float32]
 
 STOPBAND_DB = 80.0
 TRANSITION = 0.15  # transition band width, as a fraction of the lower sample rate
 MAX_INTEGER_RATIO = 12  # larger integer ratios go to libsoxr (long filters)
-
-
-def to_int16(samples: npt.NDArray[Any]) -> Pcm:
-    """Convert any numeric array to int16 with saturation; NaN becomes 0, +-inf the limits.
-
-    Floats are taken as int16-scaled (as produced by gain arithmetic), not +-1.0.
-    """
-    if samples.dtype == np.int16:
-        return samples.astype(np.int16, copy=False)
-    if samples.dtype.kind != "f":
-        clipped: npt.NDArray[Any] = np.clip(samples, _INT16_MIN, _INT16_MAX)
-        return clipped.astype(np.int16)
-    if not np.isfinite(np.add.reduce(samples, axis=None)):  # one cheap pass finds NaN/inf
-        samples = np.nan_to_num(samples, nan=0.0, posinf=_INT16_MAX, neginf=_INT16_MIN)
-    rounded: npt.NDArray[Any] = np.rint(samples)
-    np.minimum(rounded, _INT16_MAX, out=rounded)  # np.clip costs ~2 us more per call
-    np.maximum(rounded, _INT16_MIN, out=rounded)
-    return rounded.astype(np.int16)
-
-
-def downmix(pcm: Pcm, channels: int) -> Pcm:
-    """Average interleaved ``channels`` to mono (a trailing partial frame is dropped)."""
-    if channels == 1:
-        return pcm
-    frames = pcm[: pcm.size - pcm.size % channels].reshape(-1, channels).astype(np.int32)
-    mono: npt.NDArray[np.int32] = frames.sum(axis=1) // channels
-    return mono.astype(np.int16)
 
 
 def lowpass(taps: int, cutoff: float, *, beta: float) -> Floats:

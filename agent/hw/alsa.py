@@ -23,9 +23,9 @@ from typing import Any
 import alsaaudio
 import numpy as np
 
-from agent.audio.frames import Pcm, samples_per_frame
 from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
 from agent.metrics import Metrics
+from agent.pcm import Pcm, samples_per_frame
 
 logger = logging.getLogger(__name__)
 

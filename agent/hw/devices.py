@@ -21,12 +21,12 @@ from typing import Any
 
 import alsaaudio
 
-from agent.audio.frames import FRAMES_PER_S
 from agent.audio.level import SILENCE_DBFS, dbfs
 from agent.errors import AudioError
 from agent.hw.ports import AudioSink, AudioSource
 from agent.hw.sim import ToneSource
 from agent.metrics import Metrics
+from agent.pcm import FRAMES_PER_S
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agent.audio.frames import Pcm
+from agent.pcm import Pcm
 
 
 class AudioSource(Protocol):

@@ -26,9 +26,8 @@ from typing import BinaryIO
 import numpy as np
 import soxr
 
-from agent.audio.frames import FRAME_MS, Pcm, samples_per_frame
-from agent.audio.resample import downmix, to_int16
 from agent.errors import AudioError, DeviceUnavailable
+from agent.pcm import FRAME_MS, Pcm, downmix, samples_per_frame, to_int16
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,6 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
-from agent.audio.frames import UPLINK_RATE, Frame, PcmSink, SourceFactory
 from agent.audio.resample import StreamResampler
 from agent.config import FastRTCConfig, SecurityConfig
 from agent.errors import AgentError, LinkError
@@ -45,6 +44,7 @@ from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.keepalive import AppPing, NoPong
 from agent.links.tls import client_context, ws_tls
 from agent.metrics import Metrics
+from agent.pcm import UPLINK_RATE, Frame, PcmSink, SourceFactory
 from agent.proto.fastrtc import (
     PATH,
     PAUSE_DETECTED,

@@ -31,13 +31,13 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
-from agent.audio.frames import PcmSink, SourceFactory
 from agent.config import OrgoConfig, SecurityConfig
 from agent.errors import AgentError, AuthRefused, CredentialError, LinkError
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.keepalive import AppPing, NoPong
 from agent.links.tls import client_context, ws_tls
 from agent.metrics import Metrics
+from agent.pcm import PcmSink, SourceFactory
 from agent.proto.orgo import (
     CLOSE_BAD_TOKEN,
     Audio,

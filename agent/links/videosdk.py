@@ -7,7 +7,7 @@ One :class:`VideoSDKLink` per agent. :meth:`VideoSDKLink.run` loops until cancel
 2. connect to the returned ``wsUrl`` unmodified (it is single-use and expires 90 s
    after creation: every connect uses a brand-new session, never one older than
    80 s), send ``start`` at once, subscribe to the configured topics;
-3. send one ``media`` frame per uplink :class:`~agent.audio.frames.Frame` (the queue
+3. send one ``media`` frame per uplink :class:`~agent.pcm.Frame` (the queue
    is paced by the capture clock), play received room audio through the mixer
    source ``"videosdk"``, deliver command-topic messages to ``on_command`` and log
    the others, publish the status JSON on ``status_topic`` (coalesced);
@@ -41,13 +41,13 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from agent.audio.frames import Frame, PcmSink, SourceFactory
 from agent.config import DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, LinkError, ProtocolError
 from agent.links.backoff import Reconnector
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
 from agent.links.videosdk_auth import TokenSource
 from agent.metrics import Metrics
+from agent.pcm import Frame, PcmSink, SourceFactory
 from agent.proto.videosdk import (
     SAMPLE_RATE,
     SESSIONS_PATH,

@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio.frames import Pcm
 from agent.audio.g711 import ulaw_decode, ulaw_encode
 from agent.errors import ProtocolError
+from agent.pcm import Pcm
 
 logger = logging.getLogger(__name__)
 

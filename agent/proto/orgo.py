@@ -33,8 +33,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from agent.audio.frames import Pcm, samples_per_frame
 from agent.errors import ProtocolError
+from agent.pcm import Pcm, samples_per_frame
 
 logger = logging.getLogger(__name__)
 

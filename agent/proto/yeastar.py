@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio.frames import Pcm
 from agent.errors import ProtocolError
+from agent.pcm import Pcm
 
 SAMPLE_RATES = (8000, 16000)  # Hz, the PBX's choices [doc]
 BYTES_PER_SAMPLE = 2  # PCM16

@@ -47,8 +47,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from agent.audio.frames import Pcm
 from agent.audio.g711 import ulaw_decode
+from agent.pcm import Pcm
 from agent.proto.fastrtc import CONCURRENCY_LIMIT_REACHED, PATH, encode_media
 
 logger = logging.getLogger(__name__)

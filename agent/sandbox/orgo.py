@@ -43,7 +43,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 
-from agent.audio.frames import FRAME_MS, Pcm, samples_per_frame
+from agent.pcm import FRAME_MS, Pcm, samples_per_frame
 from agent.sandbox.rest import Reply, Request, RestServer
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
-from agent.audio.frames import Pcm
+from agent.pcm import Pcm
 from agent.proto.yeastar import (
     BYTES_PER_SAMPLE,
     FRAGMENT_BYTES,

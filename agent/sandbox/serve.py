@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs
 
-from agent.audio.frames import FRAME_MS
+from agent.pcm import FRAME_MS
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.rest import Reply, Request, RestServer
 from agent.sandbox.videosdk import FakeVideoSDK

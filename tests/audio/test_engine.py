@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from agent.audio.engine import Capture, CaptureProcessor, Playback
-from agent.audio.frames import Frame
 from agent.audio.jitter import JitterPolicy
 from agent.audio.mixer import Mixer
 from agent.hw.alsa import AlsaSink, AlsaSource
 from agent.hw.sim import RecordingSink, SilenceSource, ToneSource
 from agent.links.backoff import BackoffPolicy
 from agent.metrics import Metrics
+from agent.pcm import Frame
 from agent.status import Led, LinkState, StatusBoard
 from tests.audio.signals import level_at, sine_snr, tone
 from tests.audio.testbed import AlsaTestbed

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from agent.audio.resample import StreamResampler, downmix, to_int16
+from agent.audio.resample import StreamResampler
+from agent.pcm import downmix, to_int16
 from tests.audio.signals import level_at, sine_snr, tone
 
 

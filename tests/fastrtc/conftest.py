@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from agent.audio.frames import UPLINK_SAMPLES, Frame
 from agent.config import FastRTCConfig
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.fastrtc import FastRTCLink
 from agent.metrics import Metrics
+from agent.pcm import UPLINK_SAMPLES, Frame
 from agent.service import Heartbeat
 from agent.status import StatusBoard
 from tests.fastrtc.app import FastRTCApp

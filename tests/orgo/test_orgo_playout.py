@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from agent.audio.engine import Playback
-from agent.audio.frames import Pcm
 from agent.audio.mixer import Mixer
 from agent.hw.sim import RecordingSink
+from agent.pcm import Pcm
 from agent.sandbox.orgo import tone
 from tests.support import wait_until
 

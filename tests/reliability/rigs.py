@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from agent.audio.frames import UPLINK_SAMPLES, Fanout, Frame
+from agent.audio.fanout import Fanout
 from agent.audio.mixer import Mixer
 from agent.config import (
     DeviceConfig,
@@ -56,6 +56,7 @@ from agent.links.orgo import OrgoLink
 from agent.links.pbx import PbxLink
 from agent.links.videosdk import VideoSDKLink
 from agent.metrics import Metrics
+from agent.pcm import UPLINK_SAMPLES, Frame
 from agent.sandbox.fastrtc import FakeFastRTC
 from agent.sandbox.faultproxy import FaultProxy, Resolver
 from agent.sandbox.orgo import FakeOrgo, tone

@@ -14,11 +14,12 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.audio.frames import UPLINK_SAMPLES, Fanout, Frame, Pcm, SourceFactory
+from agent.audio.fanout import Fanout
 from agent.config import DeviceConfig, VideoSDKConfig
 from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.videosdk import VideoSDKLink
 from agent.metrics import Metrics
+from agent.pcm import UPLINK_SAMPLES, Frame, Pcm, SourceFactory
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.service import Heartbeat

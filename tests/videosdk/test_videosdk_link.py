@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.audio.frames import UPLINK_SAMPLES
 from agent.config import VideoSDKConfig
 from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.pcm import UPLINK_SAMPLES
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.status import LinkState
 from tests.support import RecordedSource, RecordingMixer, wait_until

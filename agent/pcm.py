@@ -1,30 +1,28 @@
-"""The uplink frame and its distribution to links.
+"""PCM types and frame constants: the leaf every other module builds on.
 
-Every uplink carries 20 ms frames of 8 kHz mono PCM16 (160 samples), stamped
-with the capture clock. :class:`Fanout` hands each frame to every subscribed
-link through its own bounded queue; a link that falls behind loses its oldest
-frames (counted), never the others' and never unbounded memory.
+Every uplink carries 20 ms frames of 8 kHz mono PCM16 (160 samples), stamped with
+the capture clock (:class:`Frame`). Downlink audio reaches the mixer through a
+:class:`PcmSink`. numpy is this module's only dependency, so the protocol modules
+(``agent.proto``) can use these types without pulling in asyncio or the agent's
+runtime (a test holds that).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-from agent.metrics import Metrics
-
-logger = logging.getLogger(__name__)
 
 UPLINK_RATE = 8000  # Hz, fixed by the VideoSDK ingest
 FRAME_MS = 20
 FRAMES_PER_S = 1000 // FRAME_MS
 
 Pcm = npt.NDArray[np.int16]
+
+_INT16_MIN = -32768
+_INT16_MAX = 32767
 
 
 def samples_per_frame(rate: int) -> int:
@@ -73,27 +71,28 @@ class SourceFactory(Protocol):
         ...
 
 
-class Fanout:
-    """Broadcast frames to per-link bounded queues, dropping the oldest when full."""
+def to_int16(samples: npt.NDArray[Any]) -> Pcm:
+    """Convert any numeric array to int16 with saturation; NaN becomes 0, +-inf the limits.
 
-    def __init__(self, metrics: Metrics, *, maxsize: int = 25) -> None:
-        self._metrics = metrics
-        self._maxsize = maxsize
-        self._queues: dict[str, asyncio.Queue[Frame]] = {}
+    Floats are taken as int16-scaled (as produced by gain arithmetic), not +-1.0.
+    """
+    if samples.dtype == np.int16:
+        return samples.astype(np.int16, copy=False)
+    if samples.dtype.kind != "f":
+        clipped: npt.NDArray[Any] = np.clip(samples, _INT16_MIN, _INT16_MAX)
+        return clipped.astype(np.int16)
+    if not np.isfinite(np.add.reduce(samples, axis=None)):  # one cheap pass finds NaN/inf
+        samples = np.nan_to_num(samples, nan=0.0, posinf=_INT16_MAX, neginf=_INT16_MIN)
+    rounded: npt.NDArray[Any] = np.rint(samples)
+    np.minimum(rounded, _INT16_MAX, out=rounded)  # np.clip costs ~2 us more per call
+    np.maximum(rounded, _INT16_MIN, out=rounded)
+    return rounded.astype(np.int16)
 
-    def subscribe(self, name: str) -> asyncio.Queue[Frame]:
-        """A fresh queue for link ``name`` (replacing an earlier one)."""
-        q: asyncio.Queue[Frame] = asyncio.Queue(self._maxsize)
-        self._queues[name] = q
-        return q
 
-    def unsubscribe(self, name: str) -> None:
-        self._queues.pop(name, None)
-
-    def publish(self, frame: Frame) -> None:
-        """Offer ``frame`` to every subscriber (event-loop thread only)."""
-        for name, q in self._queues.items():
-            if q.full():
-                q.get_nowait()
-                self._metrics.inc("frames_dropped_total", link=name, reason="queue_full")
-            q.put_nowait(frame)
+def downmix(pcm: Pcm, channels: int) -> Pcm:
+    """Average interleaved ``channels`` to mono (a trailing partial frame is dropped)."""
+    if channels == 1:
+        return pcm
+    frames = pcm[: pcm.size - pcm.size % channels].reshape(-1, channels).astype(np.int32)
+    mono: npt.NDArray[np.int32] = frames.sum(axis=1) // channels
+    return mono.astype(np.int16)
