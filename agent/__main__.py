@@ -158,7 +158,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent import service
-    from agent.demo import check_real_audio, format_summary, run_demo
+    from agent.demo.bench import check_real_audio, format_summary, run_demo
     from agent.errors import AudioError
 
     if args.real_audio and (args.mic or args.speaker_out):
@@ -262,7 +262,7 @@ async def _selftest_gpio(cfg: config.Config, ptt_timeout_s: float) -> tuple[bool
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the running agent's /status as a table; exit 1 when it does not answer."""
-    from agent import statuscmd
+    from agent.observe import statuscmd
 
     if args.url:
         url = statuscmd.normalise_url(args.url)

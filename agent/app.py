@@ -29,11 +29,11 @@ import httpx
 
 from agent import config as config_mod
 from agent.audio.fanout import Fanout
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import AudioConfig, Config
 from agent.controls import Controls, StateStore
 from agent.errors import ConfigError, GpioUnavailable
 from agent.hw.ports import AudioSink, AudioSource
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
 from agent.pcm import Frame
@@ -405,7 +405,7 @@ class Agent:
         """/metrics and /status on ``metrics.listen`` (the first config's; a reload that
         changes it needs a restart). An address that cannot be bound is retried, the
         agent goes on."""
-        from agent.observe import ObserveServer
+        from agent.observe.server import ObserveServer
 
         server = ObserveServer(listen, self.metrics, self.status)
         retry = Reconnector(BackoffPolicy(initial_s=5.0, cap_s=60.0))

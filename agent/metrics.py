@@ -110,3 +110,10 @@ class Metrics:
                 copy = Window(deque(w.values, maxlen=w.values.maxlen), w.count, w.sum)
                 out.setdefault(name, []).append((dict(lk), copy))
         return out
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank quantile of an ascending list (NaN for an empty one)."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]

@@ -9,6 +9,7 @@ runtime (a test holds that).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -96,3 +97,18 @@ def downmix(pcm: Pcm, channels: int) -> Pcm:
     frames = pcm[: pcm.size - pcm.size % channels].reshape(-1, channels).astype(np.int32)
     mono: npt.NDArray[np.int32] = frames.sum(axis=1) // channels
     return mono.astype(np.int16)
+
+
+SILENCE_DBFS = -120.0
+_FULL_SCALE = 32768.0  # dBFS: RMS relative to a full-scale square wave
+
+
+def dbfs(pcm: Pcm) -> float:
+    """RMS level of ``pcm`` in dBFS; :data:`SILENCE_DBFS` for silence or an empty chunk."""
+    if pcm.size == 0:
+        return SILENCE_DBFS
+    samples = pcm.astype(np.float32)
+    mean_square = float(np.dot(samples, samples)) / samples.size
+    if mean_square <= 0.0:
+        return SILENCE_DBFS
+    return max(SILENCE_DBFS, 10.0 * math.log10(mean_square / (_FULL_SCALE * _FULL_SCALE)))

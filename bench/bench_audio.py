@@ -29,11 +29,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.audio.engine import CaptureProcessor
-from agent.audio.level import dbfs
 from agent.audio.mixer import Mixer
 from agent.hw.sim import ToneSource
 from agent.metrics import Metrics
-from agent.pcm import samples_per_frame
+from agent.pcm import dbfs, samples_per_frame
 
 
 def _periods(rate: int, freq: float, seconds: float, channels: int = 1) -> list[np.ndarray]:

@@ -80,9 +80,9 @@ sys.path.insert(0, str(REPO))
 
 from agent import config  # noqa: E402
 from agent.app import Agent, Hardware  # noqa: E402
+from agent.backoff import BackoffPolicy, Reconnector  # noqa: E402
 from agent.controls import StateStore  # noqa: E402
 from agent.hw.sim import RecordingSink, ToneSource  # noqa: E402
-from agent.links.backoff import BackoffPolicy, Reconnector  # noqa: E402
 from agent.pcm import Pcm  # noqa: E402
 from agent.sandbox.faultproxy import FaultProxy, Resolver  # noqa: E402
 from agent.secrets import Credentials  # noqa: E402

@@ -33,8 +33,8 @@ import numpy as np
 
 from agent.audio.fanout import Fanout
 from agent.audio.mixer import Mixer
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import DeviceConfig, VideoSDKConfig
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.videosdk import VideoSDKLink
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_SAMPLES, Frame

@@ -10,7 +10,7 @@ device paces it.
 
 Both survive their device: when it cannot be opened or vanishes, the status
 board shows ``ATTENTION`` for "mic"/"speaker", the thread waits (delays from
-:class:`agent.links.backoff.Reconnector`) and reopens, and the status returns to
+:class:`agent.backoff.Reconnector`) and reopens, and the status returns to
 ``UP``. The status board is only touched on the event loop; heartbeats are
 called from the audio threads (they must be thread-safe, as
 ``agent.service.Heartbeat.beat`` is).
@@ -28,14 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio.level import dbfs
 from agent.audio.mixer import Mixer
 from agent.audio.resample import StreamResampler
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
 from agent.hw.ports import AudioSink, AudioSource, device_name
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.metrics import Metrics
-from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, downmix, to_int16
+from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, dbfs, downmix, to_int16
 from agent.status import LinkState, StatusBoard
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 dBFS here is the RMS level relative to a full-scale *square* wave: a full-scale
 sine reads -3.01 dBFS, a sine with peak 3277 about -23 dBFS. Digital silence
-reads :data:`SILENCE_DBFS` (a finite floor, so it can go into JSON and math).
+reads :data:`~agent.pcm.SILENCE_DBFS` (a finite floor, so it can go into JSON and math).
 """
 
 from __future__ import annotations
@@ -10,26 +10,9 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
-
-from agent.pcm import UPLINK_RATE, Pcm
+from agent.pcm import SILENCE_DBFS, UPLINK_RATE, Pcm, dbfs
 
 logger = logging.getLogger(__name__)
-
-SILENCE_DBFS = -120.0
-_FULL_SCALE = 32768.0
-
-
-def dbfs(pcm: Pcm) -> float:
-    """RMS level of ``pcm`` in dBFS; :data:`SILENCE_DBFS` for silence or an empty chunk."""
-    if pcm.size == 0:
-        return SILENCE_DBFS
-    samples = pcm.astype(np.float32)
-    mean_square = float(np.dot(samples, samples)) / samples.size
-    if mean_square <= 0.0:
-        return SILENCE_DBFS
-    return max(SILENCE_DBFS, 10.0 * math.log10(mean_square / (_FULL_SCALE * _FULL_SCALE)))
-
 
 class Vad:
     """Energy VAD: voiced while the level is at or above ``threshold_dbfs``, and for

@@ -21,12 +21,11 @@ from typing import Any
 
 import alsaaudio
 
-from agent.audio.level import SILENCE_DBFS, dbfs
 from agent.errors import AudioError
 from agent.hw.ports import AudioSink, AudioSource
 from agent.hw.sim import ToneSource
 from agent.metrics import Metrics
-from agent.pcm import FRAMES_PER_S
+from agent.pcm import FRAMES_PER_S, SILENCE_DBFS, dbfs
 
 logger = logging.getLogger(__name__)
 

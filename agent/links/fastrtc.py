@@ -38,9 +38,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from agent.audio.resample import StreamResampler
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import FastRTCConfig, SecurityConfig
 from agent.errors import AgentError, LinkError
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.keepalive import AppPing, NoPong
 from agent.links.tls import client_context, ws_tls
 from agent.metrics import Metrics

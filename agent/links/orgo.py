@@ -31,9 +31,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import OrgoConfig, SecurityConfig
 from agent.errors import AgentError, AuthRefused, CredentialError, LinkError
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.keepalive import AppPing, NoPong
 from agent.links.tls import client_context, ws_tls
 from agent.metrics import Metrics

@@ -43,9 +43,9 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import PbxConfig
 from agent.errors import AgentError, CredentialError, LinkError
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.metrics import Metrics
 from agent.pcm import Pcm, PcmSink, SourceFactory
 from agent.proto.yeastar import (

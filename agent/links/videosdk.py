@@ -11,7 +11,7 @@ One :class:`VideoSDKLink` per agent. :meth:`VideoSDKLink.run` loops until cancel
    is paced by the capture clock), play received room audio through the mixer
    source ``"videosdk"``, deliver command-topic messages to ``on_command`` and log
    the others, publish the status JSON on ``status_topic`` (coalesced);
-4. on any drop, wait what the :class:`~agent.links.backoff.Reconnector` says and
+4. on any drop, wait what the :class:`~agent.backoff.Reconnector` says and
    start over. Refused credentials put the link in ATTENTION and retry slowly.
 
 While the link is down the uplink queue is still drained (frames counted as
@@ -41,9 +41,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from agent.backoff import Reconnector
 from agent.config import DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, LinkError, ProtocolError
-from agent.links.backoff import Reconnector
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
 from agent.links.videosdk_auth import TokenSource
 from agent.metrics import Metrics

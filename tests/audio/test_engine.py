@@ -14,9 +14,9 @@ import pytest
 from agent.audio.engine import Capture, CaptureProcessor, Playback
 from agent.audio.jitter import JitterPolicy
 from agent.audio.mixer import Mixer
+from agent.backoff import BackoffPolicy
 from agent.hw.alsa import AlsaSink, AlsaSource
 from agent.hw.sim import RecordingSink, SilenceSource, ToneSource
-from agent.links.backoff import BackoffPolicy
 from agent.metrics import Metrics
 from agent.pcm import Frame
 from agent.status import Led, LinkState, StatusBoard

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.audio.level import SILENCE_DBFS, Vad, dbfs
+from agent.audio.level import Vad
+from agent.pcm import SILENCE_DBFS, dbfs
 from tests.audio.signals import tone
 
 

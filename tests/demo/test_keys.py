@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.demo_keys import Keyboard, PttKeys
+from agent.demo.keys import Keyboard, PttKeys
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ import logging
 import pytest
 from rich.console import Console
 
-from agent.demo import STATUS_LED, DemoBench
-from agent.demo_keys import PttKeys
-from agent.demo_view import DemoView, LinkUps, LogRing, Rates, capture_logs, meter
+from agent.demo import STATUS_LED
+from agent.demo.bench import DemoBench
+from agent.demo.keys import PttKeys
+from agent.demo.view import DemoView, LinkUps, LogRing, Rates, capture_logs, meter
 from agent.secrets import RedactingFilter
 from agent.status import LinkState, StatusBoard
 from tests.support import wait_until

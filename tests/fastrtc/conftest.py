@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import FastRTCConfig
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.fastrtc import FastRTCLink
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_SAMPLES, Frame

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from agent.links.backoff import BackoffPolicy, Reconnector
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.links.fastrtc import (
     REFUSAL_CAP_S,
     AppUnreachable,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.audio.fanout import Fanout
-from agent.links.backoff import BackoffPolicy, Reconnector, backoff
+from agent.backoff import BackoffPolicy, Reconnector, backoff
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_SAMPLES, Frame
 from agent.ptt import PttGate

@@ -23,9 +23,9 @@ from agent import config
 from agent.app import Agent, Hardware
 from agent.controls import StateStore
 from agent.hw.sim import RecordingSink, ToneSource
+from agent.observe.statuscmd import format_status
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
-from agent.statuscmd import format_status
 from tests.conftest import PulseDevices, agent_cmd, subprocess_env
 from tests.support import wait_until
 

@@ -14,16 +14,16 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.exposition import AgentCollector, build_registry
 from agent.metrics import WINDOW, Metrics
-from agent.observe import (
+from agent.observe.exposition import AgentCollector, build_registry
+from agent.observe.host import (
     Throttling,
     parse_throttled,
     process_usage,
     read_temperatures,
-    status_document,
     throttle_flags,
 )
+from agent.observe.server import status_document
 from agent.status import LinkState, StatusBoard
 
 
@@ -318,7 +318,7 @@ def test_prometheus_client_loads_only_at_the_first_scrape() -> None:
     import sys
 
     code = (
-        "import sys, agent.app, agent.observe, agent.__main__\n"
+        "import sys, agent.app, agent.observe.server, agent.__main__\n"
         "assert 'prometheus_client' not in sys.modules, 'imported before any scrape'\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import OrgoConfig
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.orgo import OrgoLink
 from agent.metrics import Metrics
 from agent.sandbox.orgo import FakeOrgo, ramp

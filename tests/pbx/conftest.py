@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import PbxConfig
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.pbx import PbxLink
 from agent.metrics import Metrics
 from agent.sandbox.pbx import PbxCall, two_party_call

@@ -25,9 +25,9 @@ import pytest
 
 from agent import config
 from agent.app import Agent, Hardware
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.controls import StateStore
 from agent.hw.sim import RecordingSink, ToneSource
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.sandbox.fastrtc import FakeFastRTC
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.pbx import PbxCall, two_party_call

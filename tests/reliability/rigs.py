@@ -42,6 +42,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from agent.audio.fanout import Fanout
 from agent.audio.mixer import Mixer
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import (
     DeviceConfig,
     FastRTCConfig,
@@ -50,7 +51,6 @@ from agent.config import (
     SecurityConfig,
     VideoSDKConfig,
 )
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.fastrtc import FastRTCLink, refusal_wait
 from agent.links.orgo import OrgoLink
 from agent.links.pbx import PbxLink

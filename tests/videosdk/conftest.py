@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from agent.audio.fanout import Fanout
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import DeviceConfig, VideoSDKConfig
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.links.videosdk import VideoSDKLink
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_SAMPLES, Frame, Pcm, SourceFactory

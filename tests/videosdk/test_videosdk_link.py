@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import VideoSDKConfig
-from agent.links.backoff import BackoffPolicy, Reconnector
 from agent.pcm import UPLINK_SAMPLES
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.status import LinkState

@@ -12,8 +12,8 @@ pin → debounce → controls path runs:
 - scripted (no terminal, e.g. CI): press PTT at 2 s, release at 5 s, kill the
   room server at 6 s and bring it back at 7 s, then print a summary;
 - live (stdin and stdout are a terminal): the keyboard is the hardware
-  (:mod:`agent.demo_keys`) and a terminal view shows what the device does
-  (:mod:`agent.demo_view`) until ``q``; then the same summary.
+  (:mod:`agent.demo.keys`) and a terminal view shows what the device does
+  (:mod:`agent.demo.view`) until ``q``; then the same summary.
 """
 
 from __future__ import annotations
@@ -33,23 +33,22 @@ import numpy as np
 
 from agent import config
 from agent.app import Agent, Hardware, alsa_mic, alsa_speaker
-from agent.audio.level import SILENCE_DBFS, dbfs
 from agent.controls import StateStore
+from agent.demo import DOWN_PIN, MUTE_PIN, PTT_PIN, STATUS_LED, TALK_LED, UP_PIN
 from agent.errors import AudioError
 from agent.hw.ports import AudioSink, AudioSource, device_name
 from agent.hw.sim import RecordingSink, WavSource, write_wav
 from agent.metrics import Metrics
-from agent.pcm import Pcm
+from agent.pcm import SILENCE_DBFS, Pcm, dbfs
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 
 if TYPE_CHECKING:
-    from agent.demo_view import LogRing
+    from agent.demo.view import LogRing
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("agent.demo")  # the package: log lines read "demo: ..."
 
-PTT_PIN, MUTE_PIN, UP_PIN, DOWN_PIN, STATUS_LED, TALK_LED = 17, 5, 6, 13, 27, 22
 TAP_S = 0.05  # how long a tapped button (mute, volume) stays pressed; > the 20 ms debounce
 ROOM_DOWN_S = 1.0  # how long the room server stays dead after a kill
 
@@ -351,8 +350,8 @@ async def run_live(bench: DemoBench, duration_s: float | None, logs: LogRing) ->
     from rich.console import Console
     from rich.live import Live
 
-    from agent.demo_keys import Keyboard, PttKeys
-    from agent.demo_view import DemoView
+    from agent.demo.keys import Keyboard, PttKeys
+    from agent.demo.view import DemoView
 
     loop = asyncio.get_running_loop()
     quit_ = asyncio.Event()
@@ -409,7 +408,7 @@ async def run_demo(
     """Run the demo (scripted, or ``live`` from the keyboard); return the summary."""
     bench = DemoBench(mic=mic, speaker_out=speaker_out, real_audio=real_audio)
     if live:
-        from agent.demo_view import LogRing, capture_logs
+        from agent.demo.view import LogRing, capture_logs
 
         logs = LogRing()
         with capture_logs(logs):  # the view shows them

@@ -27,8 +27,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.metrics import Metrics
-from agent.observe import Throttling, quantile, read_temperatures, throttle_flags
+from agent.metrics import Metrics, quantile
+from agent.observe.host import Throttling, read_temperatures, throttle_flags
 from agent.status import LinkState, StatusBoard
 
 PREFIX = "field_agent_"

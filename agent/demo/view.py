@@ -26,12 +26,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agent.demo import STATUS_LED, TALK_LED
 from agent.secrets import RedactingFilter
 from agent.status import Led, LinkState, StatusBoard
 
 if TYPE_CHECKING:
-    from agent.demo import DemoBench
-    from agent.demo_keys import PttKeys
+    from agent.demo.bench import DemoBench
+    from agent.demo.keys import PttKeys
 
 FPS = 12.0  # redraws per second: enough to show a 4 Hz blink
 VIEW_WIDTH = 100  # columns at most; a narrower terminal gets a narrower view
@@ -192,7 +193,6 @@ class DemoView:
         self.ups = LinkUps(bench.agent.status)
 
     def render(self) -> RenderableType:
-        from agent.demo import STATUS_LED, TALK_LED
 
         b, now = self.bench, time.monotonic()
         status, metrics = b.agent.status, b.agent.metrics

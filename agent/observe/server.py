@@ -3,7 +3,7 @@
 Everything the agent counts goes into one :class:`~agent.metrics.Metrics`; this
 module exposes it, with no second bookkeeping:
 
-- ``/metrics``: :mod:`agent.exposition` (a ``prometheus_client`` custom collector,
+- ``/metrics``: :mod:`agent.observe.exposition` (a ``prometheus_client`` custom collector,
   loaded at the first scrape) renders counters, gauges, latency summaries, link and
   device states, process CPU/RSS, and the board's sensors read here: the thermal
   zones under ``/sys/class/thermal`` and the Raspberry Pi's throttling flags
@@ -27,9 +27,6 @@ import contextlib
 import http
 import json
 import logging
-import os
-import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,123 +35,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from agent import __version__
-from agent.metrics import Metrics, Window
+from agent.metrics import Metrics, Window, quantile
+from agent.observe.host import Throttling, process_usage, read_temperatures, throttle_flags
 from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
-
-THROTTLED_MAX_AGE_S = 5.0  # vcgencmd runs at most this often (a scrape is every 15 s or so)
-VCGENCMD_TIMEOUT_S = 2.0
-
-# Raspberry Pi firmware throttling bits (vcgencmd get_throttled)
-THROTTLE_BITS: dict[int, tuple[str, str]] = {
-    0: ("under_voltage", "now"),
-    1: ("freq_capped", "now"),
-    2: ("throttled", "now"),
-    3: ("soft_temp_limit", "now"),
-    16: ("under_voltage", "since_boot"),
-    17: ("freq_capped", "since_boot"),
-    18: ("throttled", "since_boot"),
-    19: ("soft_temp_limit", "since_boot"),
-}
-
-
-# -- board sensors (pure parsing, tested with a fake sysfs) ---------------------------
-def read_temperatures(root: Path = Path("/")) -> list[tuple[str, str, float]]:
-    """``(zone, type, °C)`` for every readable ``sys/class/thermal/thermal_zone*`` under
-    ``root``; [] where there are none (containers, most VMs). Zones that cannot be read
-    or hold no number (a sensor that is off answers EINVAL/ENODATA) are left out."""
-    out = []
-    for zone in sorted((root / "sys/class/thermal").glob("thermal_zone*")):
-        try:
-            milli = int((zone / "temp").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        try:
-            kind = (zone / "type").read_text().strip()
-        except OSError:
-            kind = ""
-        out.append((zone.name, kind, milli / 1000.0))
-    return out
-
-
-def parse_throttled(text: str) -> int | None:
-    """The flags in ``vcgencmd get_throttled`` output (``throttled=0x50005``), or None."""
-    key, sep, value = text.strip().partition("=")
-    if not sep or key.strip() != "throttled":
-        return None
-    try:
-        return int(value.strip(), 0)
-    except ValueError:
-        return None
-
-
-def throttle_flags(value: int) -> list[tuple[str, str, bool]]:
-    """``(flag, when, set)`` for every documented bit of a get_throttled value."""
-    return [(flag, when, bool(value >> bit & 1)) for bit, (flag, when) in THROTTLE_BITS.items()]
-
-
-class Throttling:
-    """``vcgencmd get_throttled``, run asynchronously and cached; None where it is absent."""
-
-    def __init__(self, command: str | None = "vcgencmd") -> None:
-        self.path = shutil.which(command) if command else None
-        self.value: int | None = None
-        self._at = -1e9
-        self._warned = False
-
-    async def refresh(self) -> None:
-        if self.path is None or time.monotonic() - self._at < THROTTLED_MAX_AGE_S:
-            return
-        self._at = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self.path,
-                "get_throttled",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            try:
-                async with asyncio.timeout(VCGENCMD_TIMEOUT_S):
-                    out, _ = await proc.communicate()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise
-        except (OSError, TimeoutError) as e:
-            self._fail(f"vcgencmd get_throttled failed: {e or 'timed out'}")
-            return
-        value = parse_throttled(out.decode(errors="replace"))
-        if value is None:
-            self._fail(f"vcgencmd get_throttled: unexpected output {out[:80]!r}")
-        self.value = value
-
-    def _fail(self, message: str) -> None:
-        self.value = None
-        if not self._warned:  # once: a board without the firmware interface stays that way
-            self._warned = True
-            logger.warning("%s; throttling flags not exported", message)
-
-
-# -- process usage (for /status; /metrics uses prometheus_client's ProcessCollector) ----
-def process_usage(proc: Path = Path("/proc/self")) -> dict[str, float]:
-    """CPU seconds (user + system, all threads) and resident memory in bytes."""
-    try:
-        stat = (proc / "stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        rss = int((proc / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return {}
-    return {"cpu_seconds": round(cpu, 2), "rss_bytes": float(rss)}
-
-
-def quantile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank quantile of an ascending list (NaN for an empty one)."""
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
 # -- /status --------------------------------------------------------------------------
@@ -282,7 +167,7 @@ class ObserveServer:
         path = request.path.partition("?")[0]
         if path == "/metrics":
             await self.throttling.refresh()
-            from agent import exposition
+            from agent.observe import exposition
 
             if self._registry is None:
                 self._registry = exposition.build_registry(
