@@ -112,12 +112,8 @@ class Controls:
         self._drop_reported: dict[str, float] = {}
         self.replay = ReplayGuard(cfg.window_s)
         saved = store.load()
-        if "commands" in saved and not self.replay.restore(saved["commands"]):
-            logger.warning(
-                "state file %s: replay state ignored (malformed); commands older than the "
-                "window are still refused by their server timestamp",
-                store.path,
-            )
+        if "commands" in saved:  # validated by the store
+            self.replay.restore(saved["commands"])
         volume = saved.get("volume", default_volume)
         status.set_volume(float(volume), muted=False)
         status.add_listener(lambda _b: self.refresh_leds())

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.commands import ReplayGuard
+
 logger = logging.getLogger(__name__)
 
 FILENAME = "state.json"
@@ -40,12 +42,14 @@ def _volume(v: Any) -> str | None:
     return None if 0 <= v <= 1 else f"must be between 0 and 1, not {_short(v)}"
 
 
-def _table(v: Any) -> str | None:
-    return None if isinstance(v, dict) else f"must be an object, not {_short(v)}"
+def _replay(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return f"must be an object, not {_short(v)}"
+    return None if ReplayGuard(60.0).restore(v) else "is malformed"
 
 
 # key -> validator (None when fine, else the reason). Unknown keys are dropped.
-SCHEMA: dict[str, Callable[[Any], str | None]] = {"volume": _volume, "commands": _table}
+SCHEMA: dict[str, Callable[[Any], str | None]] = {"volume": _volume, "commands": _replay}
 
 
 def _short(v: Any) -> str:
