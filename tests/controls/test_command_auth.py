@@ -174,3 +174,24 @@ def test_a_flood_is_rate_limited_per_sender_with_one_reply(tmp_path: Path) -> No
     assert rig.refused("rate_limited") == 97
     rig.controls.on_command(event('{"cmd":"status"}', sender="other"))
     assert rig.replies[-1]["ok"] == "status"  # another sender is not starved
+
+
+def test_bad_commands_config_exits_78_naming_the_key(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import agent_cmd, subprocess_env
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        '[device]\nid = "d"\n[videosdk]\nroom_id = "r"\n[commands]\n'
+        'allow_mic_control = "yes"\nwindow_s = 1\nrate_per_s = 0\nburst = 0\n'
+        'allowed_senders = ["ok", ""]\n'
+    )
+    out = subprocess.run(
+        agent_cmd("check-config", "--config", str(cfg)),
+        capture_output=True, text=True, env=subprocess_env(), timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 78
+    lines = out.stdout.splitlines() + out.stderr.splitlines()
+    for key in ("allow_mic_control", "window_s", "rate_per_s", "burst", "allowed_senders"):
+        assert any(line.startswith(f"{cfg}: commands.{key}: ") for line in lines), (key, lines)
