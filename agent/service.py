@@ -203,7 +203,10 @@ class TerminalFormatter(logging.Formatter):
             exc = record.exc_info[1]
             line += f" ({type(exc).__name__}: {escape(str(exc))})" if exc is not None else ""
         elif record.exc_text:
-            line += " (" + escape(record.exc_text.strip().splitlines()[-1]) + ")"
+            # the exception line(s) after the last indented frame line of the traceback
+            lines = record.exc_text.rstrip().splitlines()
+            last_frame = max((i for i, t in enumerate(lines) if t[:1].isspace()), default=-1)
+            line += " (" + escape("\n".join(lines[last_frame + 1 :]) or lines[-1]) + ")"
         return line
 
 
