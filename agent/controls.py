@@ -137,6 +137,14 @@ class Controls:
             logger.warning("%s; signed remote commands are refused", e)
             self._key = None
             return
+        except OSError as e:  # e.g. a root-only credentials directory
+            logger.warning(
+                "cannot look for credential %s (%s); signed remote commands are refused",
+                KEY_NAME,
+                e.strerror or type(e).__name__,
+            )
+            self._key = None
+            return
         if secret is None:
             self._key = None
             return
@@ -225,6 +233,8 @@ class Controls:
         if self._buckets.allow(sender, now) and self._global.allow(GLOBAL_SENDER, now):
             return True
         self.metrics.inc("commands_refused_total", reason="rate_limited")
+        if len(self._dropped) > 1024 and sender not in self._dropped:
+            self._dropped.clear()  # bounded: counts of silent senders are forgotten
         self._dropped[sender] = self._dropped.get(sender, 0) + 1
         if now - self._drop_reported.get(sender, -1e9) >= DROP_REPORT_S:
             if len(self._drop_reported) > 256:

@@ -137,9 +137,10 @@ class EscapingFilter(logging.Filter):
 
 
 class RateLimitFilter(logging.Filter):
-    """At most ``burst`` records per (logger, message template) per ``interval_s``; the
-    first record after a suppressed stretch says "(N more suppressed)".
+    """At most ``burst`` records per (logger, message template) per ``interval_s``.
 
+    The record that hits the limit still goes out, marked "(more like this suppressed
+    for 10 s)"; the first one after a suppressed stretch says "(N more suppressed)".
     Keyed by the template, not the formatted text, so a flood of commands from many
     senders is one key. Keys are bounded (least recently used forgotten).
     """
@@ -147,7 +148,7 @@ class RateLimitFilter(logging.Filter):
     def __init__(
         self,
         interval_s: float = 10.0,
-        burst: int = 5,
+        burst: int = 10,
         *,
         max_keys: int = 512,
         clock: Callable[[], float] = time.monotonic,
@@ -158,7 +159,7 @@ class RateLimitFilter(logging.Filter):
         self.max_keys = max_keys
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> [window start, records in window, suppressed since last shown]
+        # key -> [window start, records in window, suppressed in the window]
         self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self.suppressed_total = 0
 
@@ -167,22 +168,26 @@ class RateLimitFilter(logging.Filter):
         now = self._clock()
         with self._lock:
             state = self._seen.pop(key, None)
+            held = 0
             if state is None or now - state[0] >= self.interval_s:
                 held = int(state[2]) if state is not None else 0
                 state = [now, 0.0, 0.0]
-            else:
-                held = 0
             self._seen[key] = state
             while len(self._seen) > self.max_keys:
                 self._seen.popitem(last=False)
             state[1] += 1
-            if state[1] > self.burst:
+            count = state[1]
+            if count > self.burst + 1:
                 state[2] += 1
                 self.suppressed_total += 1
                 return False
+        note = ""
         if held:
-            message = record.getMessage()
-            record.msg, record.args = f"{message} ({held} more suppressed)", None
+            note = f" ({held} more suppressed)"
+        if count == self.burst + 1:
+            note += f" (more like this suppressed for {self.interval_s:g} s)"
+        if note:
+            record.msg, record.args = record.getMessage() + note, None
         return True
 
 

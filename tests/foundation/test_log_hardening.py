@@ -73,8 +73,9 @@ def test_a_flood_of_one_event_is_a_few_lines_then_a_count(terminal: io.StringIO)
         log.warning("remote command from %s refused: %s", f"peer-{i}", "unsigned command refused")
     log.info("something else")
     lines = terminal.getvalue().splitlines()
-    assert len(lines) == 6  # the burst of 5, then the other event
-    assert "peer-4" in lines[4] and "something else" in lines[5]
+    assert len(lines) == 12  # the burst of 10, one that says so, then the other event
+    assert "peer-10" in lines[10] and "(more like this suppressed for 10 s)" in lines[10]
+    assert "something else" in lines[11]
 
 
 def test_after_the_interval_the_next_line_says_how_many_were_suppressed() -> None:
@@ -83,11 +84,12 @@ def test_after_the_interval_the_next_line_says_how_many_were_suppressed() -> Non
     rec = [logging.LogRecord("agent.x", logging.WARNING, "", 0, "dropped %d", (i,), None)
            for i in range(10)]  # fmt: skip
     passed = [f.filter(r) for r in rec[:7]]
-    assert passed == [True, True, False, False, False, False, False]
+    assert passed == [True, True, True, False, False, False, False]
+    assert rec[2].getMessage() == "dropped 2 (more like this suppressed for 10 s)"
     now[0] = 11.0
     assert f.filter(rec[7])
-    assert rec[7].getMessage() == "dropped 7 (5 more suppressed)"
-    assert f.suppressed_total == 5
+    assert rec[7].getMessage() == "dropped 7 (4 more suppressed)"
+    assert f.suppressed_total == 4
 
 
 def test_journal_fields_carry_no_raw_line_breaks(tmp_path: Path) -> None:
