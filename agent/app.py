@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ class Agent:
         metrics: Metrics | None = None,
         reload_config: Callable[[], Config] | None = None,
         state: StateStore | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.cfg = cfg
         self.credentials = credentials
@@ -122,6 +124,10 @@ class Agent:
             default_volume=cfg.audio.volume,
             publish=self._publish_reply,
             set_leds=self._set_led,
+            config=lambda: self.cfg,
+            credentials=credentials,
+            metrics=self.metrics,
+            wall_clock=wall_clock or time.time,
         )
 
     # -- control -------------------------------------------------------------------
@@ -159,6 +165,7 @@ class Agent:
         except* _Stopped:
             pass
         finally:
+            self.controls.close()  # pending state written
             if self._panel is not None:
                 self._panel.close()  # LEDs off on a clean stop
             if own_http:

@@ -307,6 +307,36 @@ class SecurityConfig:
     )
 
 
+def _senders(v: tuple[str, ...]) -> str | None:
+    for s in v:
+        if not s or len(s) > 128 or not s.isprintable():
+            return f"a sender id must be 1 to 128 printable characters, not {s!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    allow_mic_control: bool = field(
+        default=False,
+        metadata=_doc("Signed remote commands may change what the mic sends (ptt)."),
+    )
+    allowed_senders: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("Sender ids whose commands are considered ([] = any).", _senders),
+    )
+    window_s: float = field(
+        default=60.0,
+        metadata=_doc("Replay window of signed commands, s.", _range(5, 3600, " s")),
+    )
+    rate_per_s: float = field(
+        default=2.0,
+        metadata=_doc("Commands per second per sender (token bucket).", _range(0.1, 100, "/s")),
+    )
+    burst: int = field(
+        default=10, metadata=_doc("Commands a sender may send at once.", _range(1, 1000))
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is where it was read from (for messages)."""
@@ -321,6 +351,7 @@ class Config:
     pbx: PbxConfig = field(default_factory=PbxConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
     path: str = field(default="<defaults>", compare=False)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.secrets import RedactingFilter
+from agent.service import escape
 
 
 class LinkState(enum.Enum):
@@ -103,8 +104,9 @@ class StatusBoard:
             self._changed()
 
     def set_error(self, message: str) -> None:
-        """Remember the last user-relevant error (never containing a secret)."""
-        message = RedactingFilter.scrub(message)  # in case a peer's words carried one
+        """Remember the last user-relevant error (never a secret; control characters escaped)."""
+        # in case a peer's words carried a secret, or line breaks and control characters
+        message = escape(RedactingFilter.scrub(message))
         if message != self.last_error:
             self.last_error = message
             self._changed()
@@ -193,7 +195,7 @@ class StatusBoard:
         retry_in: float | None,
     ) -> None:
         retry_at = None if retry_in is None else self.clock() + retry_in
-        detail = RedactingFilter.scrub(detail)
+        detail = escape(RedactingFilter.scrub(detail))  # server text: no control characters
         old = table.get(name)
         if old is not None and (old.state, old.detail, old.retry_at) == (state, detail, retry_at):
             return

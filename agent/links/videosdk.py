@@ -213,7 +213,7 @@ class VideoSDKLink:
         connect: Connect = ws_connect,
         reconnector: Reconnector | None = None,
         heartbeat: Heartbeat | None = None,
-        on_command: Callable[[str], None] | None = None,
+        on_command: Callable[[TopicMessage], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         ping_interval_s: float | None = 20.0,
@@ -544,7 +544,7 @@ class VideoSDKLink:
         if self._on_command is None:
             return
         try:
-            self._on_command(message)
+            self._on_command(event)
         except Exception:  # a bad command must not take the link down
             logger.exception("videosdk: the command handler failed", extra=extra)
 

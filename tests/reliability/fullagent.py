@@ -45,6 +45,7 @@ VSDK_API_KEY = "fa-vsdk-apikey-3c1e9b7d5a2f"
 VSDK_SECRET = "fa-vsdk-secret-8e4d2b6f0a9c1e3d5b7f9a2c4e6d8b0f"
 ORGO_KEY = "sk_orgo_full_4b8d2f6a0c9e1b3d"
 PBX_SECRET = "fa-pbx-secret-7d3b1f9e5a2c8064"
+COMMAND_KEY = "fa-command-key-2b4d6f8a0c1e3a5c7e9b"
 PBX_WRONG = "fa-pbx-secret-7d3b1f9e5a2c8065"  # what a misconfigured PBX sends: a near miss
 # A FastRTC app's URL may carry a token in its query (a signed or private app): not a
 # credential file, but it must stay out of sight like one.
@@ -120,7 +121,7 @@ class FullAgent:
 
 def write_creds(directory: Path, *, jwt: bool = True) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    files = {"orgo-api-key": ORGO_KEY, "pbx-secret": PBX_SECRET}
+    files = {"orgo-api-key": ORGO_KEY, "pbx-secret": PBX_SECRET, "command-key": COMMAND_KEY}
     if jwt:
         files |= {"videosdk-api-key": VSDK_API_KEY, "videosdk-secret": VSDK_SECRET}
     else:

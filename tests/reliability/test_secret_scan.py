@@ -32,9 +32,16 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from agent.commands import sign_command
 from agent.service import Notifier
 from tests.conftest import NotifyRecorder
-from tests.reliability.fullagent import PBX_WRONG, FullAgent, fast_backoff, full_agent
+from tests.reliability.fullagent import (
+    COMMAND_KEY,
+    PBX_WRONG,
+    FullAgent,
+    fast_backoff,
+    full_agent,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +154,12 @@ async def run_faults(rig: FullAgent) -> None:
     await vsdk.send_raw("garbage " * 10)
     await vsdk.send_raw(b"\xff\x00binary")
     await vsdk.send_message("DEVICE_CMD", '{"cmd":"volume","value":0.5}')
+    signed = sign_command(
+        COMMAND_KEY, topic="DEVICE_CMD", device="dev_full", cmd="volume", value=0.4
+    )
+    await vsdk.send_message("DEVICE_CMD", signed)
+    forged = json.loads(signed) | {"sig": "0" * 64}
+    await vsdk.send_message("DEVICE_CMD", json.dumps(forged))
     vsdk.rest_status = 500
     await vsdk.drop(4000, "custom close")
     await asyncio.sleep(0.3)
