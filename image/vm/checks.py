@@ -633,7 +633,8 @@ def check_first_boot() -> str:
     expect(summary in log, "the journal's summary is not in field-agent-setup.log")
     grow = props("Result", unit="field-agent-growroot.service")
     expect(grow["Result"] == "success", f"field-agent-growroot: {grow}")
-    grown = sh("journalctl", "-b", "-u", "field-agent-growroot", "-o", "cat").stdout.strip()
+    grow_log = sh("journalctl", "-b", "-u", "field-agent-growroot", "-o", "cat").stdout
+    grown = " ".join(ln for ln in grow_log.splitlines() if ln.startswith("growroot:"))
     return f"{where} -> {target} ({version}); {boot} consumed; journal: '{summary}'; {grown}"
 
 
