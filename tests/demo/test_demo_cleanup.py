@@ -44,7 +44,7 @@ def test_a_demo_run_leaves_nothing_in_tmpdir_and_keeps_the_speaker_wav(tmp_path:
 
 
 def test_keep_keeps_the_work_folder(tmp_path: Path) -> None:
-    r, tmpdir, _ = demo(tmp_path, "--keep")
+    _, tmpdir, _ = demo(tmp_path, "--keep")
     (work,) = tmpdir.iterdir()
     assert work.name.startswith("field-agent-demo-")
     assert sorted(p.name for p in (work / "credentials").iterdir()) == [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -215,3 +216,25 @@ def test_exit_codes_are_documented_where_the_code_is() -> None:
         assert re.search(rf"\b{code}\s[(a-z]", doc), code
         assert f"| {code} |" in readme or f"`{code}`" in readme, code
     assert os.EX_NOPERM == cli_module.EX_NOPERM and os.EX_CONFIG == cli_module.EX_CONFIG
+
+
+def test_sandbox_serve_help_reads_as_a_manual() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.sandbox.serve", "--help"],
+        capture_output=True, text=True, env=subprocess_env(), timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0
+    assert "``" not in r.stdout and ":class:" not in r.stdout  # no docstring markup
+    assert "field-agent run --config config/sandbox.toml" in r.stdout  # how to use it
+    # the control API as a table, one route a line (not reflowed into a paragraph)
+    for route in ("GET  /state", "POST /videosdk/stop", "GET  /orgo/password"):
+        assert any(line.strip().startswith(route) for line in r.stdout.splitlines()), route
+
+
+def test_sandbox_serve_without_credentials_is_a_usage_error() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.sandbox.serve"],
+        capture_output=True, text=True, env=subprocess_env(), timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "give --credentials DIR, or both --videosdk-token-file and --orgo-key-file" in r.stderr
