@@ -192,6 +192,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"field-agent demo: {problem}", file=sys.stderr)
         return EX_USAGE
     service.setup_logging(args.log_level, journal=False)
+    if args.log_level != "DEBUG":  # the fake servers' open/close lines: the demo's narrate
+        for name in ("agent.sandbox.videosdk.wire", "agent.sandbox.orgo.ws"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.real_audio:
         try:
             check_real_audio(config.AudioConfig())
