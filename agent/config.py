@@ -362,6 +362,25 @@ SECTIONS: dict[str, type] = {
 }
 
 
+# The placeholders config/agent.toml ships with: `check-config` warns while one is still
+# set ("example value, edit it"); they are valid, so the file loads and exit stays 0.
+EXAMPLE_VALUES: dict[tuple[str, str], str] = {
+    ("device", "id"): "dev_12",
+    ("device", "name"): "Field Device 12",
+    ("videosdk", "room_id"): "abcd-efgh-ijkl",
+}
+
+
+def example_values(cfg: Config) -> list[str]:
+    """``section.key = "value"`` for each shipped example value still in ``cfg``."""
+    found = []
+    for (section, key), example in EXAMPLE_VALUES.items():
+        part = getattr(cfg, section)
+        if getattr(part, "enabled", True) and getattr(part, key) == example:
+            found.append(f'{section}.{key} = "{example}"')
+    return found
+
+
 # --- loading ----------------------------------------------------------------------
 
 
