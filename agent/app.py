@@ -6,24 +6,31 @@
     links ──downlink──▶ Mixer sources ─▶ Playback ─▶ speaker
     StatusBoard ─▶ STATUS= / LEDs / status topic;  Heartbeats ─▶ WATCHDOG=1
 
-:class:`Agent` owns one *generation* of parts built from one Config. SIGHUP
-loads the config again: a bad file is reported and the running generation
-kept; a good one replaces the generation (RELOADING=1 ... READY=1). Each part
-runs as a named task under one TaskGroup, supervised: an unexpected exception
-is logged with its traceback, counted, and the part restarted after a backoff,
-so one bug in one link never silences the others.
+:class:`Agent` runs one :class:`Generation`: the parts built from one Config
+(mixer, PTT gate, fanout; then capture, playback and each enabled link), each a
+named task of the generation's own TaskGroup. Every part is built under
+supervision: a build that raises is one log line and ATTENTION, never a crashed
+agent; a part that fails later is logged with its traceback, counted, and
+restarted after a backoff, so one bug in one link never silences the others.
+READY=1 goes out once every part reports ready, never while one failed to build.
+
+SIGHUP loads the config again: a bad file is reported and everything kept
+running; a good one is applied (RELOADING=1 ... READY=1). A SIGHUP during
+start-up waits until the build is over. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -41,6 +48,9 @@ from agent.ptt import PttGate
 from agent.secrets import Credentials
 from agent.service import Heartbeats, Notifier, run_watchdog, watchdog_interval
 from agent.status import Led, LinkState, StatusBoard
+
+if TYPE_CHECKING:
+    from agent.audio.mixer import Mixer
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +83,241 @@ class Hardware:
     pin_factory: Any = None  # a gpiozero pin factory object; None = from gpio.pin_factory
 
 
-@dataclass
-class Generation:
-    """The parts built from one Config (replaced as a whole on reload)."""
+Runner = Callable[[Callable[[], None]], Awaitable[None]]
+"""A built part's run: ``await run(ready)`` until cancelled, calling ``ready()`` once."""
 
-    cfg: Config
-    gate: PttGate
-    fanout: Fanout
-    links: dict[str, Any] = field(default_factory=dict)
+LINKS = ("videosdk", "orgo", "pbx", "fastrtc")  # link names = their config sections
+BUILD_RETRY = BackoffPolicy(initial_s=0.5, cap_s=30.0)
+
+
+@dataclass
+class Part:
+    """One supervised part of a generation (capture, playback, ``link-<name>``)."""
+
+    name: str
+    task: asyncio.Task[None] | None = None
+    ready: bool = False  # built, started, and said so (device opened or retrying)
+    failed: str = ""  # why its last build failed ("" once built)
+
+
+class Generation:
+    """The running parts built from one Config, under one TaskGroup of their own.
+
+    ::
+
+        async with Generation(agent, cfg, http) as gen:
+            ...  # gen.ready: every part reported ready; gen.failed: what could not be built
+
+    Entering builds the mixer, the PTT gate and the uplink fanout (a failure there is
+    one log line, ATTENTION, ``gen.failed``, and no parts), then starts one named task
+    per part: ``capture``, ``playback`` and ``link-<name>`` per enabled link. Each task
+    builds its part under supervision: a build that raises is one log line, ATTENTION
+    on the part, and a retry after a backoff; a part that crashes later is restarted.
+    A part is *ready* once built and started: the capture and playback devices opened
+    or retrying, a link constructed and running. Leaving cancels every part (links
+    say goodbye, devices close) and waits for them.
+    """
+
+    def __init__(self, agent: Agent, cfg: Config, http: httpx.AsyncClient) -> None:
+        self.agent = agent
+        self.cfg = cfg
+        self.http = http
+        self.parts: dict[str, Part] = {}
+        self.links: dict[str, Any] = {}  # link name -> the running link object
+        self.failed = ""  # why the generation could not be built ("" = it was)
+        self.mixer: Mixer | None = None
+        self.gate: PttGate | None = None
+        self.fanout = Fanout(agent.metrics)
+        self._tg = asyncio.TaskGroup()
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def __aenter__(self) -> Generation:
+        await self._tg.__aenter__()
+        try:
+            self._build_core(self.cfg)
+        except Exception as e:
+            self.failed = _reason(e)
+            self.agent._build_failed("audio", "speaker", e, None)
+            return self
+        self.start_part("capture", self._capture)
+        self.start_part("playback", self._playback)
+        for name in LINKS:
+            if getattr(self.cfg, name).enabled:
+                self.start_link(name)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        for part in self.parts.values():
+            if part.task is not None:
+                part.task.cancel()
+        try:
+            await self._tg.__aexit__(*exc_info)
+        finally:
+            for name in list(self.parts):
+                self._forget(name)
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Every part built and reported ready (never when something failed to build)."""
+        return not self.failed and all(p.ready for p in self.parts.values())
+
+    @property
+    def settled(self) -> bool:
+        """The build is over: every part is ready or failed to build."""
+        return bool(self.failed) or all(p.ready or p.failed for p in self.parts.values())
+
+    def problems(self) -> list[str]:
+        """What failed to build, one ``part: reason`` per line."""
+        out = [f"audio: {self.failed}"] if self.failed else []
+        return out + [f"{p.name}: {p.failed}" for p in self.parts.values() if p.failed]
+
+    # -- parts -------------------------------------------------------------------
+    def _build_core(self, cfg: Config) -> None:
+        from agent.audio.mixer import Mixer
+
+        self.mixer = Mixer(cfg.audio.playback_rate, metrics=self.agent.metrics)
+        self.gate = PttGate(cfg.ptt.mode, idle=cfg.ptt.idle, on_change=self.agent._on_transmit)
+        self.agent.controls.attach(self.gate, self.mixer)
+        self.agent.status.set_ptt(mode=cfg.ptt.mode)
+
+    def start_part(self, name: str, build: Callable[[], Runner]) -> Part:
+        """Start part ``name`` as a named task of this generation's TaskGroup."""
+        part = Part(name)
+        self.parts[name] = part
+        part.task = self._tg.create_task(self._supervise(part, build), name=name)
+        return part
+
+    def start_link(self, name: str) -> Part:
+        return self.start_part(f"link-{name}", functools.partial(self._link, name))
+
+    async def stop_part(self, name: str) -> None:
+        """Cancel part ``name`` and wait until it has let go of its device or socket."""
+        part = self.parts.get(name)
+        if part is None:
+            return
+        if part.task is not None:
+            part.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await part.task
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        self.parts.pop(name, None)
+        self.agent.heartbeats.unregister(name)
+        if name.startswith("link-"):
+            link = name.removeprefix("link-")
+            self.links.pop(link, None)
+            self.fanout.unsubscribe(link)
+            self.agent.status.remove_link(link)
+
+    async def _supervise(self, part: Part, build: Callable[[], Runner]) -> None:
+        """Build the part (retrying a build that raises), then run it, restarting it
+        with backoff if it fails unexpectedly."""
+        agent = self.agent
+        retry = Reconnector(BUILD_RETRY)
+        while True:
+            try:
+                run = build()
+                break
+            except Exception as e:
+                delay = retry.next_delay()
+                first = not part.failed
+                part.failed = _reason(e)
+                agent._wake.set()
+                kind, key = _status_slot(part.name)
+                agent._build_failed(part.name, key, e, delay, first=first, kind=kind)
+                await asyncio.sleep(delay)
+        if part.failed:
+            logger.info("%s: built after all", part.name)
+            part.failed = ""
+
+        def ready() -> None:
+            if not part.ready:
+                part.ready = True
+                agent._wake.set()
+
+        retry = Reconnector(BUILD_RETRY)
+        while True:
+            try:
+                await run(ready)
+                return
+            except Exception:
+                agent.metrics.inc("task_crashes_total", task=part.name)
+                delay = retry.next_delay()
+                logger.exception(
+                    "%s failed unexpectedly; restarting it in %.1f s", part.name, delay
+                )
+                agent.status.set_error(f"{part.name} failed unexpectedly (see journal)")
+                await asyncio.sleep(delay)
+
+    def _capture(self) -> Runner:
+        from agent.audio.engine import Capture
+
+        agent, cfg = self.agent, self.cfg
+        capture = Capture(
+            agent.hardware.mic(cfg.audio, agent.metrics),
+            metrics=agent.metrics,
+            status=agent.status,
+            gain_db=cfg.audio.mic_gain_db,
+            heartbeat=agent.heartbeats.register("capture", 5.0).beat,
+        )
+
+        async def run(ready: Callable[[], None]) -> None:
+            capture.on_ready = ready
+            await agent._pump(capture, self)
+
+        return run
+
+    def _playback(self) -> Runner:
+        from agent.audio.engine import Playback
+
+        agent, cfg = self.agent, self.cfg
+        assert self.mixer is not None
+        playback = Playback(
+            agent.hardware.speaker(cfg.audio, agent.metrics),
+            self.mixer,
+            metrics=agent.metrics,
+            status=agent.status,
+            heartbeat=agent.heartbeats.register("playback", 5.0).beat,
+        )
+
+        async def run(ready: Callable[[], None]) -> None:
+            playback.on_ready = ready
+            await playback.run()
+
+        return run
+
+    def _link(self, name: str) -> Runner:
+        """Build link ``name`` alone: ``Agent._build_links`` with every other link off."""
+        others = dict(self.links)
+        built = self.agent._build_links(only_link(self.cfg, name), self, self.mixer, self.http)
+        self.links = {**others, **built}  # _build_links set gen.links to its own result
+        link = built[name]
+
+        async def run(ready: Callable[[], None]) -> None:
+            ready()
+            await link.run()
+
+        return run
+
+
+def only_link(cfg: Config, name: str) -> Config:
+    """``cfg`` with every link section but ``name`` disabled."""
+    sections = {n: dataclasses.replace(getattr(cfg, n), enabled=n == name) for n in LINKS}
+    return dataclasses.replace(cfg, **sections)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{text} ({type(exc).__name__})" if str(exc) else text
+
+
+def _status_slot(part: str) -> tuple[str, str]:
+    """Where a part shows on the status board: (``link``|``device``, name)."""
+    if part.startswith("link-"):
+        return "link", part.removeprefix("link-")
+    return "device", {"capture": "mic", "playback": "speaker"}.get(part, part)
 
 
 class Agent:
@@ -113,7 +350,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._status_changed = asyncio.Event()
-        self.ready = asyncio.Event()
+        self._wake = asyncio.Event()  # stop, reload, or a part became ready or failed
         self.generation: Generation | None = None
         self._panel: Any = None
         self.controls = Controls(
@@ -128,10 +365,12 @@ class Agent:
     def stop(self) -> None:
         """Stop cleanly (SIGTERM/SIGINT)."""
         self._stop.set()
+        self._wake.set()
 
     def reload(self) -> None:
-        """Load the config again (SIGHUP)."""
+        """Load the config again (SIGHUP); before the agent is ready, once it is."""
         self._reload.set()
+        self._wake.set()
 
     # -- main loop -----------------------------------------------------------------
     async def run(self) -> int:
@@ -167,96 +406,88 @@ class Agent:
         return 0
 
     async def _generations(self, http: httpx.AsyncClient) -> None:
-        first = True
+        """Run generations until stop(): READY once the parts are ready; a reload is
+        validated first (a refused one touches nothing) and handled only once the
+        build is over (a SIGHUP during start-up waits; it never kills)."""
         while not self._stop.is_set():
-            gen_task = asyncio.create_task(self._generation(self.cfg, http), name="generation")
-            waiters = [
-                asyncio.create_task(self._stop.wait(), name="wait-stop"),
-                asyncio.create_task(self._reload.wait(), name="wait-reload"),
-            ]
-            if first:
-                await self._announce_ready(gen_task)
-                first = False
-            else:
-                self.notifier.ready()
-            await asyncio.wait([gen_task, *waiters], return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+            async with Generation(self, self.cfg, http) as gen:
+                self.generation = gen
+                reload = await self._serve(gen)
+            if not reload:
+                return
+
+    async def _serve(self, gen: Generation) -> bool:
+        """Announce READY when ``gen`` is ready; return True when a good reload asks for
+        a new generation, False on stop."""
+        announce, reported = True, False
+        while True:
             if self._stop.is_set():
                 self.notifier.stopping()
                 logger.info("stopping")
-            gen_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gen_task
-            if self._reload.is_set():
+                return False
+            if announce and gen.ready:
+                announce = False
+                logger.info("ready (%s)", self.status.summary())
+                self.notifier.status(self.status.summary())
+                self.notifier.ready()
+            elif announce and gen.settled and not reported:
+                reported = True
+                logger.error(
+                    "not ready: %s could not be built (see above); no READY until it is",
+                    ", ".join(p.split(":")[0] for p in gen.problems()),
+                )
+            if self._reload.is_set() and gen.settled:
                 self._reload.clear()
                 self.notifier.reloading()
-                self._apply_reload()
+                new = self._load_reload()
+                if new is not None:
+                    self.cfg = new
+                    return True
+                announce = announce or not gen.ready  # refused: READY when it is ready
+                if gen.ready:
+                    self.notifier.ready()
+            self._wake.clear()
+            await self._wake.wait()
 
-    async def _announce_ready(self, gen_task: asyncio.Task[None]) -> None:
-        ready = asyncio.create_task(self.ready.wait())
-        await asyncio.wait([ready, gen_task], return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        logger.info("ready (%s)", self.status.summary())
-        self.notifier.status(self.status.summary())
-        self.notifier.ready()
-
-    def _apply_reload(self) -> None:
+    def _load_reload(self) -> Config | None:
+        """The new config, or None when the reload is refused (the running one stays)."""
         if self._reload_config is None:
             logger.warning("reload asked for, but this agent has no config file to reload")
-            return
+            return None
         try:
             new = self._reload_config()
         except ConfigError as e:
             for line in e.problems:
                 logger.error("reload refused, keeping the running config: %s", line)
             self.status.set_error("reload refused: bad config (see journal)")
-            return
+            return None
         logger.info("config reloaded from %s", new.path)
-        self.cfg = new
-        self.status.set_ptt(mode=new.ptt.mode)
+        return new
 
-    async def _generation(self, cfg: Config, http: httpx.AsyncClient) -> None:
-        from agent.audio.engine import Capture, Playback
-        from agent.audio.mixer import Mixer
-
-        metrics = self.metrics
-        mixer = Mixer(cfg.audio.playback_rate, metrics=metrics)
-        gate = PttGate(cfg.ptt.mode, idle=cfg.ptt.idle, on_change=self._on_transmit)
-        gen = Generation(cfg, gate, Fanout(metrics))
-        self.generation = gen
-        self._mixer = mixer
-        self.controls.attach(gate, mixer)
-        capture = Capture(
-            self.hardware.mic(cfg.audio, metrics),
-            metrics=metrics,
-            status=self.status,
-            gain_db=cfg.audio.mic_gain_db,
-            heartbeat=self.heartbeats.register("capture", 5.0).beat,
-        )
-        playback = Playback(
-            self.hardware.speaker(cfg.audio, metrics),
-            mixer,
-            metrics=metrics,
-            status=self.status,
-            heartbeat=self.heartbeats.register("playback", 5.0).beat,
-        )
-        links = self._build_links(cfg, gen, mixer, http)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(
-                    self._supervise("capture", lambda: self._pump(capture, gen)), name="capture"
-                )
-                tg.create_task(self._supervise("playback", playback.run), name="playback")
-                for name, link in links.items():
-                    tg.create_task(self._supervise(f"link-{name}", link.run), name=f"link-{name}")
-                self.ready.set()
-        finally:
-            self.heartbeats.unregister("capture")
-            self.heartbeats.unregister("playback")
-            for name in links:
-                self.heartbeats.unregister(f"link-{name}")
-                self.status.remove_link(name)
+    def _build_failed(
+        self,
+        part: str,
+        key: str,
+        exc: BaseException,
+        delay: float | None,
+        *,
+        first: bool = True,
+        kind: str = "device",
+    ) -> None:
+        """One log line (the first time), ATTENTION and the last error for a part that
+        could not be built; the traceback only at DEBUG (it is a bug, or the config)."""
+        reason = _reason(exc)
+        again = "" if delay is None else f"; trying again in {delay:.1f} s"
+        if first:
+            logger.error("%s: cannot start: %s%s", part, reason, again)
+        logger.debug("%s: build failed", part, exc_info=exc)
+        self.metrics.inc("part_build_failures_total", part=part)
+        detail = f"cannot start: {reason}"
+        if kind == "link":
+            self.status.set_link(key, LinkState.ATTENTION, detail)
+        else:
+            self.status.set_device(key, LinkState.ATTENTION, detail)
+        self.status.set_error(f"{part}: {detail}")
 
     def _build_links(
         self, cfg: Config, gen: Generation, mixer: Any, http: httpx.AsyncClient
@@ -319,38 +550,26 @@ class Agent:
         gen.links = links
         return links
 
-    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run a part; restart it with backoff if it fails unexpectedly."""
-        retry = Reconnector(BackoffPolicy(initial_s=0.5, cap_s=30.0))
-        while True:
-            try:
-                await run()
-                return
-            except Exception:
-                self.metrics.inc("task_crashes_total", task=name)
-                delay = retry.next_delay()
-                logger.exception("%s failed unexpectedly; restarting it in %.1f s", name, delay)
-                self.status.set_error(f"{name} failed unexpectedly (see journal)")
-                await asyncio.sleep(delay)
-
     async def _pump(self, capture: Any, gen: Generation) -> None:
         """Capture → level → PTT gate → every uplink."""
         from agent.audio.level import Vad
 
         vad = Vad(gen.cfg.ptt.vox_threshold_dbfs, gen.cfg.ptt.vox_hangover_ms)
+        gate = gen.gate
+        assert gate is not None  # a generation without a gate starts no capture
         frame: Frame
         # aclosing: leaving the loop (cancellation) closes the capture device at once
         # The mic level for STATUS is sampled by Capture itself; the VAD only runs for VOX.
         async with contextlib.aclosing(capture.frames()) as frames:
             async for frame in frames:
-                speech = gen.gate.mode == "vox" and vad.update(frame.pcm)
-                out = gen.gate.gate(frame, speech=speech)
+                speech = gate.mode == "vox" and vad.update(frame.pcm)
+                out = gate.gate(frame, speech=speech)
                 if out is not None:
                     gen.fanout.publish(out)
 
     def _on_transmit(self, transmitting: bool) -> None:
         self.status.set_ptt(state="talking" if transmitting else "idle")
-        mixer = getattr(self, "_mixer", None)
+        mixer = self.generation.mixer if self.generation is not None else None
         if mixer is not None:
             mixer.set_duck_db(self.cfg.ptt.duck_while_talking_db if transmitting else 0.0)
 
