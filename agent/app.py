@@ -25,12 +25,15 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -50,6 +53,7 @@ from agent.service import Heartbeats, Notifier, run_watchdog, watchdog_interval
 from agent.status import Led, LinkState, StatusBoard
 
 if TYPE_CHECKING:
+    from agent.audio.engine import Capture
     from agent.audio.mixer import Mixer
 
 logger = logging.getLogger(__name__)
@@ -88,6 +92,23 @@ Runner = Callable[[Callable[[], None]], Awaitable[None]]
 
 LINKS = ("videosdk", "orgo", "pbx", "fastrtc")  # link names = their config sections
 BUILD_RETRY = BackoffPolicy(initial_s=0.5, cap_s=30.0)
+
+# What a reload restarts (everything else is applied in place, or at the next start):
+# the config sections each link is built from: a change there restarts that link only
+LINK_SECTIONS: dict[str, frozenset[str]] = {
+    "videosdk": frozenset({"videosdk", "device", "security"}),
+    "orgo": frozenset({"orgo", "security"}),
+    "pbx": frozenset({"pbx", "security"}),
+    "fastrtc": frozenset({"fastrtc", "security"}),
+}
+# credentials a link reads once, when it starts (the others read theirs at each attempt)
+READ_AT_START: dict[str, tuple[str, ...]] = {"pbx": ("pbx-secret",)}
+CAPTURE_KEYS = frozenset({"audio.capture_device", "audio.capture_rate"})  # reopen the mic
+PLAYBACK_KEYS = frozenset({"audio.playback_device"})  # reopen the speaker
+MIXER_KEYS = frozenset({"audio.playback_rate"})  # new mixer: speaker + every link restart
+AT_NEXT_START = frozenset({"metrics.listen"})  # bound once, at start
+
+Change = tuple[str, Any, Any]  # (section.key, old value, new value)
 
 
 @dataclass
@@ -128,6 +149,8 @@ class Generation:
         self.mixer: Mixer | None = None
         self.gate: PttGate | None = None
         self.fanout = Fanout(agent.metrics)
+        self.capture: Capture | None = None  # the running one (mic gain applies live)
+        self._credential_prints: dict[str, bytes | None] = {}
         self._tg = asyncio.TaskGroup()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -191,16 +214,120 @@ class Generation:
     def start_link(self, name: str) -> Part:
         return self.start_part(f"link-{name}", functools.partial(self._link, name))
 
-    async def stop_part(self, name: str) -> None:
-        """Cancel part ``name`` and wait until it has let go of its device or socket."""
-        part = self.parts.get(name)
-        if part is None:
-            return
-        if part.task is not None:
-            part.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await part.task
-        self._forget(name)
+    async def stop_parts(self, names: Iterable[str]) -> None:
+        """Cancel these parts together and wait until they have let go of their devices
+        and sockets (links say goodbye, each within a second)."""
+        tasks = [p.task for n in names if (p := self.parts.get(n)) and p.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for name in names:
+            self._forget(name)
+
+    # -- reload --------------------------------------------------------------------
+    async def apply(self, new: Config) -> list[Change]:
+        """Apply a validated config in place; return what changed, key by key.
+
+        Each change goes where it belongs: ``audio.volume`` sets the volume and
+        ``audio.mic_gain_db`` the gain, ``[ptt]`` goes to the gate, all without
+        reopening anything; a capture device or rate reopens the mic only, a playback
+        device the speaker only; ``audio.playback_rate`` needs a new mixer, so the
+        speaker and every link playing into it restart; a change to a link's section
+        (or to ``[device]``/``[security]``, which links are built from, or to a
+        credential the link reads only at start) restarts that link only. A part whose
+        build failed is built again.
+        """
+        old, self.cfg = self.cfg, new
+        changes = config_changes(old, new)
+        keys = {k for k, _, _ in changes}
+        sections = {k.split(".")[0] for k in keys}
+        for key, a, b in changes:
+            note = " (applies at the next restart)" if key in AT_NEXT_START else ""
+            logger.info("reload: %s %s -> %s%s", key, show_value(a), show_value(b), note)
+        failed = {n for n, p in self.parts.items() if p.failed}
+        new_mixer = bool(keys & MIXER_KEYS)
+        stop: set[str] = set()
+        start: list[str] = []
+        if keys & CAPTURE_KEYS or "capture" in failed:
+            stop.add("capture")
+            start.append("capture")
+        if keys & PLAYBACK_KEYS or new_mixer or "playback" in failed:
+            stop.add("playback")
+            start.append("playback")
+        for name in LINKS:
+            part = f"link-{name}"
+            running, wanted = part in self.parts, getattr(new, name).enabled
+            restart = (
+                new_mixer
+                or part in failed
+                or bool(sections & LINK_SECTIONS[name])
+                or self._credentials_rotated(name)
+            )
+            if running and (restart or not wanted):
+                stop.add(part)
+            if wanted and (restart or not running):
+                start.append(part)
+        await self.stop_parts(sorted(stop))
+        if new_mixer:
+            try:
+                self._build_core(new)
+            except Exception as e:
+                self.failed = _reason(e)
+                self.agent._build_failed("audio", "speaker", e, None)
+                return changes
+        self._apply_live(old, new, keys)
+        for part in start:
+            if part == "capture":
+                self.start_part("capture", self._capture)
+            elif part == "playback":
+                self.start_part("playback", self._playback)
+            else:
+                self.start_link(part.removeprefix("link-"))
+        restarted = sorted({*stop, *start})
+        if restarted:
+            logger.info("reload: restarted %s", ", ".join(restarted))
+        elif changes:
+            logger.info("reload: applied without restarting anything")
+        return changes
+
+    def _apply_live(self, old: Config, new: Config, keys: set[str]) -> None:
+        agent = self.agent
+        if "audio.volume" in keys:
+            agent.controls.set_volume(new.audio.volume)
+        if "audio.mic_gain_db" in keys and self.capture is not None:
+            self.capture.gain_db = new.audio.mic_gain_db  # read by the capture thread
+        gate = self.gate
+        if gate is not None:
+            if "ptt.mode" in keys:
+                gate.set_mode(new.ptt.mode)
+                agent.status.set_ptt(mode=new.ptt.mode)
+            gate.idle = new.ptt.idle
+        transmitting = gate is not None and gate.transmitting
+        if "ptt.duck_while_talking_db" in keys and transmitting and self.mixer is not None:
+            self.mixer.set_duck_db(new.ptt.duck_while_talking_db)
+
+    def _credential_print(self, link: str) -> bytes | None:
+        """A digest of the credentials ``link`` reads at start (never the values)."""
+        names = READ_AT_START.get(link)
+        if not names:
+            return None
+        digest = hashlib.sha256()
+        for name in names:
+            path = self.agent.credentials.path_of(name)
+            try:
+                digest.update(path.read_bytes() if path is not None else b"\0missing")
+            except OSError:
+                digest.update(b"\0unreadable")
+        return digest.digest()
+
+    def _credentials_rotated(self, link: str) -> bool:
+        if link not in READ_AT_START or f"link-{link}" not in self.parts:
+            return False
+        if self._credential_print(link) == self._credential_prints.get(link):
+            return False
+        logger.info("reload: %s changed: link %s restarts", "/".join(READ_AT_START[link]), link)
+        return True
 
     def _forget(self, name: str) -> None:
         self.parts.pop(name, None)
@@ -231,6 +358,7 @@ class Generation:
         if part.failed:
             logger.info("%s: built after all", part.name)
             part.failed = ""
+            agent.status.clear_error(f"{part.name}: cannot start")
 
         def ready() -> None:
             if not part.ready:
@@ -262,6 +390,7 @@ class Generation:
             gain_db=cfg.audio.mic_gain_db,
             heartbeat=agent.heartbeats.register("capture", 5.0).beat,
         )
+        self.capture = capture
 
         async def run(ready: Callable[[], None]) -> None:
             capture.on_ready = ready
@@ -291,6 +420,7 @@ class Generation:
     def _link(self, name: str) -> Runner:
         """Build link ``name`` alone: ``Agent._build_links`` with every other link off."""
         others = dict(self.links)
+        self._credential_prints[name] = self._credential_print(name)
         built = self.agent._build_links(only_link(self.cfg, name), self, self.mixer, self.http)
         self.links = {**others, **built}  # _build_links set gen.links to its own result
         link = built[name]
@@ -300,6 +430,37 @@ class Generation:
             await link.run()
 
         return run
+
+
+def config_changes(old: Config, new: Config) -> list[Change]:
+    """Every key whose value differs, in the order of the config file's sections."""
+    out: list[Change] = []
+    for section in config_mod.SECTIONS:
+        a, b = getattr(old, section), getattr(new, section)
+        if a != b:
+            for f in dataclasses.fields(a):
+                va, vb = getattr(a, f.name), getattr(b, f.name)
+                if va != vb:
+                    out.append((f"{section}.{f.name}", va, vb))
+    return out
+
+
+def show_value(v: Any) -> str:
+    """A config value as the file spells it; a URL without its query or user info (a
+    FastRTC app's URL may carry a token: config holds no secret, but a URL might)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "(unset)"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(show_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        if "://" in v:
+            parts = urlsplit(v)
+            host = parts.netloc.rpartition("@")[2]
+            v = urlunsplit((parts.scheme, host, parts.path, "..." if parts.query else "", ""))
+        return f'"{v}"'
+    return repr(v)
 
 
 def only_link(cfg: Config, name: str) -> Config:
@@ -440,12 +601,13 @@ class Agent:
                 self._reload.clear()
                 self.notifier.reloading()
                 new = self._load_reload()
-                if new is not None:
-                    self.cfg = new
+                if new is not None and gen.failed:
+                    self.cfg = new  # nothing was built: build it all again
                     return True
-                announce = announce or not gen.ready  # refused: READY when it is ready
-                if gen.ready:
-                    self.notifier.ready()
+                if new is not None:
+                    await self._apply(gen, new)
+                announce = True  # READY=1 once the parts (re)built report ready
+                continue
             self._wake.clear()
             await self._wake.wait()
 
@@ -460,9 +622,23 @@ class Agent:
             for line in e.problems:
                 logger.error("reload refused, keeping the running config: %s", line)
             self.status.set_error("reload refused: bad config (see journal)")
+            self.metrics.inc("reloads_total", result="refused")
             return None
         logger.info("config reloaded from %s", new.path)
+        self.status.clear_error("reload refused")
         return new
+
+    async def _apply(self, gen: Generation, new: Config) -> None:
+        old, self.cfg = self.cfg, new
+        changes = await gen.apply(new)
+        if not changes:
+            logger.info("reload: no change in %s", new.path)
+        self.metrics.inc("reloads_total", result="applied" if changes else "unchanged")
+        if old.gpio != new.gpio:
+            if self._panel is not None:
+                self._panel.close()
+                self._panel = None
+            self._open_gpio()
 
     def _build_failed(
         self,
@@ -554,7 +730,8 @@ class Agent:
         """Capture → level → PTT gate → every uplink."""
         from agent.audio.level import Vad
 
-        vad = Vad(gen.cfg.ptt.vox_threshold_dbfs, gen.cfg.ptt.vox_hangover_ms)
+        ptt = gen.cfg.ptt
+        vad = Vad(ptt.vox_threshold_dbfs, ptt.vox_hangover_ms)
         gate = gen.gate
         assert gate is not None  # a generation without a gate starts no capture
         frame: Frame
@@ -562,6 +739,9 @@ class Agent:
         # The mic level for STATUS is sampled by Capture itself; the VAD only runs for VOX.
         async with contextlib.aclosing(capture.frames()) as frames:
             async for frame in frames:
+                if gen.cfg.ptt is not ptt:  # a reload changed [ptt]: the new VOX settings
+                    ptt = gen.cfg.ptt
+                    vad = Vad(ptt.vox_threshold_dbfs, ptt.vox_hangover_ms)
                 speech = gate.mode == "vox" and vad.update(frame.pcm)
                 out = gate.gate(frame, speech=speech)
                 if out is not None:
@@ -645,8 +825,17 @@ class _Stopped(Exception):
     """Internal: leaves the agent's TaskGroup after a clean stop."""
 
 
-def run_service(cfg: Config, *, credentials_dir: Path | None, config_path: Path) -> int:
-    """Entry point of ``field-agent run``: real hardware, signals, systemd."""
+def run_service(
+    cfg: Config,
+    *,
+    credentials_dir: Path | None,
+    config_path: Path,
+    reload_pending: threading.Event | None = None,
+) -> int:
+    """Entry point of ``field-agent run``: real hardware, signals, systemd.
+
+    ``reload_pending``: set by the CLI's early SIGHUP handler (a SIGHUP during start-up
+    is remembered, then handled once the agent is ready)."""
 
     async def main() -> int:
         agent = Agent(
@@ -658,6 +847,9 @@ def run_service(cfg: Config, *, credentials_dir: Path | None, config_path: Path)
         loop.add_signal_handler(signal.SIGTERM, agent.stop)
         loop.add_signal_handler(signal.SIGINT, agent.stop)
         loop.add_signal_handler(signal.SIGHUP, agent.reload)
+        if reload_pending is not None and reload_pending.is_set():
+            logger.info("SIGHUP during start-up: reloading once ready")
+            agent.reload()
         logger.info("starting with %s", cfg.path)
         return await agent.run()
 

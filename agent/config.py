@@ -65,9 +65,10 @@ def _device_rate(v: int) -> str | None:
     if reason := _rate(v):
         return reason
     if v % FRAMES_PER_S:
+        nearest = round(v / FRAMES_PER_S) * FRAMES_PER_S
         return (
             f"must be a multiple of {FRAMES_PER_S} Hz (the audio engine works in 20 ms "
-            f"periods), not {v!r}; e.g. {v - v % FRAMES_PER_S} or 44100 or 48000"
+            f"periods), not {v!r}; the nearest is {nearest}"
         )
     return None
 

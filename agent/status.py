@@ -109,6 +109,13 @@ class StatusBoard:
             self.last_error = message
             self._changed()
 
+    def clear_error(self, prefix: str) -> None:
+        """Forget the last error if it starts with ``prefix``: its cause is resolved (a
+        good reload after a refused one, a part built after all)."""
+        if self.last_error and self.last_error.startswith(prefix):
+            self.last_error = ""
+            self._changed()
+
     def set_mic_level(self, dbfs: float) -> None:
         """Sampled, not a significant change: does not call listeners."""
         self.mic_dbfs = dbfs
