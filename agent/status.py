@@ -33,7 +33,7 @@ RECEIVE_ONLY_LINKS = frozenset({"orgo"})
 
 
 class Led(enum.Enum):
-    """What the status LED shows (DESIGN.md, "Behaviour users see")."""
+    """What the status LED shows (README, "Operating the service")."""
 
     OFF = "off"
     BLINK_1HZ = "blink-1hz"  # connecting or reconnecting
@@ -130,7 +130,7 @@ class StatusBoard:
     # -- views -----------------------------------------------------------------------
     @property
     def led(self) -> Led:
-        """Status LED pattern from the links and devices (DESIGN.md)."""
+        """Status LED pattern from the links and devices (see the README)."""
         parts = [*self.links.values(), *self.devices.values()]
         if any(p.state is LinkState.ATTENTION for p in parts):
             return Led.BLINK_4HZ

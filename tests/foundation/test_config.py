@@ -1,4 +1,4 @@
-"""Config loading: every key and default of DESIGN.md, every class of mistake reported."""
+"""Config loading: every key and default of config/agent.toml, every class of mistake reported."""
 
 from __future__ import annotations
 
