@@ -140,6 +140,9 @@ def test_sighups_during_start_up_never_kill_and_reload_once_ready(
         proc.kill()
     assert sent >= 3, f"only {sent} SIGHUP(s) before READY: the start-up was not covered"
     assert proc.returncode == 0, out
+    # caught before the event loop's handler existed (imports, config): remembered, then
+    # handled once ready, as one reload
+    assert "SIGHUP during start-up: reloading once ready" in out
     assert "reload: no change" in out
 
 
