@@ -197,12 +197,18 @@ class Generation:
 
     # -- parts -------------------------------------------------------------------
     def _build_core(self, cfg: Config) -> None:
+        self.gate = PttGate(cfg.ptt.mode, idle=cfg.ptt.idle, on_change=self.agent._on_transmit)
+        self.agent.status.set_ptt(mode=cfg.ptt.mode)
+        self._build_mixer(cfg)
+
+    def _build_mixer(self, cfg: Config) -> None:
         from agent.audio.mixer import Mixer
 
         self.mixer = Mixer(cfg.audio.playback_rate, metrics=self.agent.metrics)
-        self.gate = PttGate(cfg.ptt.mode, idle=cfg.ptt.idle, on_change=self.agent._on_transmit)
-        self.agent.controls.attach(self.gate, self.mixer)
-        self.agent.status.set_ptt(mode=cfg.ptt.mode)
+        assert self.gate is not None
+        self.agent.controls.attach(self.gate, self.mixer)  # volume and mute carry over
+        if self.gate.transmitting:
+            self.mixer.set_duck_db(cfg.ptt.duck_while_talking_db)
 
     def start_part(self, name: str, build: Callable[[], Runner]) -> Part:
         """Start part ``name`` as a named task of this generation's TaskGroup."""
@@ -271,7 +277,7 @@ class Generation:
         await self.stop_parts(sorted(stop))
         if new_mixer:
             try:
-                self._build_core(new)
+                self._build_mixer(new)
             except Exception as e:
                 self.failed = _reason(e)
                 self.agent._build_failed("audio", "speaker", e, None)

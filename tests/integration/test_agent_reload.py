@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from agent.app import show_value
 from tests.reliability.fullagent import FullAgent, full_agent
@@ -173,6 +174,33 @@ async def test_a_good_reload_applies_each_change_where_it_belongs(
         assert rig.agent.metrics.total("task_crashes_total") == 0
 
 
+async def test_a_new_playback_rate_rebuilds_the_mixer_and_what_plays_into_it(
+    tmp_path: Path,
+) -> None:
+    async with full_agent(tmp_path, links=LINKS) as rig:
+        gen = rig.agent.generation
+        assert gen is not None and gen.mixer is not None and gen.gate is not None
+        old_mixer, gate, capture = gen.mixer, gen.gate, gen.capture
+        snap = await snapshot(rig)
+        await reload(rig, lambda: rig.write_config({"audio": {"playback_rate": 44100}}))
+        assert gen.mixer is not old_mixer and gen.mixer.out_rate == 44100
+        assert gen.gate is gate and gen.capture is capture, "the mic side was rebuilt"
+        assert rig.mic.opens == snap.mic_opens
+        await wait_until(lambda: rig.speaker.opens == snap.speaker_opens + 1, 3, "speaker")
+        await rig.vsdk.wait_for(lambda: len(rig.vsdk.started_sessions) > 1, 10, "re-joined")
+        await rig.vsdk.wait_for(rig.all_up, 10, "links up")
+        assert len(rig.orgo.sessions) > snap.orgo_sessions
+        # the room (echo) and Orgo play through the new mixer; PTT still gates the mic
+        await wait_until(lambda: set(gen.mixer.source_names) >= {"videosdk", "orgo"}, 5, "src")
+        written = rig.speaker.frames_written
+        await wait_until(lambda: rig.speaker.frames_written > written + 24000, 5, "playing")
+        gate.set_mode("hold")
+        n = rig.vsdk.frames_total
+        await wait_until(lambda: rig.vsdk.frames_total > n + 10, 3, "frames")
+        last = list(rig.vsdk.started_sessions[-1].frames)[-5:]
+        assert last and not any(f.pcm.strip(b"\0") for f in last)
+
+
 async def test_a_reload_with_no_change_rebuilds_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -184,6 +212,35 @@ async def test_a_reload_with_no_change_rebuilds_nothing(
         assert any(r.getMessage().startswith("reload: no change") for r in caplog.records)
         await still_streaming(rig, snap)
         assert snap.orgo_untouched() and snap.audio_untouched()
+
+
+async def test_a_rotated_pbx_secret_restarts_the_pbx_link_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The PBX server reads its secret once, at start: a reload after the file changed
+    restarts that link (the others read theirs at each attempt and are left alone)."""
+    caplog.set_level(logging.INFO, logger="agent")
+    async with full_agent(tmp_path, links=("videosdk", "pbx")) as rig:
+        snap = await snapshot(rig)
+        async with rig.pbx_call() as call:
+            await call.stream(0.16, paced=False)
+        await reload(rig)
+        assert any(r.getMessage().startswith("reload: no change") for r in caplog.records)
+        (rig.creds / "pbx-secret").write_text("fa-pbx-secret-rotated-91c3e5a7\n")
+        await reload(rig)
+        assert any(
+            r.getMessage() == "reload: pbx-secret changed: link pbx restarts"
+            for r in caplog.records
+        )
+        await wait_until(lambda: rig.link_state("pbx") == "up", 5, "the PBX server again")
+        with pytest.raises(InvalidStatus) as refused:
+            await rig.pbx_call().connect()  # the old secret
+        assert refused.value.response.status_code == 401
+        async with rig.pbx_call(secret="fa-pbx-secret-rotated-91c3e5a7") as call:
+            await call.stream(0.16, paced=False)
+        await still_streaming(rig, snap)
+        assert snap.audio_untouched()
+        assert "fa-pbx-secret-rotated-91c3e5a7" not in caplog.text
 
 
 def test_reload_lines_never_show_a_url_query_or_user_info() -> None:
