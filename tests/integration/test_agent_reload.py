@@ -8,11 +8,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from agent.app import show_value
+from agent.app import Hardware, show_value
+from agent.hw.sim import RecordingSink, ToneSource
 from tests.reliability.fullagent import FullAgent, full_agent
 from tests.support import wait_until
 
@@ -199,6 +201,24 @@ async def test_a_new_playback_rate_rebuilds_the_mixer_and_what_plays_into_it(
         await wait_until(lambda: rig.vsdk.frames_total > n + 10, 3, "frames")
         last = list(rig.vsdk.started_sessions[-1].frames)[-5:]
         assert last and not any(f.pcm.strip(b"\0") for f in last)
+
+
+async def test_a_gpio_change_reopens_buttons_and_leds_only(
+    tmp_path: Path, gpio_mock: Any
+) -> None:
+    mic = ToneSource(8000, 1000.0, -20.0, paced=True)
+    speaker = RecordingSink(48000, paced=True)
+    hw = Hardware(mic=lambda _c, _m: mic, speaker=lambda _c, _m: speaker, pin_factory=gpio_mock)
+    async with full_agent(
+        tmp_path, hardware=hw, links=("videosdk",), overrides={"gpio": {"status_led": 27}}
+    ) as rig:
+        await wait_until(lambda: gpio_mock.pin(27).state == 1, 3, "status LED on")
+        session, opens = rig.vsdk.started_sessions[-1], mic.opens
+        await reload(rig, lambda: rig.write_config({"gpio": {"status_led": 22}}))
+        await wait_until(lambda: gpio_mock.pin(22).state == 1, 3, "the LED on its new pin")
+        assert gpio_mock.pin(27).state == 0
+        assert rig.vsdk.started_sessions[-1] is session and session.ended_at is None
+        assert mic.opens == opens
 
 
 async def test_a_reload_with_no_change_rebuilds_nothing(
