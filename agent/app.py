@@ -122,12 +122,17 @@ class Part:
 
 
 class Generation:
-    """The running parts built from one Config, under one TaskGroup of their own.
+    """The running parts built from the agent's Config, under one TaskGroup of their own.
 
     ::
 
         async with Generation(agent, cfg, http) as gen:
             ...  # gen.ready: every part reported ready; gen.failed: what could not be built
+            await gen.apply(new_cfg)  # a good reload, applied in place
+
+    A generation lives from start to stop: a reload changes its parts in place
+    (:meth:`apply`); only a reload after the mixer itself could not be built makes a
+    new one.
 
     Entering builds the mixer, the PTT gate and the uplink fanout (a failure there is
     one log line, ATTENTION, ``gen.failed``, and no parts), then starts one named task
@@ -223,6 +228,7 @@ class Generation:
     async def stop_parts(self, names: Iterable[str]) -> None:
         """Cancel these parts together and wait until they have let go of their devices
         and sockets (links say goodbye, each within a second)."""
+        names = list(names)
         tasks = [p.task for n in names if (p := self.parts.get(n)) and p.task is not None]
         for task in tasks:
             task.cancel()
@@ -612,7 +618,7 @@ class Agent:
                     return True
                 if new is not None:
                     await self._apply(gen, new)
-                announce = True  # READY=1 once the parts (re)built report ready
+                announce, reported = True, False  # READY=1 once the (re)built parts are ready
                 continue
             self._wake.clear()
             await self._wake.wait()
@@ -621,6 +627,7 @@ class Agent:
         """The new config, or None when the reload is refused (the running one stays)."""
         if self._reload_config is None:
             logger.warning("reload asked for, but this agent has no config file to reload")
+            self.metrics.inc("reloads_total", result="refused")
             return None
         try:
             new = self._reload_config()
