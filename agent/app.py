@@ -40,7 +40,7 @@ import httpx
 from agent import config as config_mod
 from agent.audio.fanout import Fanout
 from agent.backoff import BackoffPolicy, Reconnector
-from agent.config import AudioConfig, Config
+from agent.config import AudioConfig, Config, SecurityConfig
 from agent.controls import Controls, StateStore
 from agent.errors import ConfigError, GpioUnavailable
 from agent.hw.ports import AudioSink, AudioSource
@@ -526,6 +526,7 @@ class Agent:
         self._wake = asyncio.Event()  # stop, reload, or a part became ready or failed
         self.generation: Generation | None = None
         self._panel: Any = None
+        self._http_now: httpx.AsyncClient | None = None  # the links' REST client right now
         self.controls = Controls(
             self.status,
             store=state or StateStore.from_env(),
@@ -550,11 +551,8 @@ class Agent:
         """Run until stop(); return the process exit code (0 after a clean stop)."""
         self.status.add_listener(lambda _b: self._status_changed.set())
         own_http = self._http is None
-        http = self._http or httpx.AsyncClient(
-            timeout=HTTP_TIMEOUT_S,
-            follow_redirects=False,
-            verify=httpx_verify(self.cfg.security),  # security.ca_file: read at start
-        )
+        http = self._http or _http_client(self.cfg.security)
+        self._http_now = http
         self._open_gpio()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -573,8 +571,8 @@ class Agent:
         finally:
             if self._panel is not None:
                 self._panel.close()  # LEDs off on a clean stop
-            if own_http:
-                await http.aclose()
+            if own_http and self._http_now is not None:
+                await self._http_now.aclose()
         logger.info("stopped")
         return 0
 
@@ -643,7 +641,18 @@ class Agent:
 
     async def _apply(self, gen: Generation, new: Config) -> None:
         old, self.cfg = self.cfg, new
+        stale: httpx.AsyncClient | None = None
+        if old.security != new.security and self._http is None:
+            # REST trust (security.ca_file) too: a new client for the links restarted below
+            try:
+                client = _http_client(new.security)
+            except (OSError, ValueError) as e:  # the file changed since it was validated
+                logger.error("reload: security.ca_file unusable (%s); REST keeps its trust", e)
+            else:
+                stale, gen.http, self._http_now = gen.http, client, client
         changes = await gen.apply(new)
+        if stale is not None:
+            await stale.aclose()
         if not changes:
             logger.info("reload: no change in %s", new.path)
         self.metrics.inc("reloads_total", result="applied" if changes else "unchanged")
@@ -832,6 +841,13 @@ class Agent:
                     self.status.set_error(f"metrics: cannot listen on {listen}")
                 failing = True
                 await asyncio.sleep(delay)
+
+
+def _http_client(security: SecurityConfig) -> httpx.AsyncClient:
+    """The REST client of the links, trusting ``security.ca_file`` besides the system."""
+    return httpx.AsyncClient(
+        timeout=HTTP_TIMEOUT_S, follow_redirects=False, verify=httpx_verify(security)
+    )
 
 
 class _Stopped(Exception):
