@@ -70,6 +70,22 @@ async def test_ready_is_sent_once_the_mic_has_opened(
         assert rig.agent.generation is not None and rig.agent.generation.ready
 
 
+async def test_a_missing_mic_does_not_hold_back_ready(
+    tmp_path: Path, notify_socket: NotifyRecorder, notifier: Notifier
+) -> None:
+    """Retrying counts as ready: a USB mic that is not plugged in must not keep systemd
+    waiting (it would kill the agent after TimeoutStartSec); the status says why."""
+    mic = ToneSource(8000, 1000.0, -20.0, paced=True)
+    mic.unplug()
+    async with full_agent(tmp_path, mic=mic, links=("videosdk",), notifier=notifier) as rig:
+        await asyncio.to_thread(notify_socket.wait_for, "READY=1", 5.0)
+        assert rig.device_state("mic") == "attention"
+        mic.plug()
+        await wait_until(lambda: rig.device_state("mic") == "up", 5, "the mic back")
+        n = rig.vsdk.frames_total
+        await rig.vsdk.wait_for(lambda: rig.vsdk.frames_total > n + 10, 3, "the mic heard")
+
+
 async def test_every_task_of_the_agent_is_named_and_owned(tmp_path: Path) -> None:
     async with full_agent(tmp_path, links=("videosdk", "orgo")) as rig:
         gen = rig.agent.generation
