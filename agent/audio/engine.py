@@ -288,6 +288,8 @@ class Capture:
             if not done.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([done], timeout=_STOP_TIMEOUT_S)
+            if done.done() and not done.cancelled():
+                done.exception()  # a thread failure was raised through the queue already
             self._running = False
 
     # -- the capture thread ----------------------------------------------------------

@@ -86,6 +86,41 @@ async def test_a_missing_mic_does_not_hold_back_ready(
         await rig.vsdk.wait_for(lambda: rig.vsdk.frames_total > n + 10, 3, "the mic heard")
 
 
+class BuggyMic(ToneSource):
+    """A mic driver with a bug: one read raises something that is not an AudioError."""
+
+    def __init__(self) -> None:
+        super().__init__(8000, 1000.0, -20.0, paced=True)
+        self.reads = 0
+
+    def read(self) -> Any:
+        self.reads += 1
+        if self.reads == 50:
+            raise RuntimeError("driver bug")
+        return super().read()
+
+
+async def test_a_part_that_crashes_is_restarted_and_the_rest_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mic = BuggyMic()
+    async with full_agent(tmp_path, mic=mic, links=("videosdk",)) as rig:
+        session = rig.vsdk.started_sessions[-1] if rig.vsdk.started_sessions else None
+        await wait_until(
+            lambda: rig.agent.metrics.total("task_crashes_total", task="capture") == 1, 5, "crash"
+        )
+        n = rig.vsdk.frames_total
+        await rig.vsdk.wait_for(lambda: rig.vsdk.frames_total > n + 25, 5, "the mic again")
+        assert mic.reads > 60
+        assert rig.agent.status.last_error == "capture failed unexpectedly (see journal)"
+        assert any(
+            r.getMessage().startswith("capture failed unexpectedly; restarting it in")
+            for r in caplog.records
+        )
+        assert session is None or rig.vsdk.started_sessions[0] is session
+        assert len(rig.vsdk.sessions) == 1 and rig.link_state("videosdk") == "up"
+
+
 async def test_every_task_of_the_agent_is_named_and_owned(tmp_path: Path) -> None:
     async with full_agent(tmp_path, links=("videosdk", "orgo")) as rig:
         gen = rig.agent.generation
