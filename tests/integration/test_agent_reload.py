@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from agent.app import Hardware, show_value
+from agent.app import Hardware
 from agent.hw.sim import RecordingSink, ToneSource
+from agent.reload import show_value
 from tests.reliability.fullagent import FullAgent, full_agent
 from tests.support import wait_until
 
