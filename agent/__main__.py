@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,6 +159,11 @@ def needed_credentials(cfg: config.Config) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # SIGHUP's default action ends the process: until the agent's own handler is in place
+    # (after the imports, the config and the event loop), remember it and reload later.
+    early_hup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: early_hup.set())
+
     from agent import service
     from agent.app import run_service
 
@@ -168,7 +175,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             logger.error("bad config: %s", line)
         return EX_CONFIG
     return run_service(
-        cfg, credentials_dir=args.credentials, config_path=args.config or config.default_path()
+        cfg,
+        credentials_dir=args.credentials,
+        config_path=args.config or config.default_path(),
+        reload_pending=early_hup,
     )
 
 

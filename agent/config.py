@@ -1,7 +1,10 @@
 """Configuration: one frozen dataclass per TOML section, loaded and validated.
 
-Every key and default is the contract in DESIGN.md; ``config/agent.toml`` documents
-each one. Loading reports *every* problem, one line each, as
+Every key and default is part of the external contract; ``config/agent.toml``
+documents each one. Every rule the audio engine has at build time is checked here
+too (device rates in whole 20 ms periods, the formats the mixer accepts), so a
+config that passes ``check-config`` never fails to build (docs/architecture.md).
+Loading reports *every* problem, one line each, as
 ``PATH: section.key: reason``, and raises :class:`~agent.errors.ConfigError`
 (the CLI turns that into exit code 78, EX_CONFIG).
 """
@@ -51,6 +54,23 @@ def _one_of(*allowed: Any) -> Check:
 
 def _rate(v: int) -> str | None:
     return _range(8000, 192000, " Hz")(v)
+
+
+FRAMES_PER_S = 50  # agent.pcm: the audio engine works in 20 ms periods
+
+
+def _device_rate(v: int) -> str | None:
+    """A device rate the audio engine can use: whole 20 ms periods (agent.audio.mixer
+    refuses another output rate; the ALSA and simulated ports open rate/50-frame periods)."""
+    if reason := _rate(v):
+        return reason
+    if v % FRAMES_PER_S:
+        nearest = round(v / FRAMES_PER_S) * FRAMES_PER_S
+        return (
+            f"must be a multiple of {FRAMES_PER_S} Hz (the audio engine works in 20 ms "
+            f"periods), not {v!r}; the nearest is {nearest}"
+        )
+    return None
 
 
 def _pin(v: int | None) -> str | None:
@@ -143,9 +163,13 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class AudioConfig:
     capture_device: str = field(default="default", metadata=_doc("ALSA capture PCM."))
-    capture_rate: int = field(default=8000, metadata=_doc("Hz asked of the mic.", _rate))
+    capture_rate: int = field(
+        default=8000, metadata=_doc("Hz asked of the mic (a multiple of 50).", _device_rate)
+    )
     playback_device: str = field(default="default", metadata=_doc("ALSA playback PCM."))
-    playback_rate: int = field(default=48000, metadata=_doc("Hz of the speaker.", _rate))
+    playback_rate: int = field(
+        default=48000, metadata=_doc("Hz of the speaker (a multiple of 50).", _device_rate)
+    )
     volume: float = field(default=0.8, metadata=_doc("Speaker volume 0.0..1.0.", _range(0, 1)))
     mic_gain_db: float = field(
         default=0.0, metadata=_doc("Mic gain in dB, saturating.", _range(-40, 40, " dB"))

@@ -122,13 +122,14 @@ class Controls:
         """A new generation's gate and mixer (after start or reload); reads command-key."""
         self.gate, self.mixer = gate, mixer
         self._apply_volume()
-        self._load_key()
+        self.load_key()
 
     def close(self) -> None:
         """A clean stop: write what is pending."""
         self.store.flush()
 
-    def _load_key(self) -> None:
+    def load_key(self) -> None:
+        """(Re)read the command-key credential (at start and at every good reload)."""
         if self._credentials is None:
             return
         try:

@@ -34,7 +34,7 @@ RECEIVE_ONLY_LINKS = frozenset({"orgo"})
 
 
 class Led(enum.Enum):
-    """What the status LED shows (DESIGN.md, "Behaviour users see")."""
+    """What the status LED shows (README, "Operating the service")."""
 
     OFF = "off"
     BLINK_1HZ = "blink-1hz"  # connecting or reconnecting
@@ -111,6 +111,13 @@ class StatusBoard:
             self.last_error = message
             self._changed()
 
+    def clear_error(self, prefix: str) -> None:
+        """Forget the last error if it starts with ``prefix``: its cause is resolved (a
+        good reload after a refused one, a part built after all)."""
+        if self.last_error and self.last_error.startswith(prefix):
+            self.last_error = ""
+            self._changed()
+
     def set_mic_level(self, dbfs: float) -> None:
         """Sampled, not a significant change: does not call listeners."""
         self.mic_dbfs = dbfs
@@ -125,7 +132,7 @@ class StatusBoard:
     # -- views -----------------------------------------------------------------------
     @property
     def led(self) -> Led:
-        """Status LED pattern from the links and devices (DESIGN.md)."""
+        """Status LED pattern from the links and devices (see the README)."""
         parts = [*self.links.values(), *self.devices.values()]
         if any(p.state is LinkState.ATTENTION for p in parts):
             return Led.BLINK_4HZ

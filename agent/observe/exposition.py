@@ -61,6 +61,8 @@ HELP: dict[str, str] = {
     "task_crashes_total": "Unexpected exceptions in a supervised part (then restarted).",
     "commands_accepted_total": "Remote commands executed, per command.",
     "commands_refused_total": "Remote commands refused (not executed), per reason.",
+    "part_build_failures_total": "Parts that could not be built (then retried), per part.",
+    "reloads_total": "Reloads asked for (SIGHUP), per result (applied, refused, unchanged).",
     "button_presses_total": 'GPIO button presses (button="ptt_button": PTT presses).',
     "uplink_latency_seconds": "Capture clock to socket, per uplink frame (recent window).",
     "playout_latency_seconds": "Arrival to speaker write, per source (recent window).",

@@ -1,4 +1,4 @@
-"""A faithful fake of Orgo's computer audio, on loopback (PROTOCOLS.md §2).
+"""A faithful fake of Orgo's computer audio, on loopback (docs/protocols.md, Orgo).
 
 REST (``GET {api_base}/computers/{id}/vnc-password``, Bearer API key) and the audio
 WebSocket (``{audio_url}?token=&sample_rate=&channels=``) behave as the vendor

@@ -3,7 +3,9 @@ FastRTC app (:mod:`agent.sandbox.fastrtc`) and the PBX server (called by the san
 PBX, :meth:`FullAgent.pbx_call`), with simulated paced audio devices and secrets in a
 credentials directory. ``links`` picks which of the four are enabled.
 
-The config goes through :func:`agent.config.from_dict` (the real validation). Retry
+The config is written to ``agent.toml`` in the test's directory and loaded by
+:func:`agent.config.load` (the real validation); ``agent.reload()`` reads that file
+again, so a test edits it as a person would (:meth:`FullAgent.write_config`). Retry
 delays are shortened with :func:`fast_backoff` so that fault stories take seconds,
 not the production minutes; everything else is as shipped.
 """
@@ -34,6 +36,7 @@ from agent.sandbox.pbx import PbxCall, two_party_call
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.service import Notifier
+from tests.support import toml_text
 
 Setup = Callable[[FakeVideoSDK, FakeOrgo, FakeFastRTC], Awaitable[dict[str, dict[str, Any]]]]
 FAST = BackoffPolicy(initial_s=0.05, cap_s=0.5, jitter=0.3, slow_s=0.5, healthy_after_s=60.0)
@@ -85,6 +88,14 @@ class FullAgent:
     pbx_url: str  # the agent's PBX server
     links: tuple[str, ...] = ALL_LINKS
     notify_lines: list[str] = field(default_factory=list)
+    config_path: Path = Path("agent.toml")
+    raw: dict[str, dict[str, Any]] = field(default_factory=dict)  # what config_path holds
+
+    def write_config(self, changes: dict[str, dict[str, Any]] | None = None) -> None:
+        """Rewrite the config file with ``changes`` merged in (read on the next reload)."""
+        for section, values in (changes or {}).items():
+            self.raw.setdefault(section, {}).update(values)
+        self.config_path.write_text(toml_text(self.raw))
 
     def link_state(self, name: str) -> str:
         part = self.agent.status.links.get(name)
@@ -183,7 +194,9 @@ async def full_agent(
         more = await setup(vsdk, orgo, rtc) if setup is not None else {}
         for section, values in [*(overrides or {}).items(), *more.items()]:
             raw.setdefault(section, {}).update(values)
-        cfg = config.from_dict(raw, path="full-agent.toml")
+        config_path = tmp_path / "agent.toml"
+        config_path.write_text(toml_text(raw))
+        cfg = config.load(config_path)
         mic = mic or ToneSource(8000, 1000.0, -20.0, paced=True)
         speaker = speaker or RecordingSink(48000, paced=True, keep_s=10.0)
         agent = Agent(
@@ -192,11 +205,13 @@ async def full_agent(
             hardware=hardware or Hardware(mic=lambda _c, _m: mic, speaker=lambda _c, _m: speaker),
             state=StateStore(None),
             notifier=notifier or Notifier(env={}),
+            reload_config=lambda: config.load(config_path),
         )
         task = asyncio.create_task(agent.run(), name="full-agent")
         rig = FullAgent(
-            agent, task, vsdk, orgo, mic, speaker, creds, rtc, f"ws://127.0.0.1:{pbx_port}", links
-        )
+            agent, task, vsdk, orgo, mic, speaker, creds, rtc, f"ws://127.0.0.1:{pbx_port}", links,
+            config_path=config_path, raw=raw,
+        )  # fmt: skip
         try:
             if wait_up:
                 await vsdk.wait_for(rig.all_up, 10.0, f"links {', '.join(links)} up")

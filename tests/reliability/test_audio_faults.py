@@ -127,15 +127,18 @@ async def test_xrun_storms_on_one_side_leave_the_other_at_real_time(
 async def test_a_reload_never_finds_its_own_devices_busy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alsa: AlsaStub
 ) -> None:
-    """A new generation opens the devices only once the old one closed them: the stub
-    refuses a second open of a held device (EBUSY), as a real hw: PCM does."""
+    """A reload that changes the audio devices opens them only once the old ones are
+    closed: the stub refuses a second open of a held device (EBUSY), as a real hw: PCM
+    does. (The stub serves both names of each device: the reload reopens, same card.)"""
     mic, spk = alsa.dev(MIC), alsa.dev(SPK)
     with fast_backoff(monkeypatch):
         async with full_agent(tmp_path, hardware=alsa_hardware(), links=LINKS) as rig:
             for n in range(3):
-                old = rig.agent.generation
+                opens = mic.opens
+                rig.write_config({"audio": {"capture_device": f"mic{n}",
+                                            "playback_device": f"spk{n}"}})  # fmt: skip
                 rig.agent.reload()
-                await wait_until(lambda o=old: rig.agent.generation is not o, 5.0, "reloaded")
+                await wait_until(lambda o=opens: mic.opens > o, 5.0, "reloaded")
                 await wait_until(
                     lambda: rig.device_state("mic") == "up" and rig.device_state("speaker") == "up",
                     3.0,

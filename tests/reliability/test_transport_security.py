@@ -249,6 +249,52 @@ async def test_a_self_signed_server_is_refused_unless_its_ca_is_configured(
             await p.stop()
 
 
+@pytest.mark.slow
+async def test_a_reload_that_adds_the_ca_brings_every_link_up_over_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server_tls: ssl.SSLContext, ca_file: Path
+) -> None:
+    """security.ca_file added by a reload reaches both the WebSocket handshakes and the
+    REST client (a new one: the old trusted only the system's CAs)."""
+    proxies: list[FaultProxy] = []
+
+    async def tls_front(port: int) -> int:
+        proxy = FaultProxy(port, tls=server_tls)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy.port
+
+    async def setup(
+        vsdk: FakeVideoSDK, orgo: FakeOrgo, rtc: FakeFastRTC
+    ) -> dict[str, dict[str, Any]]:
+        vsdk.ws_url_base = f"wss://127.0.0.1:{await tls_front(vsdk.ws_port)}"
+        return {
+            "videosdk": {"api_base": f"https://127.0.0.1:{await tls_front(_port(vsdk.api_base))}"},
+            "orgo": {
+                "audio_url": f"wss://127.0.0.1:{await tls_front(_port(orgo.audio_url))}"
+                "/{computer_id}/audio",
+                "api_base": f"https://127.0.0.1:{await tls_front(_port(orgo.api_base))}/api",
+            },
+        }
+
+    try:
+        with fast_backoff(monkeypatch):
+            async with full_agent(
+                tmp_path, setup=setup, wait_up=False, links=("videosdk", "orgo")
+            ) as rig:
+                await wait_until(
+                    lambda: rig.agent.metrics.total("reconnects_total") >= 3, 10.0, "refusals"
+                )
+                assert not rig.vsdk.rest_requests and not rig.orgo.rest_requests
+                rig.write_config({"security": {"ca_file": str(ca_file)}})
+                rig.agent.reload()
+                await wait_until(rig.all_up, 10.0, "every link up over TLS after the reload")
+                await rig.vsdk.wait_for(lambda: rig.vsdk.frames_total >= 10, 5.0, "wss media")
+                assert rig.vsdk.rest_requests and rig.orgo.rest_requests
+    finally:
+        for p in proxies:
+            await p.stop()
+
+
 def _port(url: str) -> int:
     port = urlsplit(url.replace("{computer_id}", "x")).port
     assert port is not None
