@@ -43,6 +43,8 @@ MAX_RATE = 192000  # Hz
 CHANNELS = (1, 2)
 BYTES_PER_SAMPLE = 2  # PCM16
 CLOSE_BAD_TOKEN = 4401  # close code: missing or invalid token [doc]
+CLOSE_NOT_FOUND = 4404  # close code: computer not found or not running [doc]
+CLOSE_SERVER_ERROR = 4500  # close code: server error [doc]
 
 
 class MalformedMessage(ProtocolError):
