@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.hw.gpio import ButtonEvent
+from agent.proto.videosdk import TopicMessage
 from agent.ptt import PttGate
 from agent.status import Led, StatusBoard
 
@@ -160,7 +161,9 @@ class Controls:
             self.mixer.muted = self.status.muted
 
     # -- remote commands -----------------------------------------------------------
-    def on_command(self, text: str) -> None:
+    def on_command(self, event: TopicMessage) -> None:
+        """A message on the command topic (the whole event: sender and time included)."""
+        text = event.message
         try:
             command = parse_command(text)
         except CommandError as e:

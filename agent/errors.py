@@ -105,9 +105,7 @@ class PeerClosed(LinkError):
     """An open connection ended. ``code``: the close code the peer sent (None: no
     closing handshake, the connection was lost); ``sent``: the code we sent, if any."""
 
-    def __init__(
-        self, message: str, *, code: int | None = None, sent: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, code: int | None = None, sent: int | None = None) -> None:
         self.code = code
         self.sent = sent
         super().__init__(message)

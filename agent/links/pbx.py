@@ -29,7 +29,6 @@ import errno
 import hmac
 import http
 import logging
-import re
 import ssl
 import time
 from collections.abc import Callable
@@ -44,8 +43,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from agent.backoff import BackoffPolicy, Reconnector
-from agent.config import PbxConfig
-from agent.errors import AgentError, CredentialError, LinkError
+from agent.config import Config, PbxConfig
+from agent.errors import CredentialError, LinkError
+from agent.links.registry import LinkDeps
+from agent.links.runner import History, Outcome, Runner, attention, retry
+from agent.links.wire import wire_logger
 from agent.metrics import Metrics
 from agent.pcm import Pcm, PcmSink, SourceFactory
 from agent.proto.yeastar import (
@@ -58,9 +60,9 @@ from agent.proto.yeastar import (
     ChannelOpened,
     MalformedFrame,
 )
-from agent.secrets import Credentials, RedactingFilter
+from agent.secrets import Credentials
 from agent.service import Heartbeat
-from agent.status import LinkState, StatusBoard
+from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
 
@@ -76,36 +78,6 @@ MAX_LEAD_IN_S = 0.2  # silence before a channel's first audio: one fragment, at 
 REFUSAL_LOG_EVERY_S = 60.0  # the same refusal from the same address: one WARNING a minute
 
 
-class _WsLogFilter(logging.Filter):
-    """The websockets library logs every request header at DEBUG (``< Secret: value``):
-    mask the secret header's value, right or wrong (a wrong one may be a near miss).
-    Its INFO lines (connection open/closed, server listening) repeat what this link
-    logs with more context: they are kept only while debugging."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pattern: re.Pattern[str] | None = None
-
-    def hide(self, header: str) -> None:
-        self.pattern = re.compile(rf"^(< {re.escape(header)}:).*$", re.IGNORECASE | re.DOTALL)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.INFO and not ws_logger.isEnabledFor(logging.DEBUG):
-            return False
-        if self.pattern is not None:
-            message = record.getMessage()
-            clean = self.pattern.sub(r"\1 ***", message)
-            if clean != message:
-                record.msg, record.args = clean, None
-        return True
-
-
-_hide_header = _WsLogFilter()
-ws_logger = logging.getLogger(__name__ + ".ws")
-ws_logger.addFilter(_hide_header)
-ws_logger.addFilter(RedactingFilter())
-
-
 class TlsUnavailable(LinkError):
     """pbx.tls_cert / pbx.tls_key could not be loaded."""
 
@@ -114,24 +86,28 @@ class CannotListen(LinkError):
     """The listening socket could not be opened."""
 
 
-@dataclass(frozen=True, slots=True)
-class Down:
-    """What to show and how long to wait after the server could not start or stopped."""
-
-    state: LinkState  # RETRY or ATTENTION
-    detail: str  # status detail; never a secret
-    slow: bool = False  # a person must act first: wait the slow cadence
-
-
-def decide(exc: BaseException) -> Down:
+def decide(exc: BaseException, history: History) -> Outcome:
     """The retry policy of this link, as one pure function of why the server went down."""
     match exc:
         case CredentialError() | TlsUnavailable():
-            return Down(LinkState.ATTENTION, str(exc), slow=True)
+            return attention(str(exc))
         case CannotListen():
-            return Down(LinkState.RETRY, str(exc))
+            return retry(str(exc))
         case _:
-            return Down(LinkState.RETRY, "server stopped")
+            return retry("server stopped", cause=str(exc))
+
+
+def create(cfg: Config, deps: LinkDeps) -> PbxLink:
+    """The registry's factory: this link built from the whole config and the agent's parts."""
+    return PbxLink(
+        cfg.pbx,
+        deps.credentials,
+        mixer=deps.mixer,
+        status=deps.status,
+        metrics=deps.metrics,
+        heartbeat=deps.heartbeat(NAME),
+        reconnector=Reconnector(deps.policies.backoff_for(BackoffPolicy())),
+    )
 
 
 @dataclass(eq=False)
@@ -181,8 +157,6 @@ class PbxLink:
         self._mixer = mixer
         self._status = status
         self._metrics = metrics
-        self._heartbeat = heartbeat
-        self._reconnector = reconnector or Reconnector(BackoffPolicy())
         self._clock = clock
         self._open_timeout_s = open_timeout_s
         host, _, port = cfg.listen.rpartition(":")
@@ -194,7 +168,19 @@ class PbxLink:
         self._calls: list[_Call] = []
         self._retiring: dict[str, asyncio.TimerHandle] = {}  # source name -> removal
         self._refusals_logged: dict[tuple[str, str], float] = {}
-        _hide_header.hide(cfg.secret_header)
+        self._up = False  # listening (the runner was told)
+        # websockets logs every request header at DEBUG: the secret header is masked
+        self._ws_logger = wire_logger(NAME, hide_headers=(cfg.secret_header,), quiet_info=True)
+        self.runner = Runner(
+            NAME,
+            self._serve,
+            decide,
+            status=status,
+            metrics=metrics,
+            reconnector=reconnector or Reconnector(BackoffPolicy()),
+            heartbeat=heartbeat,
+            clock=clock,
+        )
 
     @property
     def url(self) -> str:
@@ -205,38 +191,8 @@ class PbxLink:
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
         """Listen, serve calls; on failure show why, back off, listen again. Cancel to stop."""
-        attempt = 0
         try:
-            while True:
-                if attempt:
-                    self._metrics.inc("reconnects_total", link=NAME)
-                attempt += 1
-                self._beat()
-                self._status.set_link(NAME, LinkState.CONNECTING, f"starting {self.url}")
-                try:
-                    await self._serve()
-                    exc: BaseException = LinkError("server stopped")
-                except (AgentError, OSError) as e:
-                    exc = e
-                except Exception as e:  # a bug: show it, keep the speaker's other sources alive
-                    logger.exception("pbx server failed unexpectedly", extra=LOG)
-                    exc = e
-                finally:
-                    self._end_all_calls()
-                down = decide(exc)
-                delay = self._reconnector.next_delay(slow=down.slow)
-                self._status.set_link(NAME, down.state, down.detail, retry_in=delay)
-                logger.log(
-                    logging.WARNING if down.state is LinkState.ATTENTION else logging.INFO,
-                    "pbx server down (%s: %s); next attempt in %.1f s",
-                    type(exc).__name__,
-                    down.detail,
-                    delay,
-                    extra=LOG,
-                )
-                if self._heartbeat is not None:
-                    self._heartbeat.pause()
-                await asyncio.sleep(delay)
+            await self.runner.run()
         finally:
             self._end_all_calls()
             for handle in self._retiring.values():
@@ -244,9 +200,16 @@ class PbxLink:
             for name in self._retiring:
                 self._mixer.remove_source(name)
             self._retiring.clear()
-            self._status.set_link(NAME, LinkState.STOPPED)
 
     async def _serve(self) -> None:
+        self.runner.connecting = f"starting {self.url}"
+        self._up = False
+        try:
+            await self._listen()
+        finally:
+            self._end_all_calls()
+
+    async def _listen(self) -> None:
         self._secret = self._creds.get(SECRET).reveal().encode("utf-8")
         tls = self._tls_context()
         try:
@@ -264,7 +227,7 @@ class PbxLink:
                 ping_interval=None,
                 server_header=None,  # do not tell scanners what answers here
                 ssl=tls,
-                logger=ws_logger,
+                logger=self._ws_logger,
                 create_connection=self._connection_class(),
             )
         except OSError as e:
@@ -274,11 +237,9 @@ class PbxLink:
             raise CannotListen(f"cannot listen on {self.cfg.listen!r}: {e}") from None
         try:
             self.port = server.sockets[0].getsockname()[1] if server.sockets else self._port
-            self._reconnector.connected()
-            logger.info("waiting for PBX calls on %s", self.url, extra=LOG)
             self._show()
             while True:
-                self._beat()
+                self.runner.beat()
                 await asyncio.sleep(BEAT_S)
         finally:
             server.close()  # closes every call with 1001 (going away)
@@ -557,11 +518,11 @@ class PbxLink:
             numbers = [n[0] for n in (c.stream.numbers() for c in calls) if n]
             if numbers:
                 detail += f", from {', '.join(numbers)}"
-        self._status.set_link(NAME, LinkState.UP, detail)
-
-    def _beat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.beat()
+        if self._up:
+            self.runner.show(detail)
+        else:
+            self._up = True
+            self.runner.up(detail)
 
 
 def _peer(connection: ServerConnection) -> str:

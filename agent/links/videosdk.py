@@ -27,25 +27,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
-import traceback
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from agent.backoff import Reconnector
-from agent.config import DeviceConfig, SecurityConfig, VideoSDKConfig
-from agent.errors import AuthRefused, CredentialError, LinkError, ProtocolError
+from agent.backoff import BackoffPolicy, Reconnector
+from agent.config import Config, DeviceConfig, SecurityConfig, VideoSDKConfig
+from agent.errors import AuthRefused, CredentialError, HttpRefused, LinkError, ProtocolError
+from agent.links.registry import LinkDeps
+from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
+from agent.links.transport import closed, host_of, link_error, retry_after
 from agent.links.videosdk_auth import TokenSource
+from agent.links.wire import wire_logger
+from agent.links.wsclient import goodbye, send_media
 from agent.metrics import Metrics
 from agent.pcm import Frame, PcmSink, SourceFactory
 from agent.proto.videosdk import (
@@ -73,9 +77,10 @@ from agent.proto.videosdk import (
 )
 from agent.secrets import Credentials
 from agent.service import Heartbeat
-from agent.status import LinkState, StatusBoard
+from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
+_wire_logger = wire_logger("videosdk")  # websockets' request line carries ?ref=: masked
 
 LINK = "videosdk"
 SOURCE = "videosdk"  # mixer source name
@@ -84,21 +89,6 @@ SEND_BUFFER_LIMIT = 16 * 1024  # bytes queued in the socket (~0.7 s of audio): d
 STOP_TIMEOUT_S = 1.0  # stop + close 1000 on cancellation, at most this long
 
 Connect = Callable[..., AbstractAsyncContextManager[ClientConnection]]
-
-
-class _RedactRef(logging.Filter):
-    """Scrubs ``ref=`` values from websockets' debug lines (``> GET /...?ref=...``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact_url(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
-_wire_logger = logging.getLogger(__name__ + ".wire")
-_wire_logger.addFilter(_RedactRef())
 
 
 class _WatchedConnection(ClientConnection):
@@ -115,65 +105,53 @@ class _WatchedConnection(ClientConnection):
         super().data_received(data)
 
 
-class SessionError(LinkError):
+class SessionError(HttpRefused):
     """The session request failed with an HTTP status other than 401/403."""
 
-    def __init__(self, message: str, *, status: int, retry_after_s: float = 0.0) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after_s = retry_after_s
 
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """Why an attempt ended and how to retry. ``reason`` is shown to users (no secrets)."""
-
-    reason: str
-    attention: bool = False  # a person must act (credentials, config): ATTENTION + slow retry
-    at_least_s: float = 0.0  # the server asked us to wait this long
-
-
-def classify(exc: BaseException) -> Drop:
+def decide(exc: BaseException, history: History) -> Outcome:
     """The one place that decides retry-or-attention for a failed attempt (pure)."""
     match exc:
-        case CredentialError():
-            return Drop(str(exc), attention=True)
-        case InsecureTransport():
-            return Drop(str(exc), attention=True)
-        case AuthRefused():
-            return Drop(str(exc), attention=True)
+        case CredentialError() | InsecureTransport() | AuthRefused():
+            return attention(str(exc))
         case SessionError(status=429, retry_after_s=wait):
-            return Drop("session request rate-limited (HTTP 429)", at_least_s=wait)
+            return retry("session request rate-limited (HTTP 429)", at_least_s=wait)
         case SessionError(status=status) if 400 <= status < 500:
-            return Drop(
-                f"session request refused (HTTP {status}); check videosdk.room_id", attention=True
-            )
-        case InvalidStatus():
-            return Drop(f"WebSocket handshake refused (HTTP {exc.response.status_code})")
-        case InvalidHandshake() | InvalidURI():
-            return Drop(f"WebSocket handshake failed ({type(exc).__name__})")
+            return attention(f"session request refused (HTTP {status}); check videosdk.room_id")
+        case SessionError(status=status):
+            return retry(f"session request failed (HTTP {status})")
+        case HttpRefused(status=status):
+            return retry(f"WebSocket handshake refused (HTTP {status})")
         case ProtocolError():
-            return Drop(f"bad session reply: {redact_url(str(exc))}")
+            return retry(f"bad session reply: {redact_url(str(exc))}")
         case LinkError():
-            return Drop(redact_url(str(exc)))
+            return retry(redact_url(str(exc)))
         case TimeoutError():
-            return Drop("timed out connecting")
-        case OSError():
-            return Drop(f"cannot connect ({exc.strerror or type(exc).__name__})")
+            return retry("timed out connecting")
         case _:
-            return Drop(f"unexpected error ({type(exc).__name__})")
+            return retry(redact_url(str(link_error(exc, ""))))
 
 
-def describe_close(exc: ConnectionClosed) -> str:
-    """A user-facing reason for a closed connection."""
-    if exc.rcvd is not None:
-        reason = f" {exc.rcvd.reason}" if exc.rcvd.reason else ""
-        return f"server closed the connection ({exc.rcvd.code}{reason})"
-    if exc.sent is not None and exc.sent.code == 1011:
-        return f"server stopped answering ({exc.sent.reason or 'keepalive'})"
-    if exc.sent is not None:
-        return f"connection closed ({exc.sent.code} {exc.sent.reason})".rstrip()
-    return "connection lost"
+def create(cfg: Config, deps: LinkDeps) -> VideoSDKLink:
+    """The registry's factory: this link built from the whole config and the agent's parts."""
+    p = deps.policies
+    return VideoSDKLink(
+        cfg.videosdk,
+        deps.device,
+        deps.credentials,
+        uplink=deps.uplink(LINK),
+        mixer=deps.mixer,
+        status=deps.status,
+        metrics=deps.metrics,
+        http=deps.http,
+        connect=deps.connect or ws_connect,
+        reconnector=Reconnector(p.backoff_for(BackoffPolicy())),
+        heartbeat=deps.heartbeat(LINK),
+        on_command=deps.on_command,
+        ping_interval_s=p.ws_ping_interval_s or 20.0,
+        ping_timeout_s=p.ws_ping_timeout_s or 15.0,
+        security=cfg.security,
+    )
 
 
 class _Limiter:
@@ -213,7 +191,7 @@ class VideoSDKLink:
         connect: Connect = ws_connect,
         reconnector: Reconnector | None = None,
         heartbeat: Heartbeat | None = None,
-        on_command: Callable[[str], None] | None = None,
+        on_command: Callable[[TopicMessage], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         ping_interval_s: float | None = 20.0,
@@ -242,7 +220,6 @@ class VideoSDKLink:
         self._metrics = metrics
         self._http = http
         self._connect = connect
-        self._reconnector = reconnector or Reconnector(clock=clock)
         self._hb = heartbeat or Heartbeat(LINK, 30.0, clock)
         self._on_command = on_command
         self._clock = clock
@@ -264,6 +241,16 @@ class VideoSDKLink:
         self._last_msg_at = 0.0
         self._silence_note = ""
         self._limiter = _Limiter()
+        self.runner = Runner(
+            LINK,
+            self._attempt,
+            decide,
+            status=status,
+            metrics=metrics,
+            reconnector=reconnector or Reconnector(clock=clock),
+            heartbeat=self._hb,
+            clock=clock,
+        )
 
     @staticmethod
     def _valid_topics(cfg: VideoSDKConfig) -> tuple[str, ...]:
@@ -282,15 +269,13 @@ class VideoSDKLink:
     async def run(self) -> None:
         """Stream until cancelled; on cancellation send ``stop`` and close 1000 (≤ 1 s)."""
         self._status.add_listener(self._on_status)
-        self._status.set_link(LINK, LinkState.CONNECTING)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pump_uplink(), name="videosdk-uplink")
-                tg.create_task(self._sessions(), name="videosdk-sessions")
+                tg.create_task(self.runner.run(), name="videosdk-sessions")
         finally:
             self._live = None
             self._status.remove_listener(self._on_status)
-            self._status.set_link(LINK, LinkState.STOPPED)
 
     def publish(self, topic: str, data: str | dict[str, Any]) -> bool:
         """Queue a topic message (sent now if up, else after the next connect).
@@ -317,53 +302,20 @@ class VideoSDKLink:
         self._wake.set()
         return True
 
-    # -- session loop ------------------------------------------------------------------
-    async def _sessions(self) -> None:
-        first = True
-        while True:
-            if not first:
-                self._metrics.inc("reconnects_total", link=LINK)
-            first = False
-            drop = await self._attempt()
-            delay = self._reconnector.next_delay(slow=drop.attention, at_least_s=drop.at_least_s)
-            extra = {"LINK": LINK, "ROOM_ID": self._cfg.room_id}
-            if drop.attention:
-                self._status.set_link(LINK, LinkState.ATTENTION, drop.reason, retry_in=delay)
-                self._status.set_error(f"videosdk: {drop.reason}")
-                logger.error(
-                    "videosdk needs attention: %s (next try in %.0f s)",
-                    drop.reason,
-                    delay,
-                    extra=extra,
-                )
-            else:
-                self._status.set_link(LINK, LinkState.RETRY, drop.reason, retry_in=delay)
-                logger.warning(
-                    "videosdk link down: %s; retry in %.1f s", drop.reason, delay, extra=extra
-                )
-            self._hb.pause()
-            await asyncio.sleep(delay)
-
-    async def _attempt(self) -> Drop:
-        """One session from creation to drop; never raises except CancelledError."""
-        self._status.set_link(LINK, LinkState.CONNECTING)
+    # -- one session -------------------------------------------------------------------
+    async def _attempt(self) -> None:
+        """One session from creation to drop; raises why it ended."""
         self._silence_note = ""
+        token = self._tokens.token()
+        self._hb.beat()
+        session = await self._create_session(token)
+        self._hb.beat()
+        if not session.fresh(self._clock()):
+            raise LinkError("session URL too old to use; creating another")
         try:
-            token = self._tokens.token()
-            self._hb.beat()
-            session = await self._create_session(token)
-            self._hb.beat()
-            if not session.fresh(self._clock()):
-                return Drop("session URL too old to use; creating another")
-            return await self._stream(session)
-        except Exception as e:  # any failure is a drop; CancelledError passes through
-            drop = classify(e)
-            if drop.reason.startswith("unexpected error"):  # a bug: keep the traceback, not refs
-                trace = "".join(traceback.format_exception(e))
-                logger.error(
-                    "videosdk: %s\n%s", drop.reason, redact_url(trace), extra={"LINK": LINK}
-                )
-            return drop
+            await self._stream(session)
+        except (OSError, InvalidHandshake, InvalidURI) as e:  # TimeoutError included
+            raise link_error(e, session.ws_url) from None
 
     async def _create_session(self, token: str) -> IngestSession:
         url = self._cfg.api_base.rstrip("/") + SESSIONS_PATH
@@ -375,20 +327,20 @@ class VideoSDKLink:
             region=self._cfg.region,
         )
         asked_at = self._clock()  # the URL's age counts from the request: a slow reply ages it
+        host = host_of(url)
         try:
             async with asyncio.timeout(self._open_timeout_s):  # whatever the client's timeout
                 reply = await self._http.post(url, json=body, headers={"Authorization": token})
         except TimeoutError:
-            raise LinkError("session request timed out") from None
+            raise LinkError(f"session request to {host} timed out") from None
         except httpx.HTTPError as e:
-            raise LinkError(f"session request failed ({type(e).__name__})") from None
+            raise LinkError(f"session request failed: {link_error(e, url)}") from None
         status = reply.status_code
         if status in (401, 403):
             raise AuthRefused(f"VideoSDK refused the credentials (HTTP {status})")
-        if status == 429:
-            raise SessionError("rate-limited", status=status, retry_after_s=_retry_after(reply))
         if not 200 <= status < 300:
-            raise SessionError(f"session request failed (HTTP {status})", status=status)
+            wait = retry_after(reply.headers.get("retry-after"))
+            raise SessionError(host, status, what="session request", retry_after_s=wait)
         try:
             payload = reply.json()
         except ValueError:
@@ -406,7 +358,7 @@ class VideoSDKLink:
             raise InsecureTransport(f"session wsUrl refused: {refusal}")
         return session
 
-    async def _stream(self, session: IngestSession) -> Drop:
+    async def _stream(self, session: IngestSession) -> None:
         room = self._cfg.room_id
         extra = {"LINK": LINK, "CALL_ID": session.call_id, "ROOM_ID": room}
         logger.debug("videosdk connecting to %s", redact_url(session.ws_url), extra=extra)
@@ -428,33 +380,22 @@ class VideoSDKLink:
                     await ws.send(encode_subscribe(topic))
                 sink = self._mixer.add_source(SOURCE, SAMPLE_RATE, 1)
                 self._live = ws
-                self._reconnector.connected()
                 self._hb.beat()
-                self._status.set_link(LINK, LinkState.UP, f"room {room}")
-                logger.info("videosdk up in room %s (call %s)", room, session.call_id, extra=extra)
-                return await self._connected(ws, sink, extra)
+                self.runner.up(f"room {room}")
+                logger.info("call %s in room %s", session.call_id, room, extra=extra)
+                await self._connected(ws, sink, extra)
             except ConnectionClosed as e:  # closed while starting
-                return self._closed(e)
+                raise self._closed(e) from None
             except asyncio.CancelledError:
                 self._live = None
-                await self._goodbye(ws)
+                await goodbye(ws, encode_stop(), STOP_TIMEOUT_S, logger)
                 raise
             finally:
                 self._live = None
                 if sink is not None:
                     self._mixer.remove_source(SOURCE)
 
-    async def _goodbye(self, ws: ClientConnection) -> None:
-        """``stop`` then close 1000, bounded: the agent must exit within 2 s."""
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await ws.send(encode_stop())
-                await ws.close(1000, "device stopping")
-        except (TimeoutError, ConnectionClosed, OSError):
-            ws.transport.abort()
-        logger.info("videosdk stopped", extra={"LINK": LINK, "ROOM_ID": self._cfg.room_id})
-
-    async def _connected(self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]) -> Drop:
+    async def _connected(self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]) -> None:
         self._last_msg_at = time.monotonic()
         async with asyncio.TaskGroup() as tg:
             helpers = [
@@ -462,19 +403,18 @@ class VideoSDKLink:
                 tg.create_task(self._watch_silence(ws), name="videosdk-silence"),
             ]
             try:
-                drop = await self._receive(ws, sink, extra)
+                await self._receive(ws, sink, extra)
             finally:
                 for task in helpers:
                     task.cancel()
-        return drop
 
     # -- downlink --------------------------------------------------------------------
-    async def _receive(self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]) -> Drop:
+    async def _receive(self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]) -> None:
         while True:
             try:
                 raw = await ws.recv()
             except ConnectionClosed as e:
-                return self._closed(e)
+                raise self._closed(e) from None
             self._last_msg_at = time.monotonic()
             self._hb.beat()
             try:
@@ -498,8 +438,8 @@ class VideoSDKLink:
                 self._metrics.inc("frames_received_total", link=LINK)
                 if pcm:
                     sink.push(np.frombuffer(pcm, dtype="<i2").astype(np.int16), time.monotonic())
-            case TopicMessage(topic=topic, message=message) if topic == self._cfg.command_topic:
-                self._command(message, event, extra)
+            case TopicMessage(topic=topic) if topic == self._cfg.command_topic:
+                self._command(event, extra)
             case TopicMessage(topic=topic, message=message, sender_name=name, sender_id=sender):
                 logger.info(
                     "videosdk [%s] %s: %s",
@@ -533,28 +473,28 @@ class VideoSDKLink:
                         extra=extra,
                     )
 
-    def _command(self, message: str, event: TopicMessage, extra: dict[str, str]) -> None:
+    def _command(self, event: TopicMessage, extra: dict[str, str]) -> None:
         sender = event.sender_name or event.sender_id
         logger.info(
             "videosdk: command from %s: %s",
             sender or "?",
-            _clip(message),
+            _clip(event.message),
             extra={**extra, "TOPIC": event.topic, "SENDER": sender},
         )
         if self._on_command is None:
             return
         try:
-            self._on_command(message)
+            self._on_command(event)
         except Exception:  # a bad command must not take the link down
             logger.exception("videosdk: the command handler failed", extra=extra)
 
-    def _closed(self, exc: ConnectionClosed) -> Drop:
+    def _closed(self, exc: ConnectionClosed) -> LinkError:
         if exc.sent is not None and exc.sent.code == 1009:
             self._metrics.inc("malformed_total", link=LINK, reason="too_large")
-            return Drop(f"server sent a frame over {WS_MAX_SIZE // 1024} KiB")
+            return LinkError(f"server sent a frame over {WS_MAX_SIZE // 1024} KiB")
         if self._silence_note:
-            return Drop(self._silence_note)
-        return Drop(describe_close(exc))
+            return LinkError(self._silence_note)
+        return closed(exc)
 
     async def _watch_silence(self, ws: ClientConnection) -> None:
         step = min(1.0, self._silence_s / 4)
@@ -574,19 +514,15 @@ class VideoSDKLink:
             self._hb.pause()
             frame = await self._uplink.get()
             self._hb.beat()
-            ws = self._live
-            if ws is None:
-                self._metrics.inc("frames_dropped_total", link=LINK, reason="link_down")
+            sent = await send_media(
+                self._live,
+                functools.partial(_encode, frame),
+                metrics=self._metrics,
+                link=LINK,
+                buffer_limit=SEND_BUFFER_LIMIT,
+            )
+            if not sent:
                 continue
-            if ws.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
-                self._metrics.inc("frames_dropped_total", link=LINK, reason="backpressure")
-                continue
-            try:
-                await ws.send(encode_media(frame.pcm.astype("<i2", copy=False).tobytes()))
-            except ConnectionClosed:
-                self._metrics.inc("frames_dropped_total", link=LINK, reason="link_down")
-                continue
-            self._metrics.inc("frames_sent_total", link=LINK)
             # capture clock -> handed to the socket (t_capture is time.monotonic())
             self._metrics.observe(
                 "uplink_latency_seconds", time.monotonic() - frame.t_capture, link=LINK
@@ -632,8 +568,5 @@ def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _retry_after(reply: httpx.Response) -> float:
-    try:
-        return max(0.0, min(300.0, float(reply.headers.get("retry-after", "0"))))
-    except ValueError:
-        return 0.0
+def _encode(frame: Frame) -> str:
+    return encode_media(frame.pcm.astype("<i2", copy=False).tobytes())

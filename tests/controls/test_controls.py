@@ -12,6 +12,7 @@ import pytest
 from agent.config import GpioConfig
 from agent.controls import CommandError, Controls, StateStore, parse_command
 from agent.hw.gpio import GpioPanel
+from agent.proto.videosdk import TopicMessage
 from agent.ptt import PttGate
 from agent.status import Led, LinkState, StatusBoard
 
@@ -151,9 +152,9 @@ async def test_talk_led_blinks_into_a_dead_room_while_orgo_plays(rig) -> None:
 
 async def test_remote_commands_change_state_and_bad_ones_are_refused(rig) -> None:
     status, controls, gate, mixer, _p, _f, replies = rig
-    controls.on_command('{"cmd":"volume","value":0.25}')
-    controls.on_command('{"cmd":"mute"}')
-    controls.on_command('{"cmd":"ptt","value":"open"}')
+    controls.on_command(_command('{"cmd":"volume","value":0.25}'))
+    controls.on_command(_command('{"cmd":"mute"}'))
+    controls.on_command(_command('{"cmd":"ptt","value":"open"}'))
     assert mixer.volume == 0.25 and mixer.muted and gate.mode == "open" and gate.transmitting
     assert status.ptt_mode == "open"
     assert [r.get("ok") for r in replies] == ["volume", "mute", "ptt"]
@@ -167,10 +168,10 @@ async def test_remote_commands_change_state_and_bad_ones_are_refused(rig) -> Non
         '{"cmd":"ptt","value":"vox"}',
         '{"cmd":"mute","pad":"' + "x" * 2000 + '"}',
     ):
-        controls.on_command(bad)
+        controls.on_command(_command(bad))
     assert len(replies) == 7 and all("error" in r for r in replies)
     assert mixer.volume == 0.25 and gate.mode == "open"  # nothing executed
-    controls.on_command('{"cmd":"status"}')
+    controls.on_command(_command('{"cmd":"status"}'))
     assert replies[-1]["status"]["volume"] == 0.25
 
 
@@ -190,3 +191,9 @@ async def test_gpio_unavailable_is_a_clear_error(gpio_mock: Any) -> None:
         pin_factory("gpiochip9")
     with pytest.raises(GpioUnavailable, match="cannot start"):
         pin_factory("lgpio")  # this machine has no /dev/gpiochip*
+
+
+def _command(text: str) -> TopicMessage:
+    """A command-topic message as the VideoSDK link hands it over."""
+    raw = json.dumps({"event": "message", "topic": "commands", "message": text})
+    return TopicMessage("commands", text, "op-1", "Operator", "2026-06-27T14:41:00.000Z", "m1", raw)
