@@ -403,18 +403,22 @@ class VideoSDKLink:
                 tg.create_task(self._watch_silence(ws), name="videosdk-silence"),
             ]
             try:
-                await self._receive(ws, sink, extra)
+                ended = await self._receive(ws, sink, extra)
             finally:
                 for task in helpers:
                     task.cancel()
+        raise ended  # outside the TaskGroup: not wrapped in an ExceptionGroup
 
     # -- downlink --------------------------------------------------------------------
-    async def _receive(self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]) -> None:
+    async def _receive(
+        self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]
+    ) -> LinkError:
+        """Play and dispatch until the connection closes; return why it did."""
         while True:
             try:
                 raw = await ws.recv()
             except ConnectionClosed as e:
-                raise self._closed(e) from None
+                return self._closed(e)
             self._last_msg_at = time.monotonic()
             self._hb.beat()
             try:
