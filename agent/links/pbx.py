@@ -26,25 +26,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hmac
-import http
 import logging
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, PbxConfig
 from agent.errors import CredentialError, LinkError
+from agent.links.pbx_admit import Doorman, peer_of
 from agent.links.registry import LinkDeps
 from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.wire import wire_logger
@@ -75,7 +71,6 @@ CLOSE_TIMEOUT_S = 1.0  # closing handshake of one connection
 DRAIN_MARGIN_S = 0.1  # an ended channel's source stays this long after its buffer empties
 MAX_DRAIN_S = 2.0  # ... but never longer than this (the jitter buffer's capacity)
 MAX_LEAD_IN_S = 0.2  # silence before a channel's first audio: one fragment, at most this
-REFUSAL_LOG_EVERY_S = 60.0  # the same refusal from the same address: one WARNING a minute
 
 
 class TlsUnavailable(LinkError):
@@ -163,11 +158,9 @@ class PbxLink:
         self._host = host.strip("[]")
         self._port = int(port)
         self.port: int | None = None  # the port actually bound (tests listen on port 0)
-        self._secret = b""
-        self._admitted: set[ServerConnection] = set()  # passed _admit, not yet closed
+        self._door = Doorman(cfg, metrics, clock, open_timeout_s)
         self._calls: list[_Call] = []
         self._retiring: dict[str, asyncio.TimerHandle] = {}  # source name -> removal
-        self._refusals_logged: dict[tuple[str, str], float] = {}
         self._up = False  # listening (the runner was told)
         # websockets logs every request header at DEBUG: the secret header is masked
         self._ws_logger = wire_logger(NAME, hide_headers=(cfg.secret_header,), quiet_info=True)
@@ -210,14 +203,14 @@ class PbxLink:
             self._end_all_calls()
 
     async def _listen(self) -> None:
-        self._secret = self._creds.get(SECRET).reveal().encode("utf-8")
+        self._door.secret = self._creds.get(SECRET).reveal().encode("utf-8")
         tls = self._tls_context()
         try:
             server = await serve(
                 self._call,
                 self._host,
                 self._port,
-                process_request=self._admit,
+                process_request=self._door.admit,
                 max_size=self.cfg.max_message_bytes,
                 compression=None,  # base64 PCM hardly compresses; spare the Pi's CPU
                 open_timeout=self._open_timeout_s,
@@ -228,7 +221,7 @@ class PbxLink:
                 server_header=None,  # do not tell scanners what answers here
                 ssl=tls,
                 logger=self._ws_logger,
-                create_connection=self._connection_class(),
+                create_connection=self._door.connection_class(),
             )
         except OSError as e:
             reason = "address in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
@@ -261,100 +254,12 @@ class PbxLink:
             ) from None
         return ctx
 
-    # -- the opening handshake -----------------------------------------------------------
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Before the upgrade: the secret (401), then the call limit (503)."""
-        peer = _peer(connection)
-        values = request.headers.get_all(self.cfg.secret_header)
-        if not values:
-            return self._refuse(connection, peer, "no_secret", http.HTTPStatus.UNAUTHORIZED)
-        given = values[0].encode("iso-8859-1")  # websockets decoded the raw bytes so
-        # compare_digest: the time taken does not tell how much of a guess was right
-        if len(values) != 1 or not hmac.compare_digest(given, self._secret):
-            return self._refuse(connection, peer, "bad_secret", http.HTTPStatus.UNAUTHORIZED)
-        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
-        if len(self._admitted) >= self.cfg.max_calls:
-            return self._refuse(
-                connection, peer, "too_many_calls", http.HTTPStatus.SERVICE_UNAVAILABLE
-            )
-        self._admitted.add(connection)
-        return None
-
-    def _refuse(
-        self, connection: ServerConnection, peer: str, reason: str, code: http.HTTPStatus
-    ) -> Response:
-        why = {
-            "no_secret": f"no {self.cfg.secret_header!r} header",
-            "bad_secret": f"wrong secret in the {self.cfg.secret_header!r} header",
-            "too_many_calls": f"already {self.cfg.max_calls} calls (pbx.max_calls)",
-        }[reason]
-        self._note_refusal(peer, reason, f"{why} (HTTP {code.value})")
-        text = "unauthorized\n" if code == http.HTTPStatus.UNAUTHORIZED else "too many calls\n"
-        return connection.respond(code, text)
-
-    def _note_refusal(self, peer: str, reason: str, why: str) -> None:
-        """Count a refused connection; log it (the same address and reason: once a minute
-        at WARNING, the rest at DEBUG, so a storm does not flood the journal)."""
-        self._metrics.inc("connections_refused_total", link=NAME, reason=reason)
-        host = peer.rpartition(":")[0] or peer
-        now = self._clock()
-        last = self._refusals_logged.get((host, reason))
-        fresh = last is None or now - last >= REFUSAL_LOG_EVERY_S
-        if fresh:
-            self._refusals_logged[(host, reason)] = now
-            if len(self._refusals_logged) > 1000:  # a scan from many addresses: forget
-                self._refusals_logged = {(host, reason): now}
-        logger.log(
-            logging.WARNING if fresh else logging.DEBUG,
-            "refused a PBX connection from %s: %s",
-            peer,
-            why,
-            extra=LOG,
-        )
-
-    def _connection_class(self) -> type[ServerConnection]:
-        """websockets' connection, with the handshakes it ends by itself counted too:
-        no valid request within ``open_timeout_s`` (slowloris, a silent TCP connection)
-        and requests it rejects (not HTTP, no Upgrade, headers too large)."""
-        link = self
-
-        class _Connection(ServerConnection):
-            async def handshake(self, *args: Any, **kwargs: Any) -> None:
-                try:
-                    await super().handshake(*args, **kwargs)
-                except asyncio.CancelledError:
-                    if self.server.is_serving():  # open_timeout, not the server stopping
-                        link._handshake_failed(self, timed_out=True)
-                    raise
-                if self.protocol.state is not State.OPEN:
-                    link._handshake_failed(self, timed_out=False)
-
-        return _Connection
-
-    def _handshake_failed(self, connection: ServerConnection, *, timed_out: bool) -> None:
-        """Count a handshake websockets ended (our own 401/503 are counted already)."""
-        status = 0 if connection.response is None else connection.response.status_code
-        if status in (http.HTTPStatus.UNAUTHORIZED, http.HTTPStatus.SERVICE_UNAVAILABLE):
-            return  # refused by _admit (the client then lingered, or left)
-        if status:
-            self._note_refusal(
-                _peer(connection), "bad_request", f"not a WebSocket upgrade (HTTP {status})"
-            )
-        elif connection.protocol.handshake_exc is not None or not timed_out:
-            self._note_refusal(_peer(connection), "bad_request", "not an HTTP request")
-        else:
-            self._note_refusal(
-                _peer(connection),
-                "handshake_timeout",
-                f"no complete request within {self._open_timeout_s:g} s",
-            )
-
     # -- one call ------------------------------------------------------------------------
     async def _call(self, ws: ServerConnection) -> None:
         """One connection, from the upgrade to its close."""
         used = {c.slot for c in self._calls}
         slot = next(s for s in range(1, len(used) + 2) if s not in used)
-        call = _Call(slot, _peer(ws), CallStream(), self._clock())
+        call = _Call(slot, peer_of(ws), CallStream(), self._clock())
         self._calls.append(call)
         self._metrics.inc("calls_total", link=NAME)
         logger.info("PBX connected from %s (call slot %d)", call.peer, slot, extra=LOG)
@@ -394,7 +299,7 @@ class PbxLink:
             with contextlib.suppress(Exception):
                 await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            self._admitted.discard(ws)
+            self._door.admitted.discard(ws)
             if call in self._calls:
                 self._calls.remove(call)
                 for key, (name, sink) in call.sinks.items():
@@ -499,7 +404,7 @@ class PbxLink:
             call.sinks.clear()
             call.stream.close()
         self._calls.clear()
-        self._admitted.clear()
+        self._door.admitted.clear()
         self._metrics.set("active_calls", 0, link=NAME)
         self._metrics.set("active_channels", 0, link=NAME)
 
@@ -523,14 +428,6 @@ class PbxLink:
         else:
             self._up = True
             self.runner.up(detail)
-
-
-def _peer(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return "unknown peer"
 
 
 def _plural(n: int, word: str) -> str:
