@@ -26,7 +26,7 @@ through a redacting logger).
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import functools
 import logging
 import time
@@ -35,7 +35,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
-import numpy as np
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -48,8 +47,9 @@ from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
 from agent.links.transport import closed, host_of, link_error, retry_after
 from agent.links.videosdk_auth import TokenSource
+from agent.links.videosdk_room import Limiter, RoomEvents
 from agent.links.wire import wire_logger
-from agent.links.wsclient import goodbye, send_media
+from agent.links.wsclient import WatchedConnection, goodbye, send_media
 from agent.metrics import Metrics
 from agent.pcm import Frame, PcmSink, SourceFactory
 from agent.proto.videosdk import (
@@ -57,29 +57,21 @@ from agent.proto.videosdk import (
     SESSIONS_PATH,
     IngestSession,
     MalformedMessage,
-    MeetingJoined,
-    MeetingLeft,
-    ParticipantJoined,
-    ParticipantLeft,
-    RoomAudio,
     TopicMessage,
-    Unknown,
-    check_topic,
-    decode,
     encode_media,
     encode_message,
-    encode_start,
     encode_stop,
-    encode_subscribe,
     parse_session_response,
     redact_url,
     session_request,
 )
+from agent.proto.videosdk_session import RoomSession, valid_topics
 from agent.secrets import Credentials
 from agent.service import Heartbeat
 from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
+_LOG = {"LINK": "videosdk"}
 _wire_logger = wire_logger("videosdk")  # websockets' request line carries ?ref=: masked
 
 LINK = "videosdk"
@@ -89,20 +81,6 @@ SEND_BUFFER_LIMIT = 16 * 1024  # bytes queued in the socket (~0.7 s of audio): d
 STOP_TIMEOUT_S = 1.0  # stop + close 1000 on cancellation, at most this long
 
 Connect = Callable[..., AbstractAsyncContextManager[ClientConnection]]
-
-
-class _WatchedConnection(ClientConnection):
-    """A client connection that remembers when the server last sent any byte.
-
-    Pings, pongs and data all count: a server silent for longer than two of its
-    ping intervals is gone even if TCP has not noticed.
-    """
-
-    last_rx: float = 0.0  # time.monotonic()
-
-    def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
-        super().data_received(data)
 
 
 class SessionError(HttpRefused):
@@ -152,24 +130,6 @@ def create(cfg: Config, deps: LinkDeps) -> VideoSDKLink:
         ping_timeout_s=p.ws_ping_timeout_s or 15.0,
         security=cfg.security,
     )
-
-
-class _Limiter:
-    """At most one log line per key per ``interval_s``; counts what it held back."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self._interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._held: collections.Counter[str] = collections.Counter()
-
-    def allow(self, key: str) -> int | None:
-        """None to stay silent, else the number of lines held back since the last one."""
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) < self._interval_s:
-            self._held[key] += 1
-            return None
-        self._last[key] = now
-        return self._held.pop(key, 0)
 
 
 class VideoSDKLink:
@@ -225,22 +185,26 @@ class VideoSDKLink:
         self._clock = clock
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
-        self._silence_s = silence_s
         self._open_timeout_s = open_timeout_s
-        self._status_interval_s = status_interval_s
-        self._outbox_size = outbox_size
         self._security = security or SecurityConfig()
         self._tls = client_context(self._security)
-
-        self._topics = self._valid_topics(cfg)
+        topics, refused = valid_topics(
+            [*cfg.topics, *([cfg.command_topic] if cfg.command_topic else [])]
+        )
+        for topic, why in refused:
+            logger.warning("videosdk: not subscribing to %r: %s", topic, why, extra=_LOG)
+        self._flow = RoomSession(
+            topics,
+            outbox_size=outbox_size,
+            status_interval_s=status_interval_s,
+            silence_s=silence_s,
+            publishes_status=bool(cfg.status_topic),
+        )
         self._live: ClientConnection | None = None  # set while started: media flows
-        self._outbox: collections.deque[str] = collections.deque()
         self._wake = asyncio.Event()
-        self._status_dirty = bool(cfg.status_topic)
-        self._last_status_sent = -1e9
-        self._last_msg_at = 0.0
         self._silence_note = ""
-        self._limiter = _Limiter()
+        self._limiter = Limiter()
+        self._room = RoomEvents(metrics, self._limiter, cfg.command_topic, on_command)
         self.runner = Runner(
             LINK,
             self._attempt,
@@ -251,19 +215,6 @@ class VideoSDKLink:
             heartbeat=self._hb,
             clock=clock,
         )
-
-    @staticmethod
-    def _valid_topics(cfg: VideoSDKConfig) -> tuple[str, ...]:
-        wanted = [*cfg.topics, *([cfg.command_topic] if cfg.command_topic else [])]
-        topics: list[str] = []
-        for topic in dict.fromkeys(wanted):
-            try:
-                topics.append(check_topic(topic))
-            except ProtocolError as e:
-                logger.warning(
-                    "videosdk: not subscribing to %r: %s", topic[:140], e, extra={"LINK": LINK}
-                )
-        return tuple(topics)
 
     # -- public API ------------------------------------------------------------------
     async def run(self) -> None:
@@ -289,16 +240,15 @@ class VideoSDKLink:
         except ProtocolError as e:
             logger.warning("videosdk: message on %r refused: %s", str(topic)[:140], e, extra=extra)
             return False
-        if len(self._outbox) >= self._outbox_size:
+        if not self._flow.queue(text):
             self._metrics.inc("messages_dropped_total", link=LINK, reason="queue_full")
             logger.warning(
                 "videosdk: message on %r refused: %d messages already wait for the link",
                 topic,
-                len(self._outbox),
+                self._flow.waiting,
                 extra=extra,
             )
             return False
-        self._outbox.append(text)
         self._wake.set()
         return True
 
@@ -370,14 +320,13 @@ class VideoSDKLink:
             close_timeout=STOP_TIMEOUT_S,
             max_size=WS_MAX_SIZE,
             logger=_wire_logger,
-            create_connection=_WatchedConnection,
+            create_connection=WatchedConnection,
             **ws_tls(session.ws_url, self._tls),
         ) as ws:
             sink: PcmSink | None = None
             try:
-                await ws.send(encode_start())
-                for topic in self._topics:
-                    await ws.send(encode_subscribe(topic))
+                for text in self._flow.opening(time.monotonic()):
+                    await ws.send(text)  # `start` first, then the subscriptions
                 sink = self._mixer.add_source(SOURCE, SAMPLE_RATE, 1)
                 self._live = ws
                 self._hb.beat()
@@ -396,17 +345,12 @@ class VideoSDKLink:
                     self._mixer.remove_source(SOURCE)
 
     async def _connected(self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]) -> None:
-        self._last_msg_at = time.monotonic()
         async with asyncio.TaskGroup() as tg:
-            helpers = [
-                tg.create_task(self._messenger(ws), name="videosdk-messages"),
-                tg.create_task(self._watch_silence(ws), name="videosdk-silence"),
-            ]
+            messenger = tg.create_task(self._messenger(ws), name="videosdk-messages")
             try:
                 ended = await self._receive(ws, sink, extra)
             finally:
-                for task in helpers:
-                    task.cancel()
+                messenger.cancel()
         raise ended  # outside the TaskGroup: not wrapped in an ExceptionGroup
 
     # -- downlink --------------------------------------------------------------------
@@ -419,78 +363,13 @@ class VideoSDKLink:
                 raw = await ws.recv()
             except ConnectionClosed as e:
                 return self._closed(e)
-            self._last_msg_at = time.monotonic()
             self._hb.beat()
             try:
-                event = decode(raw)
+                event = self._flow.receive(raw, time.monotonic())
             except MalformedMessage as e:
-                self._metrics.inc("malformed_total", link=LINK, reason=e.reason)
-                held = self._limiter.allow("malformed:" + e.reason)
-                if held is not None:
-                    logger.warning(
-                        "videosdk: ignored a malformed server frame (%s; %d more not logged)",
-                        e,
-                        held,
-                        extra=extra,
-                    )
+                self._room.malformed(e, extra)
                 continue
-            self._dispatch(event, sink, extra)
-
-    def _dispatch(self, event: object, sink: PcmSink, extra: dict[str, str]) -> None:
-        match event:
-            case RoomAudio(pcm=pcm):
-                self._metrics.inc("frames_received_total", link=LINK)
-                if pcm:
-                    sink.push(np.frombuffer(pcm, dtype="<i2").astype(np.int16), time.monotonic())
-            case TopicMessage(topic=topic) if topic == self._cfg.command_topic:
-                self._command(event, extra)
-            case TopicMessage(topic=topic, message=message, sender_name=name, sender_id=sender):
-                logger.info(
-                    "videosdk [%s] %s: %s",
-                    topic,
-                    name or sender or "?",
-                    _clip(message),
-                    extra={**extra, "TOPIC": topic, "SENDER": name or sender},
-                )
-            case ParticipantJoined(participant_id=pid, name=name):
-                logger.info(
-                    "videosdk: %s joined the room", name or pid or "a participant", extra=extra
-                )
-            case ParticipantLeft(participant_id=pid, name=name):
-                logger.info(
-                    "videosdk: %s left the room", name or pid or "a participant", extra=extra
-                )
-            case MeetingJoined(session_id=sid):
-                logger.info("videosdk: joined the meeting (session %s)", sid or "?", extra=extra)
-            case MeetingLeft(message=message):
-                logger.info(
-                    "videosdk: left the meeting (%s)", _clip(message) or "no reason", extra=extra
-                )
-            case Unknown(event=name):
-                self._metrics.inc("unknown_events_total", link=LINK)
-                held = self._limiter.allow("unknown")
-                if held is not None:
-                    logger.debug(
-                        "videosdk: ignored unknown event %r (%d more not logged)",
-                        name[:64],
-                        held,
-                        extra=extra,
-                    )
-
-    def _command(self, event: TopicMessage, extra: dict[str, str]) -> None:
-        sender = event.sender_name or event.sender_id
-        logger.info(
-            "videosdk: command from %s: %s",
-            sender or "?",
-            _clip(event.message),
-            extra={**extra, "TOPIC": event.topic, "SENDER": sender},
-        )
-        if self._on_command is None:
-            return
-        try:
-            self._on_command(event)
-        except Exception:  # a bad command must not take the link down
-            logger.exception("videosdk: the command handler failed", extra=extra)
+            self._room.dispatch(event, sink, extra)
 
     def _closed(self, exc: ConnectionClosed) -> LinkError:
         if exc.sent is not None and exc.sent.code == 1009:
@@ -499,17 +378,6 @@ class VideoSDKLink:
         if self._silence_note:
             return LinkError(self._silence_note)
         return closed(exc)
-
-    async def _watch_silence(self, ws: ClientConnection) -> None:
-        step = min(1.0, self._silence_s / 4)
-        while True:
-            await asyncio.sleep(step)
-            last = max(self._last_msg_at, getattr(ws, "last_rx", 0.0))
-            quiet = time.monotonic() - last
-            if quiet > self._silence_s:
-                self._silence_note = f"server silent for {quiet:.0f} s"
-                await ws.close(1011, "server silent")
-                return
 
     # -- uplink ----------------------------------------------------------------------
     async def _pump_uplink(self) -> None:
@@ -533,24 +401,33 @@ class VideoSDKLink:
             )
 
     async def _messenger(self, ws: ClientConnection) -> None:
-        """Send queued topic messages, then the latest status (≤ 1 per interval)."""
+        """Send queued topic messages, then the latest status (≤ 1 per interval); close
+        the connection when the server has been silent too long."""
         self._wake.set()  # whatever waited for a connection goes out now
+        step = min(1.0, self._flow.silence_s / 4)
         try:
             while True:
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(step):
+                        await self._wake.wait()
+                self._flow.heard(getattr(ws, "last_rx", 0.0))
+                note = self._flow.silent(time.monotonic())
+                if note is not None:
+                    self._silence_note = note
+                    await ws.close(1011, "server silent")
+                    return
+                if not self._wake.is_set():
+                    continue
                 self._wake.clear()
-                while self._outbox:
-                    await ws.send(self._outbox[0])
-                    self._outbox.popleft()
-                if self._status_dirty and self._cfg.status_topic:
-                    wait = self._last_status_sent + self._status_interval_s - self._clock()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    self._status_dirty = False
-                    text = self._status_message()
-                    if text is not None:
-                        await ws.send(text)
-                        self._last_status_sent = self._clock()
+                while (text := self._flow.next_message()) is not None:
+                    await ws.send(text)
+                    self._flow.sent()
+                wait = self._flow.status_wait(self._clock())
+                if wait:
+                    await asyncio.sleep(wait)
+                text = self._flow.status_due(self._clock(), self._status_message)
+                if text is not None:
+                    await ws.send(text)
         except ConnectionClosed:
             return
 
@@ -564,12 +441,8 @@ class VideoSDKLink:
 
     def _on_status(self, board: StatusBoard) -> None:
         if self._cfg.status_topic:
-            self._status_dirty = True
+            self._flow.status_changed()
             self._wake.set()
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _encode(frame: Frame) -> str:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,20 @@ from agent.links.transport import closed, link_error
 from agent.metrics import Metrics
 
 Connect = Callable[..., Awaitable[ClientConnection]]
+
+
+class WatchedConnection(ClientConnection):
+    """A client connection that remembers when the server last sent any byte.
+
+    Pings, pongs and data all count: a server silent for longer than two of its
+    ping intervals is gone even if TCP has not noticed.
+    """
+
+    last_rx: float = 0.0  # time.monotonic()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        super().data_received(data)
 
 
 async def open_ws(
