@@ -51,9 +51,14 @@ from agent.status import LinkState, StatusBoard
 REPEAT_S = 60.0  # the same down line again within this: DEBUG, counted
 AT_LEAST_JITTER = 0.2  # a wait the peer asked for is stretched by up to this (devices desync)
 # What a link's attempt may raise on purpose; anything else is a bug (logged with its trace).
-DOWN_LINE = "%s down: %s; retry in %.1f s%s"
-ATTENTION_LINE = "%s needs attention: %s; retry in %.0f s%s"
+DOWN_LINE = "%s down: %s; retry in %s%s"
+ATTENTION_LINE = "%s needs attention: %s; retry in %s%s"
 EXPECTED = (AgentError, OSError, TimeoutError, WebSocketException)
+
+
+def seconds(delay: float) -> str:
+    """A delay as the log lines say it: "2.3 s" below 10 s, "120 s" from there."""
+    return f"{delay:.1f} s" if delay < 10 else f"{delay:.0f} s"
 
 
 class Delay(enum.Enum):
@@ -226,10 +231,10 @@ class Runner:
         if outcome.bug and exc is not None:
             trace = "".join(traceback.format_exception(exc))
             self._log.error(
-                "%s failed unexpectedly: %s; retry in %.1f s\n%s",
+                "%s failed unexpectedly: %s; retry in %s\n%s",
                 self.name,
                 outcome.message,
-                delay,
+                seconds(delay),
                 RedactingFilter.scrub(mask_query(trace)),
                 extra=self._extra,
             )
@@ -251,7 +256,7 @@ class Runner:
             ATTENTION_LINE if attn else DOWN_LINE,
             self.name,
             text,
-            delay,
+            seconds(delay),
             held,
             extra=self._extra,
         )

@@ -32,7 +32,9 @@ async def test_every_stop_mid_stream_says_stop_then_closes_1000(tmp_path: Path) 
             orgo = next(s for s in reversed(rig.orgo.sessions) if s.accepted)
             rtc = next(s for s in reversed(rig.rtc.sessions) if s.accepted)
             await wait_until(
-                lambda: None not in (vsdk.client_close_code, orgo.close_code, rtc.close_code),
+                lambda v=vsdk, o=orgo, r=rtc: (
+                    None not in (v.client_close_code, o.close_code, r.close_code)
+                ),
                 3.0,
                 "every fake saw its connection end",
             )
