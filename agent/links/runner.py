@@ -192,7 +192,7 @@ class Runner:
         """One attempt and its outcome (status, log line); returns the delay to wait."""
         self.beat()
         self._status.set_link(self.name, LinkState.CONNECTING, self.connecting)
-        history = History(self.refusals, self.attempts)
+        attempts = self.attempts
         self.attempts += 1
         try:
             await self._attempt()
@@ -201,7 +201,8 @@ class Runner:
             exc = e
         except Exception as e:  # a bug: show it, but keep the other links and sources alive
             exc = e
-        outcome = self.outcome(exc, history)
+        # after the attempt: an up during it has started the refusal count again
+        outcome = self.outcome(exc, History(self.refusals, attempts))
         return self.report(outcome, exc)
 
     def outcome(self, exc: BaseException, history: History) -> Outcome:
@@ -249,7 +250,14 @@ class Runner:
             held = ""
         else:
             level = logging.ERROR if attn else logging.WARNING
-            held = f" ({self._held} repeats not shown)" if self._held else ""
+            held = ""
+            if self._held:
+                same = key == self._last_line
+                held = (
+                    f" ({self._held} repeats not shown)"
+                    if same
+                    else f" (previous line repeated {self._held} more times)"
+                )
             self._last_line, self._last_at, self._held = key, now, 0
         self._log.log(
             level,

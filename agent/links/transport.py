@@ -87,7 +87,7 @@ def tls_reason(exc: ssl.SSLError) -> str:
             return "certificate is for another host name"
         hint = _TLS_HINTS.get(message)
         return f"{message}: {hint}" if hint else message
-    return f"TLS handshake failed ({exc.reason or type(exc).__name__})"
+    return f"TLS handshake failed ({getattr(exc, 'reason', None) or type(exc).__name__})"
 
 
 def _cause(exc: BaseException) -> BaseException:
