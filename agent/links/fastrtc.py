@@ -41,8 +41,8 @@ from agent.links.registry import LinkDeps
 from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import client_context
 from agent.links.transport import shown_url
-from agent.links.wire import wire_logger
-from agent.links.wsclient import Connect, goodbye, next_message, open_ws, send_media
+from agent.links.wire import MalformedNotes, wire_logger
+from agent.links.wsclient import Connect, next_message, open_ws, send_media, speaking
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, Frame, PcmSink, SourceFactory
 from agent.proto.fastrtc import (
@@ -146,16 +146,13 @@ def create(cfg: Config, deps: LinkDeps) -> FastRTCLink:
     return FastRTCLink(
         cfg.fastrtc,
         uplink=deps.uplink(NAME),
-        mixer=deps.mixer,
-        status=deps.status,
-        metrics=deps.metrics,
         connect=deps.connect or websockets.asyncio.client.connect,
-        reconnector=Reconnector(p.backoff_for(BackoffPolicy())),
-        heartbeat=deps.heartbeat(NAME),
+        reconnector=deps.reconnector(BackoffPolicy()),
         ping_interval_s=p.app_ping_interval_s or 20.0,
         pong_timeout_s=p.app_pong_timeout_s or 10.0,
         refusal_wait_s=p.refusal_wait_s or REFUSAL_WAIT_S,
         security=cfg.security,
+        **deps.common(NAME),
     )
 
 
@@ -214,7 +211,7 @@ class FastRTCLink:
         self._activity = ""  # the app's latest `log` note, shown in the status
         self._last_media = 0.0  # when audible reply audio last arrived
         self._asked_inputs = False  # `send_input` logged on this connection
-        self._malformed_seen: set[str] = set()  # reasons logged on this connection
+        self._malformed = MalformedNotes(logger, NAME, metrics)
         self.websocket_id = ""  # of the current (or last) connection
         self.runner = Runner(
             NAME,
@@ -233,9 +230,7 @@ class FastRTCLink:
     async def run(self) -> None:
         """Stream and play until cancelled (then `stop` and close, ≤ 1 s)."""
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump_uplink(), name="fastrtc-uplink")
-                tg.create_task(self.runner.run(), name="fastrtc-sessions")
+            await self.runner.run_with(self._pump_uplink)
         finally:
             self._live = None
             self._drop_source()
@@ -256,21 +251,17 @@ class FastRTCLink:
         )
         self.websocket_id = self._new_id()
         self._asked_inputs = False
-        self._malformed_seen.clear()
-        try:
+        self._malformed.reset()
+        async with speaking(ws, encode_stop(), logger, on_end=self._ended):
             # The server handles messages in order: it answers this ping only after
             # it has accepted the `start` (a refused start gets the refusal and a close).
             await ws.send(encode_start(self.websocket_id))
             await ws.send(encode_ping())
             await self._receive(ws)
-        except asyncio.CancelledError:
-            self._live = None
-            await goodbye(ws, encode_stop(), STOP_TIMEOUT_S, logger)
-            raise
-        finally:
-            self._live = None
-            self._drop_source()
-            await goodbye(ws, None, STOP_TIMEOUT_S, logger)
+
+    def _ended(self) -> None:
+        self._live = None
+        self._drop_source()
 
     # -- downlink ----------------------------------------------------------------------
     async def _receive(self, ws: ClientConnection) -> None:
@@ -293,11 +284,7 @@ class FastRTCLink:
         try:
             event = decode(message)
         except MalformedMessage as e:
-            self._metrics.inc("malformed_total", link=NAME, reason=e.reason)
-            # Once per reason and connection at WARNING; a garbage-spewing peer stays at DEBUG.
-            level = logging.DEBUG if e.reason in self._malformed_seen else logging.WARNING
-            self._malformed_seen.add(e.reason)
-            logger.log(level, "ignored a malformed message: %s", e, extra=LOG)
+            self._malformed.note(e.reason, e)
             return False
         match event:
             case Media(pcm=pcm):

@@ -36,8 +36,8 @@ from agent.links.registry import LinkDeps
 from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import client_context
 from agent.links.transport import host_of, link_error
-from agent.links.wire import wire_logger
-from agent.links.wsclient import Connect, goodbye, next_message, open_ws
+from agent.links.wire import MalformedNotes, wire_logger
+from agent.links.wsclient import Connect, next_message, open_ws, speaking
 from agent.metrics import Metrics
 from agent.pcm import PcmSink, SourceFactory
 from agent.proto.orgo import (
@@ -141,25 +141,6 @@ def decide(exc: BaseException, history: History, *, computer_id: str = "") -> Ou
             return retry("connection lost", cause=str(exc))
 
 
-def create(cfg: Config, deps: LinkDeps) -> OrgoLink:
-    """The registry's factory: this link built from the whole config and the agent's parts."""
-    p = deps.policies
-    return OrgoLink(
-        cfg.orgo,
-        deps.credentials,
-        mixer=deps.mixer,
-        status=deps.status,
-        metrics=deps.metrics,
-        http=deps.http,
-        connect=deps.connect or websockets.asyncio.client.connect,
-        reconnector=Reconnector(p.backoff_for(BackoffPolicy(cap_s=OFFLINE_CAP_S))),
-        heartbeat=deps.heartbeat(NAME),
-        ping_interval_s=p.app_ping_interval_s or 30.0,
-        pong_timeout_s=p.app_pong_timeout_s or 10.0,
-        security=cfg.security,
-    )
-
-
 # --- the link -------------------------------------------------------------------------
 
 
@@ -181,11 +162,11 @@ class OrgoLink:
         reconnector: Reconnector | None = None,
         heartbeat: Heartbeat | None = None,
         clock: Callable[[], float] = time.monotonic,
+        security: SecurityConfig | None = None,
         ping_interval_s: float = 30.0,
         pong_timeout_s: float = 10.0,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         fetch_timeout_s: float = FETCH_TIMEOUT_S,
-        security: SecurityConfig | None = None,
     ) -> None:
         self.cfg = cfg
         self._creds = creds
@@ -194,14 +175,12 @@ class OrgoLink:
         self._http = http
         self._connect = connect
         self._clock = clock
-        self._ping_interval_s = ping_interval_s
-        self._pong_timeout_s = pong_timeout_s
-        self._open_timeout_s = open_timeout_s
-        self._fetch_timeout_s = fetch_timeout_s
+        self._ping_interval_s, self._pong_timeout_s = ping_interval_s, pong_timeout_s
+        self._open_timeout_s, self._fetch_timeout_s = open_timeout_s, fetch_timeout_s
         self._tls = client_context(security or SecurityConfig())
         self._status = status
         self._sink: PcmSink | None = None
-        self._malformed_seen: set[str] = set()  # reasons already logged on this connection
+        self._malformed = MalformedNotes(logger, NAME, metrics)
         self._who = f"computer {cfg.computer_id}"  # status detail while connecting / up
         self.runner = Runner(
             NAME,
@@ -237,15 +216,11 @@ class OrgoLink:
             logger.info("connecting to %s", redact_url(url), extra=LOG)
             self.runner.beat()
             ws = await self._open(url)
-            try:
-                await self._receive(ws)
-            except asyncio.CancelledError:
-                await goodbye(ws, encode_stop(), STOP_TIMEOUT_S, logger)
-                raise
-            except PeerClosed as e:
-                raise self._closed(e) from None
-            finally:
-                await goodbye(ws, None, STOP_TIMEOUT_S, logger)
+            async with speaking(ws, encode_stop(), logger, on_end=self._drop_source):
+                try:
+                    await self._receive(ws)
+                except PeerClosed as e:
+                    raise self._closed(e) from None
         finally:
             self._drop_source()
 
@@ -313,7 +288,7 @@ class OrgoLink:
     async def _receive(self, ws: ClientConnection) -> None:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
         stream = OrgoStream(self.cfg.sample_rate, self.cfg.channels)
-        self._malformed_seen.clear()
+        self._malformed.reset()
         ping = AppPing(self._clock, self._ping_interval_s, self._pong_timeout_s)
         while True:
             message = await next_message(ws, ping)
@@ -332,11 +307,7 @@ class OrgoLink:
         try:
             events = stream.receive(message)
         except MalformedMessage as e:
-            self._metrics.inc("malformed_total", link=NAME, reason=e.reason)
-            # Once per reason and connection at WARNING; a garbage-spewing peer stays at DEBUG.
-            level = logging.DEBUG if e.reason in self._malformed_seen else logging.WARNING
-            self._malformed_seen.add(e.reason)
-            logger.log(level, "ignored a malformed message: %s", e, extra=LOG)
+            self._malformed.note(e.reason, e)
             return False
         if isinstance(message, bytes) and len(message) % (stream.channels * 2):
             # Off-spec (a message should hold whole frames) but the bytes are kept.
@@ -382,3 +353,19 @@ class OrgoLink:
         if self._sink is not None:
             self._sink = None
             self._mixer.remove_source(NAME)
+
+
+def create(cfg: Config, deps: LinkDeps) -> OrgoLink:
+    """The registry's factory: this link built from the whole config and the agent's parts."""
+    p = deps.policies
+    return OrgoLink(
+        cfg.orgo,
+        deps.credentials,
+        http=deps.http,
+        connect=deps.connect or websockets.asyncio.client.connect,
+        reconnector=deps.reconnector(BackoffPolicy(cap_s=OFFLINE_CAP_S)),
+        ping_interval_s=p.app_ping_interval_s or 30.0,
+        pong_timeout_s=p.app_pong_timeout_s or 10.0,
+        security=cfg.security,
+        **deps.common(NAME),
+    )

@@ -94,15 +94,8 @@ def decide(exc: BaseException, history: History) -> Outcome:
 
 def create(cfg: Config, deps: LinkDeps) -> PbxLink:
     """The registry's factory: this link built from the whole config and the agent's parts."""
-    return PbxLink(
-        cfg.pbx,
-        deps.credentials,
-        mixer=deps.mixer,
-        status=deps.status,
-        metrics=deps.metrics,
-        heartbeat=deps.heartbeat(NAME),
-        reconnector=Reconnector(deps.policies.backoff_for(BackoffPolicy())),
-    )
+    reconnector = deps.reconnector(BackoffPolicy())
+    return PbxLink(cfg.pbx, deps.credentials, reconnector=reconnector, **deps.common(NAME))
 
 
 @dataclass(eq=False)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from agent.backoff import BackoffPolicy
+from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, DeviceConfig, SecurityConfig
 from agent.metrics import Metrics
 from agent.pcm import Frame, SourceFactory
@@ -67,6 +67,19 @@ class LinkDeps:
     on_command: Callable[[TopicMessage], None] | None = None  # VideoSDK command topic
     connect: Callable[..., Any] | None = None  # websockets connect() (tests: a proxy)
     policies: LinkPolicies = field(default_factory=LinkPolicies)
+
+    def common(self, name: str) -> dict[str, Any]:
+        """The keyword arguments every link constructor takes, for link ``name``."""
+        return {
+            "mixer": self.mixer,
+            "status": self.status,
+            "metrics": self.metrics,
+            "heartbeat": self.heartbeat(name),
+        }
+
+    def reconnector(self, default: BackoffPolicy) -> Reconnector:
+        """The link's Reconnector: the policies' backoff, else the link's ``default``."""
+        return Reconnector(self.policies.backoff_for(default))
 
 
 Factory = Callable[[Config, LinkDeps], Link]

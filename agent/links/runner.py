@@ -35,8 +35,9 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.exceptions import WebSocketException
 
@@ -138,14 +139,10 @@ class Runner:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """``connecting``: the status detail while an attempt is under way."""
-        self.name = name
-        self._attempt = attempt
-        self._decide = decide
-        self._status = status
-        self._metrics = metrics
-        self.reconnector = reconnector
+        self.name, self.reconnector, self.connecting = name, reconnector, connecting
+        self._attempt, self._decide = attempt, decide
+        self._status, self._metrics = status, metrics
         self._heartbeat = heartbeat
-        self.connecting = connecting
         self._clock = clock
         self._rng = rng
         self._sleep = sleep
@@ -175,6 +172,12 @@ class Runner:
             self._heartbeat.beat()
 
     # -- the loop ------------------------------------------------------------------------
+    async def run_with(self, uplink: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """:meth:`run`, with the link's uplink pump beside it in one TaskGroup."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(uplink(), name=f"{self.name}-uplink")
+            tg.create_task(self.run(), name=f"{self.name}-sessions")
+
     async def run(self) -> None:
         try:
             while True:

@@ -49,7 +49,7 @@ from agent.links.transport import closed, host_of, link_error, retry_after
 from agent.links.videosdk_auth import TokenSource
 from agent.links.videosdk_room import Limiter, RoomEvents
 from agent.links.wire import wire_logger
-from agent.links.wsclient import WatchedConnection, goodbye, send_media
+from agent.links.wsclient import WatchedConnection, send_media, speaking
 from agent.metrics import Metrics
 from agent.pcm import Frame, PcmSink, SourceFactory
 from agent.proto.videosdk import (
@@ -118,17 +118,14 @@ def create(cfg: Config, deps: LinkDeps) -> VideoSDKLink:
         deps.device,
         deps.credentials,
         uplink=deps.uplink(LINK),
-        mixer=deps.mixer,
-        status=deps.status,
-        metrics=deps.metrics,
         http=deps.http,
         connect=deps.connect or ws_connect,
-        reconnector=Reconnector(p.backoff_for(BackoffPolicy())),
-        heartbeat=deps.heartbeat(LINK),
+        reconnector=deps.reconnector(BackoffPolicy()),
         on_command=deps.on_command,
         ping_interval_s=p.ws_ping_interval_s or 20.0,
         ping_timeout_s=p.ws_ping_timeout_s or 15.0,
         security=cfg.security,
+        **deps.common(LINK),
     )
 
 
@@ -221,9 +218,7 @@ class VideoSDKLink:
         """Stream until cancelled; on cancellation send ``stop`` and close 1000 (≤ 1 s)."""
         self._status.add_listener(self._on_status)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump_uplink(), name="videosdk-uplink")
-                tg.create_task(self.runner.run(), name="videosdk-sessions")
+            await self.runner.run_with(self._pump_uplink)
         finally:
             self._live = None
             self._status.remove_listener(self._on_status)
@@ -325,24 +320,23 @@ class VideoSDKLink:
         ) as ws:
             sink: PcmSink | None = None
             try:
-                for text in self._flow.opening(time.monotonic()):
-                    await ws.send(text)  # `start` first, then the subscriptions
-                sink = self._mixer.add_source(SOURCE, SAMPLE_RATE, 1)
-                self._live = ws
-                self._hb.beat()
-                self.runner.up(f"room {room}")
-                logger.info("call %s in room %s", session.call_id, room, extra=extra)
-                await self._connected(ws, sink, extra)
+                async with speaking(ws, encode_stop(), logger, on_end=self._unlive):
+                    for text in self._flow.opening(time.monotonic()):
+                        await ws.send(text)  # `start` first, then the subscriptions
+                    sink = self._mixer.add_source(SOURCE, SAMPLE_RATE, 1)
+                    self._live = ws
+                    self._hb.beat()
+                    self.runner.up(f"room {room}")
+                    logger.info("call %s in room %s", session.call_id, room, extra=extra)
+                    await self._connected(ws, sink, extra)
             except ConnectionClosed as e:  # closed while starting
                 raise self._closed(e) from None
-            except asyncio.CancelledError:
-                self._live = None
-                await goodbye(ws, encode_stop(), STOP_TIMEOUT_S, logger)
-                raise
             finally:
-                self._live = None
                 if sink is not None:
                     self._mixer.remove_source(SOURCE)
+
+    def _unlive(self) -> None:
+        self._live = None  # no more media onto this socket
 
     async def _connected(self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]) -> None:
         async with asyncio.TaskGroup() as tg:

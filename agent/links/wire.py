@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 
+from agent.metrics import Metrics
 from agent.secrets import MASK, RedactingFilter
 
 _QUERY_VALUE = re.compile(r"([?&][^=&\s?#]+=)[^&\s#'\"]*")
@@ -68,3 +69,24 @@ def wire_logger(
     wire.hide(hide_headers)
     wire.quiet_info = quiet_info
     return logger
+
+
+class MalformedNotes:
+    """Malformed input from a peer: always counted (``malformed_total{link,reason}``),
+    logged at WARNING once per reason per connection and at DEBUG after that, so a
+    garbage-spewing peer cannot flood the journal. :meth:`reset` at each connection."""
+
+    def __init__(self, log: logging.Logger, link: str, metrics: Metrics) -> None:
+        self._log = log
+        self._link = link
+        self._metrics = metrics
+        self._seen: set[str] = set()
+
+    def reset(self) -> None:
+        self._seen.clear()
+
+    def note(self, reason: str, what: object) -> None:
+        self._metrics.inc("malformed_total", link=self._link, reason=reason)
+        level = logging.DEBUG if reason in self._seen else logging.WARNING
+        self._seen.add(reason)
+        self._log.log(level, "ignored a malformed message: %s", what, extra={"LINK": self._link})

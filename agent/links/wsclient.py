@@ -19,7 +19,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -32,6 +32,7 @@ from agent.links.transport import closed, link_error
 from agent.metrics import Metrics
 
 Connect = Callable[..., Awaitable[ClientConnection]]
+STOP_TIMEOUT_S = 1.0  # stop + close 1000 on cancellation, at most this long
 
 
 class WatchedConnection(ClientConnection):
@@ -68,6 +69,24 @@ async def next_message(ws: ClientConnection, ping: AppPing) -> str | bytes | Non
         return None
     except ConnectionClosed as e:
         raise closed(e) from None
+
+
+@contextlib.asynccontextmanager
+async def speaking(
+    ws: ClientConnection, stop: str, log: logging.Logger, *, on_end: Callable[[], None]
+) -> AsyncIterator[ClientConnection]:
+    """One connection's life: cancelled (the agent stops), it says ``stop`` and closes
+    1000; on any other end it closes 1000. ``on_end`` runs first either way (e.g. no more
+    media onto this socket)."""
+    try:
+        yield ws
+    except asyncio.CancelledError:
+        on_end()
+        await goodbye(ws, stop, STOP_TIMEOUT_S, log)
+        raise
+    finally:
+        on_end()
+        await goodbye(ws, None, STOP_TIMEOUT_S, log)
 
 
 async def goodbye(
