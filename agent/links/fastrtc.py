@@ -36,7 +36,6 @@ from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, FastRTCConfig, SecurityConfig
 from agent.errors import HttpRefused, LinkError, PeerClosed, TlsUntrusted, Unreachable
-from agent.links.keepalive import AppPing, NoPong
 from agent.links.registry import LinkDeps
 from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import client_context
@@ -50,22 +49,20 @@ from agent.proto.fastrtc import (
     PAUSE_DETECTED,
     RESPONSE_STARTING,
     STARTED_TALKING,
+    FastRTCSession,
     Log,
     MalformedMessage,
     Media,
     Notice,
-    Pong,
     Refused,
     SendInput,
     Stopword,
     Unknown,
-    decode,
     encode_media,
-    encode_ping,
-    encode_start,
     encode_stop,
     new_websocket_id,
 )
+from agent.proto.keepalive import NoPong, wait_s
 from agent.service import Heartbeat
 from agent.status import StatusBoard
 
@@ -252,55 +249,56 @@ class FastRTCLink:
         self.websocket_id = self._new_id()
         self._asked_inputs = False
         self._malformed.reset()
+        session = FastRTCSession(
+            self.websocket_id,
+            ping_interval_s=self._ping_interval_s,
+            pong_timeout_s=self._pong_timeout_s,
+            now=self._clock(),
+        )
         async with speaking(ws, encode_stop(), logger, on_end=self._ended):
-            # The server handles messages in order: it answers this ping only after
-            # it has accepted the `start` (a refused start gets the refusal and a close).
-            await ws.send(encode_start(self.websocket_id))
-            await ws.send(encode_ping())
-            await self._receive(ws)
+            for text in session.opening():  # `start`, then the ping that says "accepted"
+                await ws.send(text)
+            await self._receive(ws, session)
 
     def _ended(self) -> None:
         self._live = None
         self._drop_source()
 
     # -- downlink ----------------------------------------------------------------------
-    async def _receive(self, ws: ClientConnection) -> None:
+    async def _receive(self, ws: ClientConnection, session: FastRTCSession) -> None:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
-        # the ping sent with `start` is outstanding
-        ping = AppPing(self._clock, self._ping_interval_s, self._pong_timeout_s, awaiting_pong=True)
         while True:
-            message = await next_message(ws, ping)
-            if message is None:  # a quiet moment: heartbeat, keepalive, reply timeout
-                self.runner.beat()
-                if ping.due():  # raises NoPong
-                    await ws.send(encode_ping())
-                self._reply_over(self._clock())
-            elif self._handle(ws, message, self._clock()):
-                ping.pong()
+            now = self._clock()
+            message = await next_message(ws, wait_s(session.next_deadline(now), now))
+            if message is not None:
+                self._handle(ws, session, message, self._clock())
+                continue
+            self.runner.beat()  # a quiet moment: heartbeat, keepalive, reply timeout
+            for text in session.outgoing(self._clock()):  # raises NoPong
+                await ws.send(text)
+            self._reply_over(self._clock())
 
-    def _handle(self, ws: ClientConnection, message: str | bytes, t_arrival: float) -> bool:
-        """Act on one message; True when it was a `pong`. Raises SessionRefused."""
+    def _handle(
+        self, ws: ClientConnection, session: FastRTCSession, message: str | bytes, t_arrival: float
+    ) -> None:
+        """Act on one message. Raises SessionRefused."""
         self.runner.beat()
         try:
-            event = decode(message)
+            event = session.receive(message, t_arrival)
         except MalformedMessage as e:
             self._malformed.note(e.reason, e)
-            return False
+            return
+        if session.just_accepted:
+            self._accepted(ws)
         match event:
             case Media(pcm=pcm):
                 self._metrics.inc("frames_received_total", link=NAME)
-                if self._sink is None:  # audio before our pong: the app took us all the same
-                    self._accepted(ws)
                 assert self._sink is not None
                 if pcm.size:
                     self._sink.push(pcm, t_arrival)
                     if int(np.abs(pcm).max()) > QUIET_PEAK:
                         self._last_media = t_arrival
                 self._reply_over(t_arrival)
-            case Pong():
-                if self._sink is None:
-                    self._accepted(ws)
-                return True
             case Refused() as refusal:
                 self._metrics.inc("refusals_total", link=NAME, reason=refusal.error or "none")
                 raise SessionRefused(refusal)
@@ -334,7 +332,6 @@ class FastRTCLink:
             case Unknown(kind=kind):
                 self._metrics.inc("unknown_events_total", link=NAME)
                 logger.debug("ignored a message of unknown kind %r", kind, extra=LOG)
-        return False
 
     def _accepted(self, ws: ClientConnection) -> None:
         """The app took the session: open the mixer source and start sending the mic."""

@@ -31,7 +31,6 @@ from websockets.asyncio.client import ClientConnection
 from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, OrgoConfig, SecurityConfig
 from agent.errors import AuthRefused, CredentialError, HttpRefused, LinkError, PeerClosed
-from agent.links.keepalive import AppPing, NoPong
 from agent.links.registry import LinkDeps
 from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import client_context
@@ -40,19 +39,19 @@ from agent.links.wire import MalformedNotes, wire_logger
 from agent.links.wsclient import Connect, next_message, open_ws, speaking
 from agent.metrics import Metrics
 from agent.pcm import PcmSink, SourceFactory
+from agent.proto.keepalive import NoPong, wait_s
 from agent.proto.orgo import (
     CLOSE_BAD_TOKEN,
     CLOSE_NOT_FOUND,
     CLOSE_SERVER_ERROR,
     Audio,
     MalformedMessage,
-    OrgoStream,
+    OrgoSession,
     Pong,
     ServerError,
     Started,
     Unknown,
     audio_url,
-    encode_ping,
     encode_stop,
     parse_password,
     redact_url,
@@ -287,28 +286,34 @@ class OrgoLink:
     # -- the stream --------------------------------------------------------------------
     async def _receive(self, ws: ClientConnection) -> None:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
-        stream = OrgoStream(self.cfg.sample_rate, self.cfg.channels)
+        session = OrgoSession(
+            self.cfg.sample_rate,
+            self.cfg.channels,
+            ping_interval_s=self._ping_interval_s,
+            pong_timeout_s=self._pong_timeout_s,
+            now=self._clock(),
+        )
         self._malformed.reset()
-        ping = AppPing(self._clock, self._ping_interval_s, self._pong_timeout_s)
         while True:
-            message = await next_message(ws, ping)
-            if message is None:  # a silent moment: heartbeat and keepalive
-                self.runner.beat()
-                if ping.due():  # raises NoPong
-                    await ws.send(encode_ping())
-                    logger.debug("ping", extra=LOG)
-            elif self._handle(stream, message, self._clock()):
-                ping.pong()
+            now = self._clock()
+            message = await next_message(ws, wait_s(session.next_deadline(now), now))
+            if message is not None:
+                self._handle(session, message, self._clock())
+                continue
+            self.runner.beat()  # a silent moment: heartbeat and keepalive
+            for text in session.outgoing(self._clock()):  # raises NoPong
+                await ws.send(text)
 
-    def _handle(self, stream: OrgoStream, message: str | bytes, t_arrival: float) -> bool:
-        """Act on one message; True when it was a `pong`."""
+    def _handle(self, session: OrgoSession, message: str | bytes, t_arrival: float) -> None:
+        """Act on one message."""
         self.runner.beat()
+        stream = session.stream
         frames, dropped = stream.frames_received, stream.dropped_bytes
         try:
-            events = stream.receive(message)
+            events = session.receive(message, t_arrival)
         except MalformedMessage as e:
             self._malformed.note(e.reason, e)
-            return False
+            return
         if isinstance(message, bytes) and len(message) % (stream.channels * 2):
             # Off-spec (a message should hold whole frames) but the bytes are kept.
             self._metrics.inc("malformed_total", link=NAME, reason="unaligned")
@@ -316,7 +321,6 @@ class OrgoLink:
             self._metrics.inc("malformed_total", link=NAME, reason="partial_sample")
         if stream.frames_received > frames:
             self._metrics.inc("frames_received_total", stream.frames_received - frames, link=NAME)
-        pong = False
         for event in events:
             match event:
                 case Audio(pcm=pcm):
@@ -334,7 +338,7 @@ class OrgoLink:
                     )
                     self._open_source(rate, channels)
                 case Pong():
-                    pong = True
+                    pass  # the session's keepalive took it
                 case ServerError(message=text):
                     self._metrics.inc("server_errors_total", link=NAME)
                     text = RedactingFilter.scrub(text[:200])  # a server may echo the token
@@ -342,7 +346,6 @@ class OrgoLink:
                     self._status.set_error(f"orgo: {text}")
                 case Unknown(type=kind):
                     logger.debug("ignored a message of unknown type %r", kind, extra=LOG)
-        return pong
 
     def _open_source(self, rate: int, channels: int) -> None:
         """(Re)create the mixer source in this format; the link is up from here."""

@@ -3,8 +3,8 @@
 - :func:`open_ws`: websockets' ``connect()`` with the TLS context for wss:// only; any
   failure comes out as the agent's error (:func:`agent.links.transport.link_error`:
   host and cause, never the URL's query).
-- :func:`next_message`: one message, or None when the keepalive schedule
-  (:class:`~agent.links.keepalive.AppPing`) says it is time to look at the clock.
+- :func:`next_message`: one message, or None when the session's next deadline
+  (:mod:`agent.proto.keepalive`) says it is time to look at the clock.
 - :func:`goodbye`: the last message (the vendor's ``stop``) then close 1000, bounded,
   and *never cut short*: a second cancellation arriving while it runs (the agent's
   TaskGroup stopping) is held until the goodbye is done, and a close that does not
@@ -26,7 +26,6 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from agent.links.keepalive import AppPing
 from agent.links.tls import ws_tls
 from agent.links.transport import closed, link_error
 from agent.metrics import Metrics
@@ -59,11 +58,11 @@ async def open_ws(
         raise link_error(e, url) from None
 
 
-async def next_message(ws: ClientConnection, ping: AppPing) -> str | bytes | None:
-    """The next message, or None once ``ping.wait_s()`` passed without one.
-    A closed connection raises :class:`~agent.errors.PeerClosed`."""
+async def next_message(ws: ClientConnection, wait_s: float) -> str | bytes | None:
+    """The next message, or None once ``wait_s`` passed without one (time to look at
+    the session's deadlines). A closed connection raises :class:`~agent.errors.PeerClosed`."""
     try:
-        async with asyncio.timeout(ping.wait_s()):
+        async with asyncio.timeout(wait_s):
             return await ws.recv()
     except TimeoutError:
         return None

@@ -16,9 +16,9 @@ from agent.errors import (
     Unreachable,
 )
 from agent.links import orgo, pbx, videosdk
-from agent.links.keepalive import NoPong
 from agent.links.runner import Delay, History
 from agent.links.tls import InsecureTransport
+from agent.proto.keepalive import NoPong
 from agent.status import LinkState
 
 FIRST = History()
