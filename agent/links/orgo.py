@@ -167,13 +167,9 @@ class OrgoLink:
         open_timeout_s: float = OPEN_TIMEOUT_S,
         fetch_timeout_s: float = FETCH_TIMEOUT_S,
     ) -> None:
-        self.cfg = cfg
-        self._creds = creds
-        self._mixer = mixer
-        self._metrics = metrics
-        self._http = http
-        self._connect = connect
-        self._clock = clock
+        self.cfg, self._creds = cfg, creds
+        self._mixer, self._metrics = mixer, metrics
+        self._http, self._connect, self._clock = http, connect, clock
         self._ping_interval_s, self._pong_timeout_s = ping_interval_s, pong_timeout_s
         self._open_timeout_s, self._fetch_timeout_s = open_timeout_s, fetch_timeout_s
         self._tls = client_context(security or SecurityConfig())

@@ -41,9 +41,7 @@ class Doorman:
         clock: Callable[[], float],
         open_timeout_s: float,
     ) -> None:
-        self._cfg = cfg
-        self._metrics = metrics
-        self._clock = clock
+        self._cfg, self._metrics, self._clock = cfg, metrics, clock
         self._open_timeout_s = open_timeout_s
         self.secret = b""  # the pbx-secret, read when the server starts
         self.admitted: set[ServerConnection] = set()  # passed admit, not yet closed

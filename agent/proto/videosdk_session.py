@@ -55,10 +55,8 @@ class RoomSession:
         silence_s: float,
         publishes_status: bool,
     ) -> None:
-        self.topics = topics
-        self.outbox_size = outbox_size
-        self.status_interval_s = status_interval_s
-        self.silence_s = silence_s
+        self.topics, self.outbox_size = topics, outbox_size
+        self.status_interval_s, self.silence_s = status_interval_s, silence_s
         self._outbox: collections.deque[str] = collections.deque()
         self._status_dirty = publishes_status
         self._publishes_status = publishes_status
