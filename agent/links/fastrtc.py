@@ -4,16 +4,17 @@ Two tasks under one TaskGroup, run until cancelled::
 
     uplink:   Fanout queue "fastrtc" (PTT-gated 8 kHz frames, silence while idle)
               -> StreamResampler 8 kHz -> fastrtc.input_rate -> mu-law -> `media`
-    sessions: connect -> `start` (a fresh websocket_id) + `ping`
+    sessions: (agent.links.runner.Runner) connect -> `start` (a fresh websocket_id) + `ping`
               -> first `pong`: the app took us: mixer source "fastrtc" at output_rate, UP
               -> `media` -> mixer; `log` -> journal + status; `ping` every 20 s
-    on any end: decide (see :func:`decide`) -> status RETRY/ATTENTION -> back off -> again
+              (the rules: :class:`agent.proto.fastrtc.FastRTCSession`, no I/O)
+    on any end: :func:`decide` -> the runner shows RETRY/ATTENTION, backs off, again
 
 The app's handler neither resamples nor announces its rates, so both come from the
 config (``fastrtc.input_rate``/``output_rate``). A session the app refuses because
 its ``concurrency_limit`` is reached waits at least :data:`REFUSAL_WAIT_S`, doubling
 with each refusal in a row: a busy single-seat app is not hammered. Cancellation
-(SIGTERM) sends ``stop`` and closes within :data:`STOP_TIMEOUT_S`.
+(SIGTERM) sends ``stop`` and closes within 1 s (:func:`agent.links.wsclient.speaking`).
 
 The wire codec is :mod:`agent.proto.fastrtc`; this module only moves its strings.
 """
@@ -41,7 +42,14 @@ from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import client_context
 from agent.links.transport import shown_url
 from agent.links.wire import MalformedNotes, wire_logger
-from agent.links.wsclient import Connect, next_message, open_ws, send_media, speaking
+from agent.links.wsclient import (
+    STOP_TIMEOUT_S,
+    Connect,
+    next_message,
+    open_ws,
+    send_media,
+    speaking,
+)
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, Frame, PcmSink, SourceFactory
 from agent.proto.fastrtc import (
@@ -72,7 +80,6 @@ ws_logger = wire_logger("fastrtc")  # an app's URL may carry a token in its quer
 NAME = "fastrtc"  # link name, mixer source, Fanout subscriber
 LOG = {"LINK": NAME}  # journald field on every record of this link
 OPEN_TIMEOUT_S = 5.0  # TCP + WebSocket handshake
-STOP_TIMEOUT_S = 1.0  # send `stop` and close on cancellation
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~30 s of 24 kHz mu-law in base64; apps may send big chunks
 SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket (~0.5 s at 48 kHz): drop, don't lag
 REFUSAL_WAIT_S = 10.0  # least wait after a concurrency refusal; doubles per refusal in a row

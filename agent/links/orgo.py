@@ -1,11 +1,16 @@
 """The Orgo link: plays an Orgo computer's speaker through the mixer (downlink only).
 
-One loop, run until cancelled::
+One attempt, run by :class:`~agent.links.runner.Runner` until cancelled::
 
     fetch the password (REST)  ->  connect (WS, ?token=&sample_rate=&channels=)
       -> `started`: (re)create the mixer source "orgo" in the announced format
       -> audio -> source.push(pcm, t_arrival); `ping` every 30 s, `pong` due in 10 s
-    on any end: decide (see :func:`decide`) -> status RETRY/ATTENTION -> back off -> again
+         (the rules: :class:`agent.proto.orgo.OrgoSession`, no I/O)
+    on any end: :func:`decide` -> the runner shows RETRY/ATTENTION, backs off, again
+
+Close codes (the vendor documents 1000, 1001, 4401, 4404, 4500): 4401 refetches the
+password (3 in a row: ATTENTION); 4404 (computer not found or not running) is
+ATTENTION with a slow retry; 4500 (server error) and the rest are retried.
 
 The password rotates whenever the computer restarts, so it is fetched again before
 every connect; a close 4401 (token refused) therefore costs exactly one new fetch.
@@ -36,7 +41,7 @@ from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import client_context
 from agent.links.transport import host_of, link_error
 from agent.links.wire import MalformedNotes, wire_logger
-from agent.links.wsclient import Connect, next_message, open_ws, speaking
+from agent.links.wsclient import STOP_TIMEOUT_S, Connect, next_message, open_ws, speaking
 from agent.metrics import Metrics
 from agent.pcm import PcmSink, SourceFactory
 from agent.proto.keepalive import NoPong, wait_s
@@ -68,7 +73,6 @@ API_KEY = "orgo-api-key"  # credential file name
 LOG = {"LINK": NAME}  # journald field on every record of this link
 FETCH_TIMEOUT_S = 5.0  # REST password fetch, in total (a server trickling bytes included)
 OPEN_TIMEOUT_S = 5.0  # TCP + WebSocket handshake
-STOP_TIMEOUT_S = 1.0  # send `stop` and close on cancellation
 OFFLINE_CAP_S = 60.0  # longest wait while the computer is offline
 TOKEN_REFUSALS_FOR_ATTENTION = 3  # 4401s in a row before a person is asked to look
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~5 s of 48 kHz stereo, far above any real message

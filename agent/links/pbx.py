@@ -2,23 +2,26 @@
 
 The PBX is the client (PROTOCOLS.md §4); the device is a call-monitor speaker::
 
-    PBX ──HTTP upgrade, header <pbx.secret_header>: <pbx-secret>──▶ _admit()
+    PBX ──HTTP upgrade, header <pbx.secret_header>: <pbx-secret>──▶ Doorman.admit()
           wrong or missing secret: HTTP 401 · max_calls reached: HTTP 503 (before upgrade)
     PBX ──JSON frames, channels interleaved──▶ _call() ─▶ CallStream (agent.proto.yeastar)
           each channel: its own mixer source "pbx/<call slot>/<channel>" (own jitter buffer)
           `end`: that channel's source drains, then goes · close: every channel goes
 
-One loop, run until cancelled: read the secret, load the TLS pair if configured,
-listen; if that fails (port taken, no credential, bad certificate) show why, back off,
-try again. Bad input never reaches beyond the call that sent it: a malformed frame is
+The link runs on :class:`~agent.links.runner.Runner` (one attempt = read the secret,
+load the TLS pair if configured, listen until cancelled): if that fails (port taken,
+no credential, bad certificate) :func:`decide` says why, the runner shows it, backs
+off and tries again. Who may call is :mod:`agent.links.pbx_admit`. Bad input never
+reaches beyond the call that sent it: a malformed frame is
 dropped and counted (``malformed_total{link="pbx",reason=}``), an oversized message
 closes that call (1009), a silent call is closed after ``pbx.idle_timeout_s``.
 
 Mixer source names reuse a small set of slots (call 1..max_calls, channel 1..16), so
 per-source metrics stay bounded however many calls a device plays in its life.
 The secret never reaches a log record or a status detail: the websockets library's
-debug log of request headers goes through a filter that masks the secret header, and
-the value is registered with :class:`~agent.secrets.RedactingFilter`.
+debug log of request headers goes through :func:`agent.links.wire.wire_logger`, which
+masks the secret header, and the value is registered with
+:class:`~agent.secrets.RedactingFilter`.
 """
 
 from __future__ import annotations

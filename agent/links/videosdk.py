@@ -49,7 +49,7 @@ from agent.links.transport import closed, host_of, link_error, retry_after
 from agent.links.videosdk_auth import TokenSource
 from agent.links.videosdk_room import Limiter, RoomEvents
 from agent.links.wire import wire_logger
-from agent.links.wsclient import WatchedConnection, send_media, speaking
+from agent.links.wsclient import STOP_TIMEOUT_S, WatchedConnection, send_media, speaking
 from agent.metrics import Metrics
 from agent.pcm import Frame, PcmSink, SourceFactory
 from agent.proto.videosdk import (
@@ -78,7 +78,6 @@ LINK = "videosdk"
 SOURCE = "videosdk"  # mixer source name
 WS_MAX_SIZE = 64 * 1024  # bytes; a 20 ms frame is ~450, a message ≤ 8 KB + envelope
 SEND_BUFFER_LIMIT = 16 * 1024  # bytes queued in the socket (~0.7 s of audio): drop, don't lag
-STOP_TIMEOUT_S = 1.0  # stop + close 1000 on cancellation, at most this long
 
 Connect = Callable[..., AbstractAsyncContextManager[ClientConnection]]
 
