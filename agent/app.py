@@ -42,6 +42,8 @@ from agent.controls import Controls, StateStore
 from agent.errors import ConfigError, GpioUnavailable
 from agent.generation import Generation
 from agent.hw.ports import AudioSink, AudioSource
+from agent.links.registry import LinkDeps, LinkPolicies
+from agent.links.registry import build as build_links
 from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
 from agent.secrets import Credentials
@@ -96,8 +98,11 @@ class Agent:
         reload_config: Callable[[], Config] | None = None,
         state: StateStore | None = None,
         wall_clock: Callable[[], float] | None = None,
+        link_policies: LinkPolicies | None = None,
     ) -> None:
+        """``link_policies``: shorter link timings (tests, benchmarks); None = production."""
         self.cfg = cfg
+        self.link_policies = link_policies or LinkPolicies()
         self.credentials = credentials
         self.hardware = hardware or Hardware()
         self._connect = connect
@@ -261,59 +266,22 @@ class Agent:
     def _build_links(
         self, cfg: Config, gen: Generation, mixer: Any, http: httpx.AsyncClient
     ) -> dict[str, Any]:
-        common: dict[str, Any] = {
-            "mixer": mixer,
-            "status": self.status,
-            "metrics": self.metrics,
-            "http": http,
-        }
-        if self._connect is not None:
-            common["connect"] = self._connect
-        links: dict[str, Any] = {}
-        if cfg.videosdk.enabled:
-            from agent.links.videosdk import VideoSDKLink
-
-            links["videosdk"] = VideoSDKLink(
-                cfg.videosdk,
-                cfg.device,
-                self.credentials,
-                uplink=gen.fanout.subscribe("videosdk"),
-                heartbeat=self.heartbeats.register("link-videosdk", 30.0),
-                on_command=self.controls.on_command,
-                security=cfg.security,
-                **common,
-            )
-        if cfg.orgo.enabled:
-            from agent.links.orgo import OrgoLink
-
-            links["orgo"] = OrgoLink(
-                cfg.orgo,
-                self.credentials,
-                heartbeat=self.heartbeats.register("link-orgo", 30.0),
-                security=cfg.security,
-                **common,
-            )
-        if cfg.pbx.enabled:
-            from agent.links.pbx import PbxLink
-
-            links["pbx"] = PbxLink(
-                cfg.pbx,
-                self.credentials,
-                mixer=mixer,
-                status=self.status,
-                metrics=self.metrics,
-                heartbeat=self.heartbeats.register("link-pbx", 30.0),
-            )
-        if cfg.fastrtc.enabled:
-            from agent.links.fastrtc import FastRTCLink
-
-            links["fastrtc"] = FastRTCLink(
-                cfg.fastrtc,
-                uplink=gen.fanout.subscribe("fastrtc"),
-                heartbeat=self.heartbeats.register("link-fastrtc", 30.0),
-                security=cfg.security,
-                **{k: v for k, v in common.items() if k != "http"},  # no REST in this link
-            )
+        """Every enabled link of the registry (agent.links.registry), built from ``cfg``."""
+        deps = LinkDeps(
+            credentials=self.credentials,
+            device=cfg.device,
+            security=cfg.security,
+            http=http,
+            mixer=mixer,
+            status=self.status,
+            metrics=self.metrics,
+            uplink=gen.fanout.subscribe,
+            heartbeat=lambda name: self.heartbeats.register(f"link-{name}", 30.0),
+            on_command=self.controls.on_command,
+            connect=self._connect,
+            policies=self.link_policies,
+        )
+        links: dict[str, Any] = dict(build_links(cfg, deps))
         for name in links:
             self.status.set_link(name, LinkState.CONNECTING)
         gen.links = links

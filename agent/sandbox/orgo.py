@@ -382,6 +382,11 @@ class FakeOrgo:
         session.messages_sent += 1
         await ws.send(data)
 
+    async def close_streams(self, code: int, reason: str) -> None:
+        """Close every live stream with ``code``: the vendor documents 4404 (computer
+        not found or stopped) and 4500 (server error) besides 4401."""
+        await self._close_live(code, reason)
+
     async def _close_live(self, code: int, reason: str) -> None:
         live = list(self._live.items())
         for ws, session in live:

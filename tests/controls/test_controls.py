@@ -224,3 +224,9 @@ async def test_gpio_unavailable_is_a_clear_error(gpio_mock: Any) -> None:
         pin_factory("gpiochip9")
     with pytest.raises(GpioUnavailable, match="cannot start"):
         pin_factory("lgpio")  # this machine has no /dev/gpiochip*
+
+
+def _command(text: str) -> TopicMessage:
+    """A command-topic message as the VideoSDK link hands it over."""
+    raw = json.dumps({"event": "message", "topic": "commands", "message": text})
+    return TopicMessage("commands", text, "op-1", "Operator", "2026-06-27T14:41:00.000Z", "m1", raw)

@@ -6,30 +6,28 @@ credentials directory. ``links`` picks which of the four are enabled.
 The config is written to ``agent.toml`` in the test's directory and loaded by
 :func:`agent.config.load` (the real validation); ``agent.reload()`` reads that file
 again, so a test edits it as a person would (:meth:`FullAgent.write_config`). Retry
-delays are shortened with :func:`fast_backoff` so that fault stories take seconds,
-not the production minutes; everything else is as shipped.
+delays are shortened with ``policies=FAST_LINKS`` (``Agent(link_policies=...)``) so
+that fault stories take seconds, not the production minutes; everything else is as
+shipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent import config
 from agent.app import Agent, Hardware
-from agent.backoff import BackoffPolicy, Reconnector
+from agent.backoff import BackoffPolicy
 from agent.controls import StateStore
 from agent.hw.sim import RecordingSink, ToneSource
+from agent.links.registry import LinkPolicies
 from agent.sandbox.fastrtc import FakeFastRTC
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.pbx import PbxCall, two_party_call
@@ -40,8 +38,9 @@ from tests.support import toml_text
 
 Setup = Callable[[FakeVideoSDK, FakeOrgo, FakeFastRTC], Awaitable[dict[str, dict[str, Any]]]]
 FAST = BackoffPolicy(initial_s=0.05, cap_s=0.5, jitter=0.3, slow_s=0.5, healthy_after_s=60.0)
-# Modules whose links build their own Reconnector.
-LINK_MODULES = tuple(f"agent.links.{n}" for n in ("videosdk", "orgo", "pbx", "fastrtc"))
+# Every link's reconnects at FAST; a busy FastRTC app is retried after FAST.slow_s
+# (doubling), not 10 s. Passed to the agent as ``Agent(link_policies=...)``.
+FAST_LINKS = LinkPolicies(backoff=FAST, refusal_wait_s=FAST.slow_s)
 ALL_LINKS = ("videosdk", "orgo", "pbx", "fastrtc")
 
 VSDK_API_KEY = "fa-vsdk-apikey-3c1e9b7d5a2f"
@@ -53,26 +52,6 @@ PBX_WRONG = "fa-pbx-secret-7d3b1f9e5a2c8065"  # what a misconfigured PBX sends: 
 # A FastRTC app's URL may carry a token in its query (a signed or private app): not a
 # credential file, but it must stay out of sight like one.
 RTC_QUERY_TOKEN = "fa-rtc-sign-5e0a2c4b6d8f1a3c"
-
-
-@contextlib.contextmanager
-def fast_backoff(monkeypatch: pytest.MonkeyPatch, policy: BackoffPolicy = FAST) -> Iterator[None]:
-    """Every link's Reconnector uses ``policy`` (the agent has no knob for it); a busy
-    FastRTC app is retried after ``policy.slow_s`` (doubling), not 10 s."""
-    for module in LINK_MODULES:
-        monkeypatch.setattr(f"{module}.Reconnector", functools.partial(_reconnector, policy))
-    from agent.links import fastrtc
-
-    monkeypatch.setattr(
-        fastrtc, "FastRTCLink", functools.partial(fastrtc.FastRTCLink, refusal_wait_s=policy.slow_s)
-    )
-    yield
-
-
-def _reconnector(
-    policy: BackoffPolicy, *_policy: Any, clock: Callable[[], float] = time.monotonic, **_kw: Any
-) -> Reconnector:
-    return Reconnector(policy, clock=clock)
 
 
 @dataclass
@@ -156,6 +135,7 @@ async def full_agent(
     setup: Setup | None = None,
     hardware: Hardware | None = None,
     links: tuple[str, ...] = ALL_LINKS,
+    policies: LinkPolicies | None = None,
 ) -> AsyncIterator[FullAgent]:
     """Start fakes and the agent (``links`` enabled, open mic); stop both on exit.
 
@@ -206,6 +186,7 @@ async def full_agent(
             state=StateStore(None),
             notifier=notifier or Notifier(env={}),
             reload_config=lambda: config.load(config_path),
+            link_policies=policies,
         )
         task = asyncio.create_task(agent.run(), name="full-agent")
         rig = FullAgent(

@@ -37,9 +37,9 @@ from agent.service import Notifier
 from tests.conftest import NotifyRecorder
 from tests.reliability.fullagent import (
     COMMAND_KEY,
+    FAST_LINKS,
     PBX_WRONG,
     FullAgent,
-    fast_backoff,
     full_agent,
 )
 
@@ -94,15 +94,16 @@ async def test_no_secret_in_logs_exceptions_status_or_metrics(
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
     try:
-        with fast_backoff(monkeypatch):
-            async with full_agent(tmp_path, notifier=Notifier(env=notify_socket.env())) as rig:
-                board = rig.agent.status
-                board.add_listener(lambda b: texts.append(("status", json.dumps(b.to_json()))))
-                await run_faults(rig)
-                texts.append(("status", json.dumps(board.to_json())))
-                texts.append(("metrics", json.dumps(rig.agent.metrics.snapshot())))
-                secrets = secret_values(rig)
-                assert await rig.stop() == 0
+        async with full_agent(
+            tmp_path, policies=FAST_LINKS, notifier=Notifier(env=notify_socket.env())
+        ) as rig:
+            board = rig.agent.status
+            board.add_listener(lambda b: texts.append(("status", json.dumps(b.to_json()))))
+            await run_faults(rig)
+            texts.append(("status", json.dumps(board.to_json())))
+            texts.append(("metrics", json.dumps(rig.agent.metrics.snapshot())))
+            secrets = secret_values(rig)
+            assert await rig.stop() == 0
     finally:
         root.removeHandler(collector)
         for name, level in saved.items():
