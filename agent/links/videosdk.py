@@ -45,12 +45,11 @@ from agent.backoff import Reconnector
 from agent.config import DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, LinkError, ProtocolError
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
-from agent.links.videosdk_auth import TokenSource
+from agent.links.videosdk_auth import TokenSource, broker_reason, session_target
 from agent.metrics import Metrics
 from agent.pcm import Frame, PcmSink, SourceFactory
 from agent.proto.videosdk import (
     SAMPLE_RATE,
-    SESSIONS_PATH,
     IngestSession,
     MalformedMessage,
     MeetingJoined,
@@ -366,7 +365,8 @@ class VideoSDKLink:
             return drop
 
     async def _create_session(self, token: str) -> IngestSession:
-        url = self._cfg.api_base.rstrip("/") + SESSIONS_PATH
+        # fleet: VideoSDK itself, or the session broker (session_url + Bearer device-token)
+        target = session_target(self._cfg, self._tokens, token)
         body = session_request(
             self._cfg.room_id,
             participant_id=self._device.id,
@@ -377,14 +377,16 @@ class VideoSDKLink:
         asked_at = self._clock()  # the URL's age counts from the request: a slow reply ages it
         try:
             async with asyncio.timeout(self._open_timeout_s):  # whatever the client's timeout
-                reply = await self._http.post(url, json=body, headers={"Authorization": token})
+                reply = await self._http.post(
+                    target.url, json=body, headers={"Authorization": target.authorization}
+                )
         except TimeoutError:
             raise LinkError("session request timed out") from None
         except httpx.HTTPError as e:
             raise LinkError(f"session request failed ({type(e).__name__})") from None
         status = reply.status_code
-        if status in (401, 403):
-            raise AuthRefused(f"VideoSDK refused the credentials (HTTP {status})")
+        if status in (401, 403):  # fleet: a broker's refusal says "not enrolled or revoked"
+            raise target.refused(status, broker_reason(reply.content) if target.via_broker else "")
         if status == 429:
             raise SessionError("rate-limited", status=status, retry_after_s=_retry_after(reply))
         if not 200 <= status < 300:
