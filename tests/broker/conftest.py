@@ -47,22 +47,24 @@ class _InLoopServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on 127.0.0.1 (a free port) in this event loop; yield its URL."""
+async def serve(app: Starlette, **uvicorn_kw: Any) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn on 127.0.0.1 (a free port) in this event loop; yield its
+    base URL (https:// when ``ssl_certfile`` is given)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", **uvicorn_kw)
     server = _InLoopServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="broker-under-test")
     try:
         for _ in range(500):
             if server.started or task.done():
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # uvicorn has no "started" event to wait on
         assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
+        scheme = "https" if "ssl_certfile" in uvicorn_kw else "http"
+        yield f"{scheme}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
