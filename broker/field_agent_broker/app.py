@@ -30,6 +30,7 @@ per replica (N replicas allow N times the rate).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -250,6 +251,9 @@ class Broker:
         self.metrics.devices.set_function(lambda: len(self.store.devices))
         self.limiter = RateLimiter(settings.rate_burst, settings.rate_per_s, clock)
         self._transport = transport
+        # scrypt off the event loop, two at a time: each takes 16 MiB and ~45 ms of a core,
+        # so a burst of first requests costs bounded memory (and the loop keeps answering)
+        self._kdf = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="scrypt")
         self._url = settings.api_base.rstrip("/") + SESSIONS_PATH
         self.http: httpx.AsyncClient | None = None
 
@@ -280,6 +284,7 @@ class Broker:
                 yield
             finally:
                 self.http = None
+                self._kdf.shutdown(wait=False, cancel_futures=True)
 
     # -- routes ---------------------------------------------------------------------------
     async def healthz(self, _request: Request) -> Response:
@@ -378,7 +383,8 @@ class Broker:
                 "rate_limited",
                 {"Retry-After": str(seconds)},
             )
-        if not await asyncio.to_thread(self.store.verify, device, token):
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(self._kdf, self.store.verify, device, token):
             raise Refusal(401, "bad device token", "bad_token")
         if not device.enabled:
             raise Refusal(403, "device revoked", "revoked")
