@@ -1,7 +1,7 @@
 """Session broker throughput and latency: one replica against the sandbox VideoSDK.
 
 Starts the fake VideoSDK (agent.sandbox.videosdk, JWT mode: the broker mints from an
-API key + secret) in this process and ``field-agent-broker serve`` as a subprocess
+API key + secret) in a process of its own and ``field-agent-broker serve`` as another
 (one uvicorn process: one replica, INFO logs to a file as in production, rate limit
 raised out of the way), enrols ``--devices`` devices, then ``--clients`` concurrent
 clients send ``--requests`` session requests in total (round robin over the devices,
@@ -13,8 +13,9 @@ each with its own device token) and stop. Printed:
 - the same load sent straight to the fake (its own cost, for comparison);
 - the broker process's CPU seconds, and its RSS idle and after the run.
 
-The client side runs in this process, on the same machine: the numbers are for the
-whole loop on one box, not the broker alone.
+The clients run in this process, on the same machine: the numbers are for the whole
+loop on one box (clients, broker and fake share the cores), not the broker alone. The
+fake (a stdlib threading HTTP server) is itself the slowest part: compare the two lines.
 
 Run: ``.venv/bin/python bench/broker_bench.py [--requests 2000] [--clients 32] [--devices 50]``
 """
