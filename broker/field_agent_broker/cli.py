@@ -23,6 +23,7 @@ ENV = "FIELD_AGENT_BROKER_"
 DEFAULT_ENROLMENT = "/etc/field-agent-broker/devices.json"
 DEFAULT_CREDENTIALS = "/etc/field-agent-broker/credentials"
 TOKEN, API_KEY, SECRET = "videosdk-token", "videosdk-api-key", "videosdk-secret"
+CREDENTIAL_ID = "field-agent-broker"
 
 logger = logging.getLogger("field_agent_broker.cli")
 
@@ -94,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body", type=int, default=8192, help="bytes (default 8192)")
     s.add_argument("--ca-file", default=_env("CA_FILE", ""), help="extra CAs for api_base")
     s.add_argument(
+        "--tls-cert",
+        default=_env("TLS_CERT", ""),
+        help="PEM certificate chain: serve https:// itself (else TLS ends at a proxy in front)",
+    )
+    s.add_argument("--tls-key", default=_env("TLS_KEY", ""), help="PEM key of --tls-cert")
+    s.add_argument(
         "--allow-insecure",
         action="store_true",
         help="allow an http:// api_base that is not loopback",
@@ -144,8 +151,9 @@ def read_account(directory: Path | None, env: Mapping[str, str]) -> dict[str, st
     dirs.append(directory or Path(DEFAULT_CREDENTIALS))
     found: dict[str, str] = {}
     for name in (TOKEN, API_KEY, SECRET):
-        for d in dirs:
-            path = d / name
+        # systemd LoadCredential=field-agent-broker:DIR names them "field-agent-broker_<file>"
+        candidates = [c for d in dirs for c in (d / name, d / f"{CREDENTIAL_ID}_{name}")]
+        for path in candidates:
             if path.is_file():
                 value = path.read_text(encoding="utf-8").strip()
                 if not value:
@@ -220,8 +228,12 @@ def serve(args: argparse.Namespace) -> int:
         app = create_app(settings, account)
     except EnrolmentError as e:
         return bad(str(e))
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return bad("--tls-cert and --tls-key go together")
+    tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if args.tls_cert else {}
     config = uvicorn.Config(
         app,
+        **tls,
         host=host.strip("[]"),
         port=int(port),
         log_config=None,  # ours: JSON lines

@@ -181,14 +181,22 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write a temporary file, fsync it, rename it over ``path``: a reader (or a power
-    cut) sees the old file or the new one, never half of one."""
+    cut) sees the old file or the new one, never half of one. The file keeps its mode
+    and group (the service's group reads it); a new one is 0640, in the directory's group."""
+    try:
+        st = path.stat()
+        mode, gid = st.st_mode & 0o777, st.st_gid
+    except FileNotFoundError:
+        mode, gid = 0o640, path.parent.stat().st_gid
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o640)
+        with contextlib.suppress(PermissionError):  # not root and not in that group
+            os.chown(tmp, -1, gid)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
