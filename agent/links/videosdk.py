@@ -45,7 +45,7 @@ from agent.backoff import Reconnector
 from agent.config import DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, LinkError, ProtocolError
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
-from agent.links.videosdk_auth import TokenSource, broker_reason, session_target
+from agent.links.videosdk_auth import TokenSource, session_target
 from agent.metrics import Metrics
 from agent.pcm import Frame, PcmSink, SourceFactory
 from agent.proto.videosdk import (
@@ -386,11 +386,12 @@ class VideoSDKLink:
             raise LinkError(f"session request failed ({type(e).__name__})") from None
         status = reply.status_code
         if status in (401, 403):  # fleet: a broker's refusal says "not enrolled or revoked"
-            raise target.refused(status, broker_reason(reply.content) if target.via_broker else "")
+            raise target.refused(status, reply.content)
         if status == 429:
             raise SessionError("rate-limited", status=status, retry_after_s=_retry_after(reply))
         if not 200 <= status < 300:
-            raise SessionError(f"session request failed (HTTP {status})", status=status)
+            detail = target.detail(reply.content)  # fleet: the broker's reason, if any
+            raise SessionError(f"session request failed (HTTP {status}{detail})", status=status)
         try:
             payload = reply.json()
         except ValueError:

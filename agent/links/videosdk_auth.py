@@ -167,14 +167,18 @@ class SessionTarget:
     def __repr__(self) -> str:  # the token stays out of tracebacks and debug output
         return f"SessionTarget(url={self.url!r}, via_broker={self.via_broker})"
 
-    def refused(self, status: int, reason: str = "") -> AuthRefused:
-        """The error for a 401/403 answer. ``reason``: the broker's ``error`` text."""
+    def detail(self, body: bytes) -> str:
+        """``": <the broker's reason>"`` for a broker's error reply, else ""."""
+        reason = broker_reason(body) if self.via_broker else ""
+        return f": {reason}" if reason else ""
+
+    def refused(self, status: int, body: bytes = b"") -> AuthRefused:
+        """The error for a 401/403 answer (``body``: the reply, for the broker's reason)."""
         if not self.via_broker:
             return AuthRefused(f"VideoSDK refused the credentials (HTTP {status})")
-        why = f": {reason}" if reason else ""
         return DeviceNotEnrolled(
-            f"session broker refused this device (HTTP {status}{why}); device not enrolled "
-            f"or revoked: check {DEVICE_TOKEN!r} and the broker's enrolment"
+            f"session broker refused this device (HTTP {status}{self.detail(body)}); device "
+            f"not enrolled or revoked: check {DEVICE_TOKEN!r} and the broker's enrolment"
         )
 
 

@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 SESSIONS_PATH = "/v2/ingest/sessions"  # VideoSDK's
 BROKER_PATH = "/v1/sessions"  # ours
+BODY_TIMEOUT_S = 10.0  # a device sends ~200 bytes at once
 
 
 @dataclass(frozen=True)
@@ -358,13 +359,16 @@ class Broker:
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in request.stream():  # never more than limit (+ one chunk) held
-                size += len(chunk)
-                if size > limit:
-                    raise too_big
-                chunks.append(chunk)
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # a trickling client lets go
+                async for chunk in request.stream():  # never more than limit (+ a chunk) held
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_big
+                    chunks.append(chunk)
         except ClientDisconnect:
             raise Refusal(400, "client went away while sending", "malformed") from None
+        except TimeoutError:
+            raise Refusal(408, f"body not sent within {BODY_TIMEOUT_S:g} s", "slow_body") from None
         try:
             return json.loads(b"".join(chunks))
         except (ValueError, RecursionError):

@@ -254,3 +254,15 @@ async def test_tls_to_the_broker_is_verified_with_security_ca_file(
                     if expect == "retry":  # the private CA is not trusted without ca_file
                         assert "session request failed (ConnectError)" in h.detail()
     assert len(fake.started_sessions) == 1
+
+
+async def test_a_broker_error_shows_its_reason_and_is_retried(
+    rig: Rig, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    rig.fake.jwt_secret = "someone-elses-secret-0123456789abcdef"  # the account is refused
+    async with running(device(rig, http, tmp_path)) as h:
+        await rig.fake.wait_for(lambda: "HTTP 502" in h.detail(), what="a 502")
+        assert h.state() == "retry", "the broker's account is not the device's to fix"
+        assert "VideoSDK refused the broker's account credentials (HTTP 401)" in h.detail()
+        rig.fake.jwt_secret = SECRET
+        await h.wait_up(within_s=5.0)

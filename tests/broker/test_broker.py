@@ -388,3 +388,20 @@ async def test_no_credential_in_any_response_or_log_record(
     texts.append((await rig.http.get(rig.url + "/metrics")).text)  # type: ignore[union-attr]
     found = [(s[:6], t[:120]) for s in secrets for t in texts if s in t]
     assert found == []
+
+
+async def test_a_trickling_body_is_cut_off(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import field_agent_broker.app as app_module
+
+    monkeypatch.setattr(app_module, "BODY_TIMEOUT_S", 0.3)
+
+    async def trickle() -> object:
+        yield b'{"roomId": '
+        await asyncio.sleep(2.0)
+        yield b'"x"}'
+
+    r = await rig.post(
+        content=trickle(), headers={"Authorization": f"Bearer {rig.tokens['dev_12']}"}
+    )
+    # (the whole body would have been a 400: the cut-off, not the content, answered)
+    assert (r.status_code, r.json()) == (408, {"error": "body not sent within 0.3 s"})
