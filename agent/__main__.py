@@ -129,6 +129,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for example in config.example_values(cfg):
         print(f"{path}: warning: {example} is the example value: edit it")
     creds = Credentials(args.credentials)
+    if cfg.videosdk.enabled:
+        line, ok = videosdk_credentials(cfg, creds)
+        print(f"{path}: {line}")
+        if not ok:
+            return EX_CONFIG
     for name in needed_credentials(cfg):
         if not any(creds.has(n) for n in name.split("|")):
             print(
@@ -146,11 +151,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def videosdk_credentials(cfg: config.Config, creds: Credentials) -> tuple[str, bool]:
+    """One line on the VideoSDK credentials found, and False for a refused mix.
+
+    Missing credentials are a warning (they may be installed after the config); a mix
+    (say a device token *and* an account secret) is an error: exit 78.
+    """
+    from agent.links.videosdk_auth import (
+        DEVICE_TOKEN,
+        TOKEN,
+        CredentialConflict,
+        credential_mode,
+        present_credentials,
+    )
+
+    where = " or ".join(str(d) for d in creds.dirs)
+    try:
+        mode = credential_mode(present_credentials(creds), cfg.videosdk.session_url)
+    except CredentialConflict as e:
+        return f"videosdk.session_url: {e}", False
+    except CredentialError as e:
+        if cfg.videosdk.session_url:
+            return f"warning: credential {DEVICE_TOKEN} not found in {where} ({e})", True
+        if present_credentials(creds):
+            return f"warning: {e}", True
+        return f"warning: credential {TOKEN} or videosdk-api-key not found in {where}", True
+    for name in sorted(present_credentials(creds)):
+        try:
+            creds.get(name)  # readable and not empty
+        except CredentialError as e:
+            return f"warning: {e}", True
+    return f"videosdk credentials: {mode.value}", True
+
+
 def needed_credentials(cfg: config.Config) -> list[str]:
-    """Credentials the enabled links need; ``a|b`` means either."""
+    """Credentials the enabled links need besides VideoSDK's; ``a|b`` means either."""
     out = []
-    if cfg.videosdk.enabled:
-        out.append("videosdk-token|videosdk-api-key")
     if cfg.orgo.enabled:
         out.append("orgo-api-key")
     if cfg.pbx.enabled:

@@ -234,6 +234,13 @@ class VideoSDKConfig:
     api_base: str = field(
         default="https://api.videosdk.live", metadata=_doc("REST base URL.", _url("https", "http"))
     )
+    session_url: str = field(
+        default="",
+        metadata=_doc(
+            "Session broker URL ('' = ask VideoSDK at api_base); needs the device-token.",
+            _url("https", "http", empty_ok=True),
+        ),
+    )
     region: str = field(default="", metadata=_doc("Ingest region ('' = VideoSDK's choice)."))
     topics: tuple[str, ...] = field(default=("CHAT",), metadata=_doc("Subscribed topics."))
     status_topic: str = field(default="DEVICE_STATUS", metadata=_doc("Status JSON topic.", _topic))
@@ -575,6 +582,7 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
     if not cfg.security.allow_insecure:
         urls = {
             "videosdk.api_base": (cfg.videosdk.enabled, cfg.videosdk.api_base),
+            "videosdk.session_url": (cfg.videosdk.enabled, cfg.videosdk.session_url),
             "orgo.api_base": (cfg.orgo.enabled, cfg.orgo.api_base),
             "orgo.audio_url": (cfg.orgo.enabled, cfg.orgo.audio_url),
             "fastrtc.url": (cfg.fastrtc.enabled, cfg.fastrtc.url),

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path("/etc/field-agent/credentials")
 NAMES = (
+    "device-token",
     "videosdk-token",
     "videosdk-api-key",
     "videosdk-secret",

@@ -46,7 +46,7 @@ from agent.links.registry import LinkDeps
 from agent.links.runner import History, Outcome, Runner, attention, retry
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
 from agent.links.transport import closed, host_of, link_error, retry_after
-from agent.links.videosdk_auth import TokenSource
+from agent.links.videosdk_auth import SessionError, TokenSource, session_target
 from agent.links.videosdk_room import Limiter, RoomEvents
 from agent.links.wire import wire_logger
 from agent.links.wsclient import STOP_TIMEOUT_S, WatchedConnection, send_media, speaking
@@ -54,7 +54,6 @@ from agent.metrics import Metrics
 from agent.pcm import Frame, PcmSink, SourceFactory
 from agent.proto.videosdk import (
     SAMPLE_RATE,
-    SESSIONS_PATH,
     IngestSession,
     MalformedMessage,
     TopicMessage,
@@ -82,10 +81,6 @@ SEND_BUFFER_LIMIT = 16 * 1024  # bytes queued in the socket (~0.7 s of audio): d
 Connect = Callable[..., AbstractAsyncContextManager[ClientConnection]]
 
 
-class SessionError(HttpRefused):
-    """The session request failed with an HTTP status other than 401/403."""
-
-
 def decide(exc: BaseException, history: History) -> Outcome:
     """The one place that decides retry-or-attention for a failed attempt (pure)."""
     match exc:
@@ -95,8 +90,8 @@ def decide(exc: BaseException, history: History) -> Outcome:
             return retry("session request rate-limited (HTTP 429)", at_least_s=wait)
         case SessionError(status=status) if 400 <= status < 500:
             return attention(f"session request refused (HTTP {status}); check videosdk.room_id")
-        case SessionError(status=status):
-            return retry(f"session request failed (HTTP {status})")
+        case SessionError(status=status, detail=detail):
+            return retry(f"session request failed (HTTP {status}{detail})")
         case HttpRefused(status=status):
             return retry(f"WebSocket handshake refused (HTTP {status})")
         case ProtocolError():
@@ -262,7 +257,8 @@ class VideoSDKLink:
             raise link_error(e, session.ws_url) from None
 
     async def _create_session(self, token: str) -> IngestSession:
-        url = self._cfg.api_base.rstrip("/") + SESSIONS_PATH
+        # fleet: VideoSDK itself, or the session broker (session_url + Bearer device-token)
+        target = session_target(self._cfg, self._tokens, token)
         body = session_request(
             self._cfg.room_id,
             participant_id=self._device.id,
@@ -271,20 +267,28 @@ class VideoSDKLink:
             region=self._cfg.region,
         )
         asked_at = self._clock()  # the URL's age counts from the request: a slow reply ages it
-        host = host_of(url)
+        host = host_of(target.url)
         try:
             async with asyncio.timeout(self._open_timeout_s):  # whatever the client's timeout
-                reply = await self._http.post(url, json=body, headers={"Authorization": token})
+                reply = await self._http.post(
+                    target.url, json=body, headers={"Authorization": target.authorization}
+                )
         except TimeoutError:
             raise LinkError(f"session request to {host} timed out") from None
         except httpx.HTTPError as e:
-            raise LinkError(f"session request failed: {link_error(e, url)}") from None
+            raise LinkError(f"session request failed: {link_error(e, target.url)}") from None
         status = reply.status_code
-        if status in (401, 403):
-            raise AuthRefused(f"VideoSDK refused the credentials (HTTP {status})")
+        if status in (401, 403):  # a broker's refusal says "not enrolled or revoked"
+            raise target.refused(status, reply.content)
         if not 200 <= status < 300:
             wait = retry_after(reply.headers.get("retry-after"))
-            raise SessionError(host, status, what="session request", retry_after_s=wait)
+            raise SessionError(
+                host,
+                status,
+                what="session request",
+                retry_after_s=wait,
+                detail=target.detail(reply.content),  # a broker's reason, if any
+            )
         try:
             payload = reply.json()
         except ValueError:
