@@ -1,7 +1,9 @@
 """The ``field-agent`` command line (also ``python -m agent``).
 
 Exit codes: 0 success; 1 a check failed (selftest, status); 2 usage or a command
-not available in this build; 78 (EX_CONFIG) bad configuration.
+not available in this build; 78 (EX_CONFIG) bad configuration. ``check-config``
+exits 0 for a valid config even when a credential is missing or cannot be checked
+(those are warnings: the agent starts and shows the link needing attention).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from agent import __version__, config
 from agent.errors import ConfigError, CredentialError
-from agent.secrets import DEFAULT_DIR, Credentials
+from agent.secrets import DEFAULT_DIR, Credentials, denied
 
 EX_CONFIG = 78
 EX_USAGE = 2
@@ -107,29 +109,58 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for line in e.problems:
             print(line)
         return EX_CONFIG
-    creds = Credentials(args.credentials)
-    for name in needed_credentials(cfg):
-        if not any(creds.has(n) for n in name.split("|")):
-            print(
-                f"{path}: warning: credential {name.replace('|', ' or ')} not found in "
-                f"{' or '.join(str(d) for d in creds.dirs)}"
-            )
-        else:
-            try:
-                for n in name.split("|"):
-                    if creds.has(n):
-                        creds.get(n)
-            except CredentialError as e:
-                print(f"{path}: warning: {e}")
+    from agent import service
+
+    service.setup_logging(args.log_level, journal=False)  # credential warnings on stderr
+    for line in check_credentials(Credentials(args.credentials), needed_credentials(cfg)):
+        print(f"{path}: {line}")
     print(f"{path}: OK")
     return 0
 
 
+def check_credentials(creds: Credentials, needed: list[str]) -> list[str]:
+    """One line per credential the enabled links need: read and checked as the agent
+    reads it, or why it cannot be checked from here. Never raises.
+
+    ``needed`` as :func:`needed_credentials` gives it: ``a|b+c`` = a, or b and c."""
+    lines: list[str] = []
+    for spec in needed:
+        options = [option.split("+") for option in spec.split("|")]
+        shown = " or ".join(" and ".join(option) for option in options)
+        # the first option whose first file is there (a token beats a key pair)
+        chosen = next((option for option in options if creds.has(option[0])), None)
+        if chosen is None:
+            if creds.denied:
+                where = ", ".join(f"{d} is {denied(d)}" for d in sorted(creds.denied))
+                lines.append(
+                    f"credentials: cannot check {shown}: {where}: "
+                    "run with sudo to check credentials"
+                )
+            else:
+                dirs = " or ".join(str(d) for d in creds.dirs)
+                firsts = " or ".join(option[0] for option in options)
+                pairs = "".join(
+                    f" ({option[0]} with {' and '.join(option[1:])})"
+                    for option in options
+                    if len(option) > 1
+                )
+                lines.append(f"warning: credential {firsts} not found in {dirs}{pairs}")
+            continue
+        for name in chosen:
+            try:
+                creds.get(name)
+            except CredentialError as e:
+                lines.append(f"warning: {e}")
+            else:
+                lines.append(f"credentials: {name}: ok ({creds.path_of(name)})")
+    return lines
+
+
 def needed_credentials(cfg: config.Config) -> list[str]:
-    """Credentials the enabled links need; ``a|b`` means either."""
+    """Credentials the enabled links need; ``a|b+c`` means a, or b and c."""
     out = []
     if cfg.videosdk.enabled:
-        out.append("videosdk-token|videosdk-api-key")
+        out.append("videosdk-token|videosdk-api-key+videosdk-secret")
     if cfg.orgo.enabled:
         out.append("orgo-api-key")
     if cfg.pbx.enabled:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import jwt
 
-from agent.errors import CredentialError
 from agent.proto.videosdk import jwt_claims
 from agent.secrets import Credentials
 
@@ -33,8 +32,12 @@ def mint_jwt(api_key: str, secret: str, *, now: float, ttl_s: float = 300.0) -> 
 class TokenSource:
     """Gives the Authorization value for each session request.
 
-    Files are read on every call, so a rotated credential is picked up on the
-    next reconnect without a restart.
+    The credential files are read at every session request (a minted JWT is reused
+    while its inputs are unchanged). What that means for a rotated credential
+    depends on where they come from: from ``--credentials DIR`` (no systemd) the new
+    file is used at the next reconnect; under the shipped unit the service reads the
+    copy ``LoadCredential=`` made when it started, which does not change, so a
+    rotation takes ``systemctl restart field-agent`` (README, "Credentials").
     """
 
     def __init__(
@@ -55,9 +58,7 @@ class TokenSource:
         if provisioned is not None:
             return provisioned.reveal()
         if not (self._creds.has(API_KEY) and self._creds.has(SECRET)):
-            raise CredentialError(
-                f"no VideoSDK credentials: provide {TOKEN!r}, or {API_KEY!r} and {SECRET!r}"
-            )
+            raise self._creds.not_found(TOKEN, f"{API_KEY} and {SECRET}")
         key, secret = self._creds.get(API_KEY), self._creds.get(SECRET)
         now = self._wall()
         inputs = hash((key, secret))
