@@ -13,19 +13,29 @@ units=$root/etc/systemd/system
 
 install -D -m 0644 "$here/checks.py" "$lib/checks.py"
 install -m 0644 "$here/cpuinfo" "$lib/cpuinfo"
-echo snd-aloop > "$root/etc/modules-load.d/field-agent-vm.conf"
+# snd-aloop is NOT loaded at boot: check 8 plugs the "sound card" in (modprobe) while
+# the agent runs, as a USB card would be; the audio checks after it use it.
+rm -f "$root/etc/modules-load.d/field-agent-vm.conf"
+# The network trap of a field device (check 9): systemd-networkd manages en*/wlan*
+# (the Pi image's .network files), systemd-networkd-wait-online waits its stock 2 min
+# for a link that never comes (-nic none), and a unit wants network-online.target.
+mkdir -p "$root/etc/systemd/network"
+install -m 0644 "$here/../raspi/10-field-agent-wired.network" \
+  "$here/../raspi/20-field-agent-wireless.network" "$root/etc/systemd/network/"
 install -m 0644 "$here/agent.toml" "$root/etc/field-agent/agent.toml"
 secret() { od -An -N12 -tx1 /dev/urandom | tr -d ' \n'; }
 umask 077
 printf 'vm-videosdk-token-%s\n' "$(secret)" > "$root/etc/field-agent/credentials/videosdk-token"
 printf 'sk_orgo_vm_%s\n' "$(secret)" > "$root/etc/field-agent/credentials/orgo-api-key"
 umask 022
-for u in field-agent-vm-gpio.service field-agent-sandbox.service field-agent-vm-checks.service; do
+for u in field-agent-vm-gpio.service field-agent-sandbox.service field-agent-vm-checks.service \
+    field-agent-vm-netwait.service; do
   install -m 0644 "$here/$u" "$units/$u"
 done
 install -D -m 0644 "$here/field-agent-vm.conf" "$units/field-agent.service.d/vm.conf"
 systemctl --root="$root" enable field-agent-vm-gpio.service field-agent-sandbox.service \
-  field-agent-vm-checks.service
+  field-agent-vm-checks.service field-agent-vm-netwait.service systemd-networkd.service \
+  systemd-networkd-wait-online.service
 systemctl --root="$root" mask serial-getty@ttyS0.service getty@tty1.service \
   apt-daily.timer apt-daily-upgrade.timer
 echo "vm overlay installed"
