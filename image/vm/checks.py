@@ -270,7 +270,7 @@ def sound_loaded() -> bool:
 
 
 def ensure_sound() -> None:
-    """snd-aloop is not loaded at boot (check 8 plugs it in while the agent runs); the
+    """snd-aloop is not loaded at boot (check 10 plugs it in while the agent runs); the
     audio checks load it if that check did not run, and wait for the agent's devices."""
     if not sound_loaded():
         sh("modprobe", "snd-aloop", check_rc=True)
@@ -358,7 +358,7 @@ def check_starts() -> str:
     )
 
 
-@check("8-sound-card-hot-plug")
+@check("10-sound-card-hot-plug")
 def check_hot_plug() -> str:
     """A sound card that appears after the agent started is used without a restart
     (DeviceAllow=char-116: the unit's device rule does not depend on the driver being
@@ -404,7 +404,7 @@ def check_hot_plug() -> str:
     )
 
 
-@check("9-boots-without-network")
+@check("11-boots-without-network")
 def check_no_network() -> str:
     """-nic none and systemd-networkd-wait-online enabled (it waits 2 min for a link that
     never comes): the agent does not wait for it, and is active long before."""

@@ -13,10 +13,10 @@ units=$root/etc/systemd/system
 
 install -D -m 0644 "$here/checks.py" "$lib/checks.py"
 install -m 0644 "$here/cpuinfo" "$lib/cpuinfo"
-# snd-aloop is NOT loaded at boot: check 8 plugs the "sound card" in (modprobe) while
+# snd-aloop is NOT loaded at boot: check 10 plugs the "sound card" in (modprobe) while
 # the agent runs, as a USB card would be; the audio checks after it use it.
 rm -f "$root/etc/modules-load.d/field-agent-vm.conf"
-# The network trap of a field device (check 9): systemd-networkd manages en*/wlan*
+# The network trap of a field device (check 11): systemd-networkd manages en*/wlan*
 # (the Pi image's .network files), systemd-networkd-wait-online waits its stock 2 min
 # for a link that never comes (-nic none), and a unit wants network-online.target.
 mkdir -p "$root/etc/systemd/network"

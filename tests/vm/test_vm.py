@@ -136,8 +136,8 @@ CHECKS = {
     "5-journal-link-fields-no-secrets": "journal records carry LINK=, no secret anywhere",
     "6-watchdog-restarts-stalled-agent": "a SIGSTOPped agent is restarted (Result=watchdog)",
     "7-bad-config-exit-78-no-restart": "a bad config exits 78 and is not restarted",
-    "8-sound-card-hot-plug": "a sound card loaded after the agent started is used, no restart",
-    "9-boots-without-network": "no network: the agent is active long before wait-online ends",
+    "10-sound-card-hot-plug": "a sound card loaded after the agent started is used, no restart",
+    "11-boots-without-network": "no network: the agent is active long before wait-online ends",
 }
 
 
