@@ -108,6 +108,8 @@ class Agent:
         self.notifier = notifier or Notifier()
         self.heartbeats = heartbeats or Heartbeats()
         self.metrics = metrics or Metrics()
+        if self.notifier.metrics is None:
+            self.notifier.metrics = self.metrics  # counts failed sd_notify
         self.status = StatusBoard(ptt_mode=cfg.ptt.mode, volume=cfg.audio.volume)
         self._reload_config = reload_config
         self._stop = asyncio.Event()

@@ -34,6 +34,7 @@ from typing import Any
 import alsaaudio
 import numpy as np
 
+from agent import resources
 from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
 from agent.metrics import Metrics
 from agent.pcm import Pcm, samples_per_frame
@@ -47,6 +48,9 @@ _GONE = tuple(
     os.strerror(e)
     for e in (errno.ENODEV, errno.ENXIO, errno.ENOENT, errno.EBADFD, errno.EIO, errno.ESTRPIPE)
 )
+
+
+_NO_FDS = tuple(os.strerror(e) for e in resources.FD_ERRNOS)
 
 
 def _classify(exc: Exception, device: str, action: str) -> AudioError:
@@ -156,6 +160,8 @@ class _AlsaPcm:
                 periods=self.periods,
             )
         except alsaaudio.ALSAAudioError as exc:
+            if str(exc).startswith(_NO_FDS):  # retried by the device's backoff
+                resources.exhausted(f"{self.label} open", self._metrics)
             raise _classify(exc, self.device, "open") from exc
 
     def open(self) -> None:
