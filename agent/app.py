@@ -36,6 +36,7 @@ from agent.errors import ConfigError, GpioUnavailable
 from agent.hw.ports import AudioSink, AudioSource
 from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
+from agent.netwatch import watch_network
 from agent.pcm import Frame
 from agent.ptt import PttGate
 from agent.secrets import Credentials
@@ -149,6 +150,7 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._report_status(), name="status")
+                tg.create_task(watch_network(), name="network")  # says when a network appears
                 if self.cfg.metrics.listen:
                     tg.create_task(self._observe(self.cfg.metrics.listen), name="observe")
                 interval = watchdog_interval()

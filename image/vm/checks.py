@@ -420,13 +420,16 @@ def check_no_network() -> str:
         w["ActiveState"] == "activating" or exited_s > ready_s,
         f"wait-online ({w}) finished before the agent was ready at {ready_s:.1f} s: no proof",
     )
+    log = sh("journalctl", "-u", UNIT, "-b", "-o", "cat").stdout
+    expect("network: no default route yet" in log, "the log does not say there is no network")
     limit_s = 90.0  # TCG: boot -> READY is 24-42 s on 2 loaded cores
     expect(ready_s < limit_s, f"the agent was ready {ready_s:.1f} s after boot (> {limit_s:.0f})")
     info("no_network_boot_to_ready_s", f"{ready_s:.1f}")
     waiting = "still waiting" if w["ActiveState"] == "activating" else f"done at {exited_s:.1f} s"
     return (
         f"no NIC, no default route; agent active {ready_s:.1f} s after boot while "
-        f"{wait_online} was {waiting} (After= has no network-online.target)"
+        f"{wait_online} was {waiting} (After= has no network-online.target); the log "
+        "says 'network: no default route yet'"
     )
 
 
