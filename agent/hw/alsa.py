@@ -57,6 +57,8 @@ def _classify(exc: Exception, device: str, action: str) -> AudioError:
     text = str(exc)
     if text.startswith(os.strerror(errno.EINVAL)):  # the device exists but refuses the format
         return AudioError(f"{device}: {action} refused (format not supported?): {text}")
+    if text.startswith(_NO_FDS):  # the process, not the device: it is not "missing"
+        return AudioError(f"{device}: cannot {action}: out of file descriptors ({text})")
     if action == "open" and text.startswith(os.strerror(errno.EBUSY)):
         return DeviceBusy(f"{device}: cannot open, busy (held by another program?): {text}")
     if action == "open" or text.startswith(_GONE):

@@ -196,3 +196,26 @@ def test_the_agent_on_null_devices_does_not_spin_a_core(tmp_path: Path) -> None:
     assert "playback device null is not paced by a clock" in out, out
     assert 40 <= fps <= 60, fps
     assert cpu < 0.5, f"{cpu:.0%} of a core"  # generous: it was a whole core before
+
+
+def test_a_device_reopen_out_of_file_descriptors_is_counted_and_not_called_missing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import alsaaudio
+
+    from agent.errors import AudioError, DeviceUnavailable
+
+    def no_fds(**_kw: object) -> None:
+        raise alsaaudio.ALSAAudioError("Too many open files [hw:CARD=U0x46d,DEV=0]")
+
+    monkeypatch.setattr(alsaaudio, "PCM", no_fds)
+    metrics = Metrics()
+    source = AlsaSource("hw:CARD=U0x46d,DEV=0", 8000, metrics=metrics, label="usbmic")
+    with caplog.at_level(logging.WARNING, logger="agent.resources"):
+        for _ in range(3):
+            with pytest.raises(AudioError, match="out of file descriptors") as e:
+                source.open()
+            assert not isinstance(e.value, DeviceUnavailable)
+    assert metrics.total("resource_exhausted_total", resource="fds", where="usbmic open") == 3
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("out of file descriptors (usbmic open;")
