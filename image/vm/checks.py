@@ -65,6 +65,9 @@ def check(name: str) -> Callable[[Callable[[], str]], Callable[[], None]]:
             except Exception as e:
                 detail, ok = f"{e.__class__.__name__}: {e}", False
                 traceback.print_exc(file=sys.stdout)
+                # the agent's side of it now: a restart later would push it out of the tail
+                out(f"---- journalctl -u {UNIT} around the failure of {name} ----")
+                out(sh("journalctl", "-u", UNIT, "-b", "-n", "40", "--no-pager").stdout)
             detail = " ".join(detail.split())
             results.append((name, ok, detail))
             took = time.monotonic() - t0
