@@ -40,9 +40,12 @@ def is_out_of_fds(exc: BaseException | None) -> bool:
     return isinstance(exc, OSError) and exc.errno in FD_ERRNOS
 
 
-def fd_limit() -> int:
-    """The soft RLIMIT_NOFILE of this process."""
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+def fd_limit() -> int | str:
+    """The soft RLIMIT_NOFILE of this process ("?" if even that cannot be asked)."""
+    try:
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return "?"
 
 
 def exhausted(
@@ -63,7 +66,7 @@ def exhausted(
         held = _held.pop(where, 0)
     more = f"; {held} more since the last such line" if held else ""
     logger.warning(
-        "out of file descriptors (%s; LimitNOFILE=%d%s): going on", where, fd_limit(), more
+        "out of file descriptors (%s; LimitNOFILE=%s%s): going on", where, fd_limit(), more
     )
 
 
