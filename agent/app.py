@@ -46,6 +46,7 @@ from agent.links.registry import LinkDeps, LinkPolicies
 from agent.links.registry import build as build_links
 from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
+from agent.netwatch import watch_network
 from agent.secrets import Credentials
 from agent.service import Heartbeats, Notifier, run_watchdog, watchdog_interval
 from agent.status import Led, LinkState, StatusBoard
@@ -110,6 +111,8 @@ class Agent:
         self.notifier = notifier or Notifier()
         self.heartbeats = heartbeats or Heartbeats()
         self.metrics = metrics or Metrics()
+        if self.notifier.metrics is None:
+            self.notifier.metrics = self.metrics  # counts failed sd_notify
         self.status = StatusBoard(ptt_mode=cfg.ptt.mode, volume=cfg.audio.volume)
         self._reload_config = reload_config
         self._stop = asyncio.Event()
@@ -157,6 +160,7 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._report_status(), name="status")
+                tg.create_task(watch_network(), name="network")  # says when a network appears
                 if self.cfg.metrics.listen:
                     tg.create_task(self._observe(self.cfg.metrics.listen), name="observe")
                 interval = watchdog_interval()

@@ -3,7 +3,20 @@
 Each secret is a file: ``$CREDENTIALS_DIRECTORY/<name>`` or ``field-agent_<name>`` there
 (systemd ``LoadCredential=field-agent:<dir>`` loads a whole directory under that prefix),
 else ``<credentials dir>/<name>`` (``--credentials DIR``, default
-``/etc/field-agent/credentials``). One trailing newline is stripped.
+``/etc/field-agent/credentials``).
+
+Values are read as people write them: one trailing newline is expected (``echo``
+writes it) and stripped silently; anything else around the value (spaces, tabs,
+CR/LF from a Windows editor, more newlines, a UTF-8 byte-order mark) is stripped
+too, with one warning naming the file (never the value). A file that is not UTF-8
+(e.g. saved as UTF-16), larger than :data:`MAX_BYTES` or empty is refused.
+
+A credential that cannot be found reads as one, with what to do
+(``no VideoSDK credential: put videosdk-token in /etc/field-agent/credentials``):
+under systemd the service reads the copy ``LoadCredential=`` took at start (the
+root-only directory itself is not readable by the service user, which is normal
+there); outside systemd, a root-only directory is named as such. Errors never
+carry the OS error's traceback nor any value.
 
 A :class:`Secret` prints as ``***`` everywhere (str, repr, f-strings, logging);
 only :meth:`Secret.reveal` gives the value, at the one place it goes on the wire.
@@ -13,6 +26,7 @@ it from any log record that might still carry it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -36,6 +50,15 @@ NAMES = (
 )
 MASK = "***"
 CREDENTIAL_ID = "field-agent"  # LoadCredential=field-agent:/etc/field-agent/credentials
+MAX_BYTES = 64 * 1024  # a token, key or password; anything bigger is not one
+_LABELS = {"videosdk": "VideoSDK", "orgo": "Orgo", "pbx": "PBX"}
+_BOM = "\ufeff"
+
+
+def label(name: str) -> str:
+    """``videosdk-token`` -> ``VideoSDK``: the service a credential belongs to."""
+    prefix = name.split("-", 1)[0]
+    return _LABELS.get(prefix, prefix)
 
 
 class Secret:
@@ -104,50 +127,121 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def denied(directory: Path) -> str:
+    """Why this process may not look into ``directory``: ``root-only`` (the shipped
+    setup: root, 0700) or ``not readable by uid N``."""
+    try:
+        if directory.stat().st_uid == 0:
+            return "root-only"
+    except OSError:
+        pass
+    return f"not readable by uid {os.getuid()}"
+
+
 class Credentials:
     """Where secrets are read from, and the reading of them."""
 
     def __init__(self, directory: Path | None = None, env: Mapping[str, str] = os.environ) -> None:
         systemd_dir = env.get("CREDENTIALS_DIRECTORY")
-        self.dirs = [Path(systemd_dir)] if systemd_dir else []
-        self.dirs.append(directory or DEFAULT_DIR)
-        self._warned: set[Path] = set()
+        self.systemd_dir = Path(systemd_dir) if systemd_dir else None
+        self.directory = directory or DEFAULT_DIR  # where people put the files
+        self.dirs = [self.systemd_dir] if self.systemd_dir else []
+        self.dirs.append(self.directory)
+        self._warned: set[tuple[Path, str]] = set()
+        self.denied: set[Path] = set()  # directories this process may not look into
 
     def path_of(self, name: str) -> Path | None:
+        """The file holding ``name``, or None; never raises (an unreadable directory
+        is remembered in :attr:`denied` and explained by :meth:`not_found`)."""
         for d in self.dirs:
             # systemd loads a credentials *directory* as "<id>_<file>" (see the unit file)
             for candidate in (d / name, d / f"{CREDENTIAL_ID}_{name}"):
-                if candidate.is_file():
-                    return candidate
+                try:
+                    if stat.S_ISREG(candidate.stat().st_mode):
+                        return candidate
+                except PermissionError:
+                    self.denied.add(d)
+                    break
+                except OSError:  # ENOENT, ENOTDIR, ELOOP, ...: not there
+                    continue
         return None
 
     def has(self, name: str) -> bool:
         return self.path_of(name) is not None
 
+    def not_found(self, name: str, *alternatives: str) -> CredentialError:
+        """The error for a missing credential: what to put where, and why it is not seen.
+
+        ``alternatives`` are other ways to provide it (``"videosdk-api-key and
+        videosdk-secret"``)."""
+        what = name + "".join(f" (or {alt})" for alt in alternatives)
+        message = f"no {label(name)} credential: put {what} in {self.directory}"
+        if self.systemd_dir is not None:
+            # under systemd the service sees the copy LoadCredential= made at start
+            message += ", then systemctl restart field-agent"
+        elif self.directory in self.denied:
+            message = (
+                f"no {label(name)} credential: cannot read credentials directory "
+                f"{self.directory}: {denied(self.directory)} (run under systemd, "
+                "with sudo, or with --credentials DIR)"
+            )
+        return CredentialError(message)
+
+    def _warn_once(self, path: Path, kind: str, message: str, *args: object) -> None:
+        if (path, kind) not in self._warned:
+            self._warned.add((path, kind))
+            logger.warning(message, *args)
+
     def get(self, name: str) -> Secret:
         """Read secret ``name``; raise CredentialError naming the file (never the value)."""
         path = self.path_of(name)
         if path is None:
-            where = " or ".join(str(d / name) for d in self.dirs)
-            raise CredentialError(f"credential {name!r} not found (looked for {where})")
+            raise self.not_found(name)
         try:
             st = path.stat()
-            data = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            with path.open("rb") as f:
+                raw = f.read(MAX_BYTES + 1)
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else type(e).__name__
+            if e.errno in (errno.EACCES, errno.EPERM):
+                reason += " (the file is root-only: run with sudo, or let systemd load it)"
+            raise CredentialError(f"cannot read credential file {path}: {reason}") from None
+        if len(raw) > MAX_BYTES:
             raise CredentialError(
-                f"credential file {path} unreadable: {e.__class__.__name__}"
-            ) from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and path not in self._warned:
-            self._warned.add(path)
-            logger.warning(
-                "credential file %s is readable by group or others (mode %o); chmod 600 it",
-                path,
-                stat.S_IMODE(st.st_mode),
+                f"credential file {path} is larger than {MAX_BYTES // 1024} KiB: not a credential"
             )
-        value = data[:-1] if data.endswith("\n") else data
-        value = value[:-1] if value.endswith("\r") else value
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise CredentialError(f"credential file {path} is UTF-16 text: save it as UTF-8")
+        try:
+            data = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CredentialError(f"credential file {path} is not UTF-8 text") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            self._warn_once(
+                path, "mode",
+                "credential file %s is readable by group or others (mode %o); chmod 600 it",
+                path, stat.S_IMODE(st.st_mode),
+            )  # fmt: skip
+        value = data.removeprefix(_BOM).strip()  # str.strip(): whitespace, CR, LF
         if not value:
             raise CredentialError(f"credential file {path} is empty")
+        if data not in (value, value + "\n"):  # more than the one newline echo writes
+            text = data.removeprefix(_BOM)
+            found = [
+                what
+                for what, present in (
+                    ("a byte-order mark", text != data),
+                    ("CR line ends", "\r" in text),
+                    ("extra newlines", text.count("\n") > 1 or text.startswith("\n")),
+                    ("spaces or tabs", any(c in " \t" for c in text.replace(value, ""))),
+                )
+                if present
+            ]
+            self._warn_once(
+                path, "stripped",
+                "credential file %s: stripped %s around the value (check how it was saved)",
+                path, ", ".join(found) or "whitespace",
+            )  # fmt: skip
         RedactingFilter.register(value)
         return Secret(name, value)
 

@@ -18,8 +18,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -27,6 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+from agent.metrics import Metrics
+from agent.resources import exhausted, is_out_of_fds
 from agent.secrets import RedactingFilter
 
 logger = logging.getLogger(__name__)
@@ -251,18 +255,64 @@ def setup_logging(
 # --- sd_notify ---------------------------------------------------------------------
 
 
+def send_notify(address: str, state: str) -> None:
+    """sd_notify(3) without blocking: a datagram to ``$NOTIFY_SOCKET`` (a path, or
+    ``@name`` in the abstract namespace) from a non-blocking socket. libsystemd's
+    sd_notify sends from a blocking one, so a manager that does not read its queue
+    (10 datagrams by default) would stall the event loop; here that is EAGAIN, an
+    error like any other. Other address kinds (``vsock:``) go through systemd-python."""
+    if not address.startswith(("/", "@")):
+        from systemd.daemon import notify
+
+        notify(state)
+        return
+    target = "\0" + address[1:] if address.startswith("@") else address
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    with socket.socket(socket.AF_UNIX, kind) as sock:
+        sock.sendto(state.encode("utf-8", "replace"), target)
+
+
 class Notifier:
-    """sd_notify(3) through systemd-python; every method is a no-op outside systemd."""
+    """sd_notify(3) (:func:`send_notify`); every method is a no-op outside systemd.
+
+    A notification that cannot be sent (the socket is gone, ENOBUFS/EAGAIN, EMFILE:
+    sd_notify opens a socket each time) never ends the agent: it is counted
+    (``notify_failures_total{reason=}``, and ``resource_exhausted_total`` for EMFILE)
+    and logged at most once a minute; the next one is tried as usual (a lost
+    WATCHDOG=1 is made up by the next, every half watchdog period)."""
 
     def __init__(self, env: Mapping[str, str] = os.environ) -> None:
-        self.enabled = bool(env.get("NOTIFY_SOCKET"))
+        self.address = env.get("NOTIFY_SOCKET", "")
+        self.enabled = bool(self.address)
         self._last_status: str | None = None
+        self.metrics: Metrics | None = None  # the agent's, once it has one
+        self.failures = 0
+        self._failed_at = -1e9
+        self._held = 0
 
     def _send(self, state: str) -> None:
-        if self.enabled:
-            from systemd.daemon import notify
+        if not self.enabled:
+            return
+        try:
+            send_notify(self.address, state)
+        except OSError as exc:
+            self._failed(state, exc)
 
-            notify(state)
+    def _failed(self, state: str, exc: OSError) -> None:
+        self.failures += 1
+        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        if self.metrics is not None:
+            self.metrics.inc("notify_failures_total", reason=reason)
+        if is_out_of_fds(exc):
+            exhausted("sd_notify", self.metrics)
+        now = time.monotonic()
+        if now - self._failed_at < 60.0:
+            self._held += 1
+            return
+        self._failed_at, held, self._held = now, self._held, 0
+        what = state.partition("=")[0]
+        more = f"; {held} more since the last such line" if held else ""
+        logger.warning("sd_notify %s failed (%s)%s: going on", what, exc.strerror or reason, more)
 
     def ready(self) -> None:
         self._send("READY=1")

@@ -152,7 +152,8 @@ class _Device:
 class CaptureProcessor:
     """Device periods in, uplink frames out: the capture thread's work, with no I/O.
 
-    Downmixes to mono, watches for exact digital silence, resamples to 8 kHz
+    Downmixes to mono, watches for exact digital silence and for one non-zero read
+    repeated bit for bit (a stuck driver), resamples to 8 kHz
     (streaming, when the device rate differs), cuts exactly-160-sample frames,
     applies the gain with saturation and numbers the frames. Any input length is
     accepted (short reads happen); frames carry the capture time of the read
@@ -180,6 +181,11 @@ class CaptureProcessor:
         self._silence_limit = int(silence_alarm_s * in_rate)
         self._silence_reported = False
         self.silence_alarm = False  # set once per stretch of exact zeros >= silence_alarm_s
+        # a driver stuck on one buffer returns the same non-zero period again and again
+        self._last: Pcm | None = None
+        self._repeat_samples = 0
+        self._repeat_reported = False
+        self.stuck_alarm = False  # set once per stretch of one repeating read >= silence_alarm_s
 
     def process(self, pcm: Pcm, t_capture: float) -> list[Frame]:
         """One device read (interleaved, any length) -> zero or more uplink frames."""
@@ -192,7 +198,22 @@ class CaptureProcessor:
         if pcm.any():
             self._zero_samples = 0
             self._silence_reported = False
+            # No real microphone repeats a period bit for bit (there is always noise); a
+            # digital test tone whose cycle divides the read length does, and is
+            # reported the same way after as long.
+            last, self._last = self._last, pcm
+            if last is not None and last.size == pcm.size and np.array_equal(last, pcm):
+                self._repeat_samples += pcm.size
+                if self._repeat_samples >= self._silence_limit and not self._repeat_reported:
+                    self._repeat_reported = True
+                    self.stuck_alarm = True
+            else:
+                self._repeat_samples = 0
+                self._repeat_reported = False
         else:
+            self._last = None
+            self._repeat_samples = 0
+            self._repeat_reported = False
             self._zero_samples += pcm.size
             if self._zero_samples >= self._silence_limit and not self._silence_reported:
                 self._silence_reported = True
@@ -362,6 +383,9 @@ class Capture:
             if processor.silence_alarm:
                 processor.silence_alarm = False
                 self._report_silence(loop)
+            if processor.stuck_alarm:
+                processor.stuck_alarm = False
+                self._report_stuck(loop, pcm.size // max(1, source.channels))
 
     def _report_silence(self, loop: _Loop) -> None:
         logger.warning(
@@ -371,6 +395,17 @@ class Capture:
         )
         self._metrics.inc("mic_silence_alarms_total")
         loop.call(self._status.set_error, "mic delivers silence")
+
+    def _report_stuck(self, loop: _Loop, period: int) -> None:
+        logger.warning(
+            "mic delivers one repeating buffer: the same %d samples from %s again and again "
+            "for %.0f s (sound driver stuck? unplug and replug the card)",
+            period,
+            device_name(self.source),
+            self._silence_alarm_s,
+        )
+        self._metrics.inc("mic_stuck_alarms_total")
+        loop.call(self._status.set_error, "mic delivers one repeating buffer")
 
 
 class Playback:

@@ -8,9 +8,18 @@ re-prepares the stream and reports ``-EPIPE``; we count ``xruns_total{device=}``
 and maps failures to :class:`DeviceUnavailable` (cannot open, device gone) or
 :class:`AudioError` (anything else).
 
-A device that cannot do the asked rate gets the nearest one from alsa-lib; the
-port's ``rate`` then reports the real rate (a warning is logged), and the engine
-resamples from it.
+A device that cannot do the asked rate or channel count gets the nearest ones from
+alsa-lib (a ``hw:`` USB mic that is stereo-only, or 44.1/48 kHz only): the port's
+``rate`` and ``channels`` then report what the device runs at (one warning), the
+stream is reopened with 20 ms periods at that rate, and the engine downmixes and
+resamples. A playback device must take the mixer's channel count.
+
+A PCM that is not paced by a clock (ALSA's ``null``, the ``file`` plugin over it)
+returns every read and write at once; left alone, the audio threads would spin a
+core. :class:`_Pacer` notices (half a second of audio moved in under a quarter of
+that), says so once (``capture device null is not paced by a clock (e.g. 'null'):
+pacing it in software``), counts ``audio_unpaced_total{device=}`` and from then on
+sleeps to real time.
 """
 
 from __future__ import annotations
@@ -18,11 +27,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import alsaaudio
 import numpy as np
 
+from agent import resources
 from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
 from agent.hw.alsalog import route_alsa_lib_errors
 from agent.metrics import Metrics
@@ -43,15 +55,69 @@ _GONE = tuple(
 )
 
 
+_NO_FDS = tuple(os.strerror(e) for e in resources.FD_ERRNOS)
+
+
 def _classify(exc: Exception, device: str, action: str) -> AudioError:
     text = str(exc)
     if text.startswith(os.strerror(errno.EINVAL)):  # the device exists but refuses the format
         return AudioError(f"{device}: {action} refused (format not supported?): {text}")
+    if text.startswith(_NO_FDS):  # the process, not the device: it is not "missing"
+        return AudioError(f"{device}: cannot {action}: out of file descriptors ({text})")
     if action == "open" and text.startswith(os.strerror(errno.EBUSY)):
         return DeviceBusy(f"{device}: cannot open, busy (held by another program?): {text}")
     if action == "open" or text.startswith(_GONE):
         return DeviceUnavailable(f"{device}: cannot {action}: {text}")
     return AudioError(f"{device}: {action} failed: {text}")
+
+
+UNPACED_WINDOW_S = 0.5  # judge pacing over this much audio
+UNPACED_RATIO = 4.0  # moved this many times faster than real time: not paced
+_PACE_REBASE_S = 0.2  # behind real time by more than this (a stall): start over
+
+
+class _Pacer:
+    """Detects a PCM that moves audio faster than real time, then paces it by sleeping.
+
+    ``moved(n)`` after each read or write of ``n`` frames; returns True the moment the
+    device is found unpaced (the caller logs that once)."""
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self.unpaced = False
+        self._clock = clock
+        self._sleep = sleep
+        self._t0: float | None = None
+        self._frames = 0
+
+    def moved(self, frames: int) -> bool:
+        now = self._clock()
+        if self._t0 is None:  # the first period: a real device blocked for it
+            self._t0, self._frames = now, 0
+            return False
+        self._frames += frames
+        audio_s = self._frames / self.rate
+        if self.unpaced:
+            ahead = self._t0 + audio_s - now
+            if ahead > 0:
+                self._sleep(ahead)
+            elif ahead < -_PACE_REBASE_S:
+                self._t0, self._frames = now, 0
+            return False
+        if audio_s < UNPACED_WINDOW_S:
+            return False
+        if now - self._t0 < audio_s / UNPACED_RATIO:
+            self.unpaced = True
+            self._t0, self._frames = now, 0
+            return True
+        self._t0, self._frames = now, 0  # paced: judge the next window afresh
+        return False
 
 
 class _AlsaPcm:
@@ -74,58 +140,102 @@ class _AlsaPcm:
         self.rate = rate
         self.requested_rate = rate
         self.channels = channels
+        self.requested_channels = channels
         self.periods = periods
         self._metrics = metrics
         self._pcm: Any = None
+        self._pacer = _Pacer(rate)
+        self._told_unpaced = False
         self.xruns = 0
+
+    _accepts_other_channels = False  # capture: the engine downmixes; playback: no
 
     @property
     def is_open(self) -> bool:
         return self._pcm is not None
 
-    def open(self) -> None:
-        if self._pcm is not None:
-            return
+    def _open_pcm(self, rate: int, channels: int) -> Any:
         try:
-            pcm = alsaaudio.PCM(
+            return alsaaudio.PCM(
                 type=self._kind,
                 mode=alsaaudio.PCM_NORMAL,
                 device=self.device,
-                rate=self.requested_rate,
-                channels=self.channels,
+                rate=rate,
+                channels=channels,
                 format=alsaaudio.PCM_FORMAT_S16_LE,
-                periodsize=samples_per_frame(self.requested_rate),
+                periodsize=samples_per_frame(rate),
                 periods=self.periods,
             )
         except alsaaudio.ALSAAudioError as exc:
+            if str(exc).startswith(_NO_FDS):  # retried by the device's backoff
+                resources.exhausted(f"{self.label} open", self._metrics)
             raise _classify(exc, self.device, "open") from exc
+
+    def open(self) -> None:
+        if self._pcm is not None:
+            return
+        asked_rate, asked_channels = self.requested_rate, self.requested_channels
+        pcm = self._open_pcm(asked_rate, asked_channels)
         info = pcm.info()
-        actual_rate = int(info.get("rate", self.requested_rate))
-        actual_channels = int(info.get("channels", self.channels))
-        if actual_channels != self.channels:
+        actual_rate = int(info.get("rate", asked_rate))
+        actual_channels = int(info.get("channels", asked_channels))
+        if actual_channels != asked_channels and not self._accepts_other_channels:
             pcm.close()
             raise AudioError(
-                f"{self.device}: gives {actual_channels} channels, asked for {self.channels}"
+                f"{self.device}: gives {actual_channels} channels, asked for {asked_channels}"
             )
-        if actual_rate != self.requested_rate:
+        if (actual_rate, actual_channels) != (asked_rate, asked_channels):
+            doing = [
+                what
+                for what, needed in (
+                    ("downmixing", actual_channels != asked_channels),
+                    ("resampling", actual_rate != asked_rate),
+                )
+                if needed
+            ]
             logger.warning(
-                "%s %s: runs at %d Hz, not the %d Hz asked; resampling",
-                self.label,
-                self.device,
-                actual_rate,
-                self.requested_rate,
-            )
+                "%s %s: runs at %d Hz x%d, not the %d Hz x%d asked; %s",
+                self.label, self.device, actual_rate, actual_channels, asked_rate,
+                asked_channels, " and ".join(doing),
+            )  # fmt: skip
+            if actual_rate != asked_rate:
+                # the periods were sized for the asked rate: 20 ms at the real one instead
+                pcm.close()
+                pcm = self._open_pcm(actual_rate, actual_channels)
+                info = pcm.info()
+                actual_rate = int(info.get("rate", actual_rate))
+                actual_channels = int(info.get("channels", actual_channels))
         self.rate = actual_rate
+        self.channels = actual_channels
+        self._pacer = _Pacer(actual_rate)
         self._pcm = pcm
         logger.debug(
             "%s %s open: %d Hz x%d, period %s, buffer %s frames",
             self.label,
             self.device,
             actual_rate,
-            self.channels,
+            actual_channels,
             info.get("period_size"),
             info.get("buffer_size"),
         )
+
+    def _moved(self, frames: int) -> None:
+        """Pace a PCM that is not paced by a clock (see :class:`_Pacer`)."""
+        if self._pacer.moved(frames):
+            self._metrics.inc("audio_unpaced_total", device=self.label)
+            level = logging.DEBUG if self._told_unpaced else logging.WARNING
+            self._told_unpaced = True
+            logger.log(
+                level,
+                "%s device %s is not paced by a clock (e.g. 'null'): pacing it in software",
+                "capture" if self._kind == alsaaudio.PCM_CAPTURE else "playback",
+                self.device,
+            )
+
+    @property
+    def unpaced(self) -> bool:
+        """True once this device was found to move audio faster than real time."""
+        return self._pacer.unpaced
 
     def close(self) -> None:
         pcm, self._pcm = self._pcm, None
@@ -150,6 +260,7 @@ class AlsaSource(_AlsaPcm):
     """An ALSA capture PCM (``AudioSource``)."""
 
     _kind = alsaaudio.PCM_CAPTURE
+    _accepts_other_channels = True  # a stereo-only mic is downmixed by the engine
 
     def __init__(
         self,
@@ -176,6 +287,7 @@ class AlsaSource(_AlsaPcm):
                 continue
             if length <= 0 or not data:
                 continue
+            self._moved(length)
             return np.frombuffer(data, dtype="<i2").astype(np.int16)
 
 
@@ -217,4 +329,5 @@ class AlsaSink(_AlsaPcm):
                 continue
             if written <= 0:
                 continue
+            self._moved(written)
             data = data[written * frame_bytes :]

@@ -112,8 +112,12 @@ def mint_jwt(api_key: str, secret: str, *, now: float, ttl_s: float = 300.0) -> 
 class TokenSource:
     """Gives the Authorization value for each session request.
 
-    Files are read on every call, so a rotated credential is picked up on the
-    next reconnect without a restart.
+    The credential files are read at every session request (a minted JWT is reused
+    while its inputs are unchanged). What that means for a rotated credential
+    depends on where they come from: from ``--credentials DIR`` (no systemd) the new
+    file is used at the next reconnect; under the shipped unit the service reads the
+    copy ``LoadCredential=`` made when it started, which does not change, so a
+    rotation takes ``systemctl restart field-agent`` (README, "Credentials").
     """
 
     def __init__(
@@ -129,8 +133,14 @@ class TokenSource:
         self._minted: tuple[str, float, int] | None = None  # (jwt, exp, hash of inputs)
 
     def mode(self, session_url: str | None = None) -> Mode:
-        """The credential set on disk now (see :func:`credential_mode`)."""
-        return credential_mode(present_credentials(self._creds), session_url)
+        """The credential set on disk now (see :func:`credential_mode`); none at all
+        reads as what to put where."""
+        present = present_credentials(self._creds)
+        if not present and session_url:
+            raise self._creds.not_found(DEVICE_TOKEN)
+        if not present:
+            raise self._creds.not_found(TOKEN, f"{API_KEY} and {SECRET}")
+        return credential_mode(present, session_url)
 
     def token(self) -> str:
         """The token to send; raise CredentialError naming the files if none is usable

@@ -18,6 +18,19 @@ module exposes it, with no second bookkeeping:
   ``process_request`` (a WebSocket upgrade just gets the same answer). A scrape holds
   the Metrics lock only while copying (about 60 us measured here for 3 latency windows
   and 30 counters), so the audio threads never wait on it for longer than that.
+
+Bounded, for a LAN with scanners and strangers: at most :data:`MAX_CONNECTIONS`
+connections at once, and each has :data:`REQUEST_TIMEOUT_S` in all to send its
+request (a half-open or slowloris connection is dropped then: the total, not per
+byte). When full, a new connection takes the place of the oldest one that has sent
+no request for :data:`EVICT_AFTER_S` (``http_connections_refused_total{reason=
+"evicted"}``), so a flood of idle connections cannot lock a scraper out; if every
+one is younger, the new one is closed at accept, before anything is read
+(``reason="busy"``). The audio runs in its own
+threads and never waits on this server; a flood of 500 half-open connections and
+slowloris from loopback leaves the uplink at 50 frames/s (tests/observe/test_flood.py).
+asyncio's "accept() out of file descriptors" is logged once a minute and counted
+(:mod:`agent.resources`).
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import contextlib
 import http
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,12 +48,16 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from agent import __version__
+from agent import __version__, resources
 from agent.metrics import Metrics, Window, quantile
 from agent.observe.host import Throttling, process_usage, read_temperatures, throttle_flags
 from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 16  # a scraper and a few people: more at once is a scan or a flood
+REQUEST_TIMEOUT_S = 5.0  # from accept to the whole request read (slowloris-proof)
+EVICT_AFTER_S = 0.5  # when full, a connection silent this long makes room for a new one
 
 
 # -- /status --------------------------------------------------------------------------
@@ -145,9 +163,68 @@ class ObserveServer:
         self._quiet = logging.getLogger(__name__ + ".http")  # websockets' per-request lines
         self._quiet.setLevel(logging.WARNING)
         self.requests = 0
+        self.connections = 0  # open right now
+        self.refused = 0
+
+    def _connection_class(self) -> type[ServerConnection]:
+        """A ServerConnection that keeps the server at :data:`MAX_CONNECTIONS`."""
+        observer = self
+        waiting: dict[ServerConnection, float] = {}  # accepted, no request yet: since when
+
+        class Capped(ServerConnection):
+            _counted = False
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                now = time.monotonic()
+                if observer.connections >= MAX_CONNECTIONS and not _evict_one(now):
+                    observer.refused += 1
+                    observer.metrics.inc("http_connections_refused_total", reason="busy")
+                    # nothing read, nothing answered: costs an accept
+                    if isinstance(transport, asyncio.Transport):
+                        transport.abort()
+                    else:
+                        transport.close()
+                    return
+                observer.connections += 1
+                self._counted = True
+                waiting[self] = now
+                super().connection_made(transport)
+
+            def data_received(self, data: bytes) -> None:
+                if self._counted:
+                    super().data_received(data)
+                    if self.request is not None:
+                        waiting.pop(self, None)
+
+            def eof_received(self) -> None:
+                if self._counted:
+                    super().eof_received()
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if self._counted:
+                    self._counted = False
+                    observer.connections -= 1
+                    waiting.pop(self, None)
+                    super().connection_lost(exc)
+
+        def _evict_one(now: float) -> bool:
+            """Full: drop the oldest connection that has sent no request for
+            :data:`EVICT_AFTER_S` (a scan, a half-open or slowloris one) to make room;
+            a real request takes milliseconds. False when every one is younger."""
+            for conn, since in waiting.items():
+                if now - since < EVICT_AFTER_S:
+                    return False  # in accept order: the rest are younger still
+                waiting.pop(conn)
+                observer.metrics.inc("http_connections_refused_total", reason="evicted")
+                conn.transport.abort()  # its connection_lost frees the slot and the fd
+                return True
+            return False
+
+        return Capped
 
     async def run(self) -> None:
         """Serve until cancelled. Raises OSError if the address cannot be bound."""
+        resources.install_loop_handler(asyncio.get_running_loop(), self.metrics)
         async with serve(
             _refuse_websocket,
             self.host,
@@ -155,6 +232,9 @@ class ObserveServer:
             process_request=self._respond,
             logger=self._quiet,
             server_header=f"field-agent/{__version__}",
+            open_timeout=REQUEST_TIMEOUT_S,
+            create_connection=self._connection_class(),
+            max_size=4096,  # nothing here takes a message; the request line is HTTP
         ) as server:
             port = server.sockets[0].getsockname()[1]
             logger.info("serving /metrics and /status on %s:%d", self.host, port)

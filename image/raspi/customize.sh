@@ -32,7 +32,16 @@ install -m 0644 "$here/10-field-agent-wired.network" "$here/20-field-agent-wirel
   "$root/etc/systemd/network/"
 install -m 0600 "$here/wpa_supplicant-wlan0.conf" "$root/etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
 systemctl --root="$root" enable systemd-networkd.service systemd-resolved.service \
-  systemd-timesyncd.service wpa_supplicant@wlan0.service
+  systemd-timesyncd.service
+# Booting without a network must not wait. wpa_supplicant@wlan0 is started by the
+# wlan0 device when it appears, not by multi-user.target: enabled the usual way it
+# holds network.target for 90 s on a board (or QEMU machine) with no wlan0. And
+# network-online.target means "any link up, or 20 s".
+mkdir -p "$root/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants"
+ln -sf /lib/systemd/system/wpa_supplicant@.service \
+  "$root/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/wpa_supplicant@wlan0.service"
+install -D -m 0644 "$here/wait-online.conf" \
+  "$root/etc/systemd/system/systemd-networkd-wait-online.service.d/field-agent.conf"
 rm -f "$root"/etc/ssh/ssh_host_*
 printf 'uninitialized\n' > "$root/etc/machine-id"
 echo "raspi: boot files for $kver in /boot/firmware: $(ls "$root/boot/firmware" | wc -l) files"

@@ -67,6 +67,9 @@ def check(name: str) -> Callable[[Callable[[], str]], Callable[[], None]]:
             except Exception as e:
                 detail, ok = f"{e.__class__.__name__}: {e}", False
                 traceback.print_exc(file=sys.stdout)
+                # the agent's side of it now: a restart later would push it out of the tail
+                out(f"---- journalctl -u {UNIT} around the failure of {name} ----")
+                out(sh("journalctl", "-u", UNIT, "-b", "-n", "40", "--no-pager").stdout)
             detail = " ".join(detail.split())
             results.append((name, ok, detail))
             took = time.monotonic() - t0
@@ -259,6 +262,32 @@ def cpu_load(seconds: float = 5.0) -> str:
     )
 
 
+AGENT_STATUS = "http://127.0.0.1:9464/status"  # metrics.listen's default
+
+
+def agent_status() -> Any:
+    with urllib.request.urlopen(AGENT_STATUS, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def sound_loaded() -> bool:
+    return Path("/proc/asound/Loopback").exists()
+
+
+def ensure_sound() -> None:
+    """snd-aloop is not loaded at boot (check 10 plugs it in while the agent runs); the
+    audio checks load it if that check did not run, and wait for the agent's devices."""
+    if not sound_loaded():
+        sh("modprobe", "snd-aloop", check_rc=True)
+    wait_until(
+        lambda: all(
+            agent_status()["devices"].get(d, {}).get("state") == "up" for d in ("mic", "speaker")
+        ),
+        60,
+        "the agent's mic and speaker up",
+    )
+
+
 def agent_pid() -> int:
     return int(prop("MainPID") or 0)
 
@@ -337,8 +366,84 @@ def check_starts() -> str:
     )
 
 
+@check("10-sound-card-hot-plug")
+def check_hot_plug() -> str:
+    """A sound card that appears after the agent started is used without a restart
+    (DeviceAllow=char-116: the unit's device rule does not depend on the driver being
+    loaded when the service started)."""
+    wait_until(lambda: prop("ActiveState") == "active", 60, "field-agent active")
+    expect(not sound_loaded(), "snd-aloop was loaded before the check: not a hot-plug")
+    expect("116 alsa" not in Path("/proc/devices").read_text(), "ALSA was there at start")
+    before = props("MainPID", "NRestarts")
+    wait_until(
+        lambda: agent_status()["devices"].get("mic", {}).get("state") == "attention",
+        60,
+        "the agent to report its mic missing",
+    )
+    missing = agent_status()["devices"]["mic"]["detail"]
+    captured0 = agent_status()["audio"]["frames_captured"]
+    expect(captured0 == 0, f"{captured0} frames captured with no sound card")
+    t_plug = time.monotonic()
+    sh("modprobe", "snd-aloop", check_rc=True)
+
+    def capturing() -> bool:
+        doc = agent_status()
+        return doc["devices"]["mic"]["state"] == "up" and doc["audio"]["frames_captured"] > 0
+
+    wait_until(capturing, 60, "the agent to capture from the plugged-in card", every_s=0.1)
+    to_first_frame = time.monotonic() - t_plug
+    wait_until(
+        lambda: agent_status()["devices"].get("speaker", {}).get("state") == "up",
+        30,
+        "the speaker up",
+    )
+    doc = agent_status()
+    after = props("MainPID", "NRestarts")
+    expect(after == before, f"the agent was restarted: {before} -> {after}")
+    log = sh("journalctl", "-u", UNIT, "-b", "-o", "cat").stdout
+    denied = [ln for ln in log.splitlines() if "not permitted" in ln.lower()]
+    expect(not denied, f"the device cgroup refused the card: {denied[-2:]}")
+    info("hot_plug_to_first_frame_s", f"{to_first_frame:.1f}")
+    return (
+        f"before: mic '{missing}'; modprobe snd-aloop: first frame captured "
+        f"{to_first_frame:.1f} s later, mic and speaker up "
+        f"({doc['audio']['frames_captured']} frames), same pid {after['MainPID']}, "
+        f"NRestarts {after['NRestarts']}"
+    )
+
+
+@check("11-boots-without-network")
+def check_no_network() -> str:
+    """-nic none and systemd-networkd-wait-online enabled (it waits 2 min for a link that
+    never comes): the agent does not wait for it, and is active long before."""
+    p = props("ActiveEnterTimestampMonotonic", "After", "Wants")
+    ready_s = int(p["ActiveEnterTimestampMonotonic"]) / 1e6
+    expect("network-online.target" not in p["After"], "the agent waits for network-online")
+    routes = Path("/proc/net/route").read_text().splitlines()[1:]
+    expect(not any(r.split()[1] == "00000000" for r in routes), f"a default route: {routes}")
+    wait_online = "systemd-networkd-wait-online.service"
+    w = props("ActiveState", "ExecMainExitTimestampMonotonic", "Result", unit=wait_online)
+    exited_s = int(w["ExecMainExitTimestampMonotonic"] or 0) / 1e6
+    expect(
+        w["ActiveState"] == "activating" or exited_s > ready_s,
+        f"wait-online ({w}) finished before the agent was ready at {ready_s:.1f} s: no proof",
+    )
+    log = sh("journalctl", "-u", UNIT, "-b", "-o", "cat").stdout
+    expect("network: no default route yet" in log, "the log does not say there is no network")
+    limit_s = 90.0  # TCG: boot -> READY is 24-42 s on 2 loaded cores
+    expect(ready_s < limit_s, f"the agent was ready {ready_s:.1f} s after boot (> {limit_s:.0f})")
+    info("no_network_boot_to_ready_s", f"{ready_s:.1f}")
+    waiting = "still waiting" if w["ActiveState"] == "activating" else f"done at {exited_s:.1f} s"
+    return (
+        f"no NIC, no default route; agent active {ready_s:.1f} s after boot while "
+        f"{wait_online} was {waiting} (After= has no network-online.target); the log "
+        "says 'network: no default route yet'"
+    )
+
+
 @check("2-ptt-tone-reaches-room")
 def check_ptt() -> str:
+    ensure_sound()
     set_pull(PTT, "pull-up")  # released (the button is active-low)
     mic = MicTone(MIC_TONE_HZ)
     mic.start()
@@ -407,6 +512,7 @@ def check_ptt() -> str:
 
 @check("3-room-audio-reaches-speaker")
 def check_room_audio() -> str:
+    ensure_sound()
     rec = SpeakerRecorder()
     rec.start()
     rec.opened.wait(10)
@@ -651,8 +757,9 @@ def main() -> int:
     info("kernel", os.uname().release)
     info("agent_version", sh("/opt/field-agent/bin/field-agent", "--version").stdout.strip())
     only = selected()
-    for run in (check_starts, check_ptt, check_room_audio, check_led, check_watchdog,
-                check_bad_config, check_journal, check_first_boot):  # fmt: skip
+    for run in (check_starts, check_no_network, check_hot_plug, check_ptt, check_room_audio,
+                check_led, check_watchdog, check_bad_config, check_journal,
+                check_first_boot):  # fmt: skip
         if only is None or run.__name__.split("_")[0] in only or run is check_starts:
             run()
     failed = [name for name, ok, _ in results if not ok]

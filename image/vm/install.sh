@@ -14,7 +14,15 @@ units=$root/etc/systemd/system
 
 install -D -m 0644 "$here/checks.py" "$lib/checks.py"
 install -m 0644 "$here/cpuinfo" "$lib/cpuinfo"
-echo snd-aloop > "$root/etc/modules-load.d/field-agent-vm.conf"
+# snd-aloop is NOT loaded at boot: check 10 plugs the "sound card" in (modprobe) while
+# the agent runs, as a USB card would be; the audio checks after it use it.
+rm -f "$root/etc/modules-load.d/field-agent-vm.conf"
+# The network trap of a field device (check 11): systemd-networkd manages en*/wlan*
+# (the Pi image's .network files), systemd-networkd-wait-online waits its stock 2 min
+# for a link that never comes (-nic none), and a unit wants network-online.target.
+mkdir -p "$root/etc/systemd/network"
+install -m 0644 "$here/../raspi/10-field-agent-wired.network" \
+  "$here/../raspi/20-field-agent-wireless.network" "$root/etc/systemd/network/"
 # The config, the credentials, a Wi-Fi file and an ssh key go where an owner puts them:
 # the first-boot directory (the Pi's FAT partition; /boot/field-agent here), so the
 # agent only comes up if field-agent-firstboot.service moved them into place (check 8).
@@ -31,12 +39,14 @@ printf 'ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev\nnetwork={\n  ss
 key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI$(secret) vm-check@field-agent"
 printf '%s\n' "$key" > "$boot/authorized_keys"
 printf '%s\n' "$key" > "$lib/firstboot-ssh-key"  # what check 8 looks for
-for u in field-agent-vm-gpio.service field-agent-sandbox.service field-agent-vm-checks.service; do
+for u in field-agent-vm-gpio.service field-agent-sandbox.service field-agent-vm-checks.service \
+    field-agent-vm-netwait.service; do
   install -m 0644 "$here/$u" "$units/$u"
 done
 install -D -m 0644 "$here/field-agent-vm.conf" "$units/field-agent.service.d/vm.conf"
 systemctl --root="$root" enable field-agent-vm-gpio.service field-agent-sandbox.service \
-  field-agent-vm-checks.service
+  field-agent-vm-checks.service field-agent-vm-netwait.service systemd-networkd.service \
+  systemd-networkd-wait-online.service
 systemctl --root="$root" mask serial-getty@ttyS0.service getty@tty1.service \
   apt-daily.timer apt-daily-upgrade.timer
 echo "vm overlay installed"

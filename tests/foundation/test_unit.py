@@ -61,7 +61,8 @@ def test_unit_keeps_the_operational_contract() -> None:
         "User=field-agent",
         "SupplementaryGroups=audio gpio",
         "StateDirectory=field-agent",
-        "DeviceAllow=char-alsa rw",
+        "DeviceAllow=char-116 rw",
+        "LimitNOFILE=512",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "SystemCallFilter=@system-service",
@@ -70,4 +71,17 @@ def test_unit_keeps_the_operational_contract() -> None:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     assert re.search(r"^WatchdogSec=\d+s$", text, re.M)
     assert re.search(r"^LoadCredential=field-agent:/etc/field-agent/credentials$", text, re.M)
-    assert re.search(r"^After=.*network-online.target.*sound.target", text, re.M)
+    assert re.search(r"^After=.*sound.target", text, re.M)
+
+
+def test_unit_starts_without_a_network_and_without_a_synced_clock() -> None:
+    """Nothing the unit waits for can hang on a device with no network (issue 17, item 13):
+    not network-online.target (wait-online gives up after 2 min), not time-sync.target
+    (systemd-time-wait-sync, if enabled, waits for NTP forever)."""
+    text = UNIT.read_text()
+    deps = " ".join(
+        m.group(2) for m in re.finditer(r"^(After|Wants|Requires|BindsTo)=(.*)$", text, re.M)
+    )
+    assert "network-online.target" not in deps and "time-sync.target" not in deps, deps
+    assert re.search(r"^After=.*network.target", text, re.M)
+    assert re.search(r"^After=.*time-set.target", text, re.M)  # never waits for a network

@@ -7,7 +7,9 @@ unchanged; only the C library's answers are scripted, per device name:
   with "No such device" (ENODEV), as when a USB card is pulled;
 - ``busy(name)``: opening fails with "Device or resource busy" (EBUSY); with
   ``exclusive=True`` a device already open elsewhere is busy too (a stuck handle);
-- ``storm(name, p)``: each read/write returns -EPIPE (over/underrun) with probability p.
+- ``storm(name, p)``: each read/write returns -EPIPE (over/underrun) with probability p;
+- ``native(name, rate, channels)``: the device runs only at that rate and channel
+  count, whatever is asked (alsa-lib's ``set_*_near``, as a ``hw:`` USB mic does).
 
 Reads and writes are paced at the 20 ms period like a sound card, so both audio
 threads run at real time. Captured audio is a 1 kHz tone at -20 dBFS.
@@ -40,6 +42,8 @@ class DeviceState:
     periods: int = 0  # periods read or written successfully
     xruns: int = 0  # -EPIPE returned
     energy: list[float] = field(default_factory=list)  # RMS of recent written periods
+    native_rate: int | None = None  # the only rate it runs at (None: any)
+    native_channels: int | None = None
 
 
 class AlsaStub:
@@ -64,6 +68,10 @@ class AlsaStub:
 
     def storm(self, name: str, p: float) -> None:
         self.dev(name).storm = p
+
+    def native(self, name: str, rate: int, channels: int) -> None:
+        d = self.dev(name)
+        d.native_rate, d.native_channels = rate, channels
 
     def xrun(self, name: str) -> bool:
         d = self.dev(name)
@@ -92,9 +100,12 @@ class AlsaStub:
 class StubPcm:
     def __init__(self, stub: AlsaStub, name: str, kw: dict[str, Any]) -> None:
         self.stub, self.name = stub, name
-        self.rate, self.channels = int(kw["rate"]), int(kw["channels"])
+        d = stub.dev(name)
+        self.rate = d.native_rate or int(kw["rate"])
+        self.channels = d.native_channels or int(kw["channels"])
         self.capture = kw["type"] == alsaaudio.PCM_CAPTURE
-        self.period = int(kw["periodsize"])
+        # alsa-lib keeps the period's duration near what was asked at the asked rate
+        self.period = round(int(kw["periodsize"]) * self.rate / int(kw["rate"]))
         self._t0 = time.monotonic()
         self._n = 0
         self._phase = 0
@@ -110,7 +121,7 @@ class StubPcm:
 
     def _pace(self) -> None:
         self._n += 1
-        delay = self._t0 + self._n * FRAME_S - time.monotonic()
+        delay = self._t0 + self._n * self.period / self.rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         elif delay < -0.2:

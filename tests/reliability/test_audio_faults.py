@@ -6,6 +6,7 @@ keeps running at real time and the agent recovers without a restart."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -152,3 +153,39 @@ async def test_a_reload_never_finds_its_own_devices_busy(
         assert mic.refused == 0 and spk.refused == 0, "a device was busy after a reload"
         assert mic.opens == 4 and spk.opens == 4
         assert mic.open_handles == 1 and spk.open_handles == 1
+
+
+async def test_a_stereo_only_44k1_mic_is_downmixed_and_resampled_not_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    alsa: AlsaStub,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A USB mic that runs only at 44.1 kHz stereo (whatever is asked): the agent takes
+    what it gets, converts, and streams the 1 kHz tone at real time (issue 17, item 10)."""
+    import numpy as np
+
+    from tests.audio.signals import level_at, sine_snr
+
+    alsa.native(MIC, 44100, 2)
+    mic = alsa.dev(MIC)
+    with caplog.at_level(logging.WARNING, logger="agent.hw.alsa"):
+        async with full_agent(
+            tmp_path, policies=FAST_LINKS, hardware=alsa_hardware(), links=LINKS
+        ) as rig:
+            gen = rig.agent.generation
+            await wait_until(lambda: rig.device_state("mic") == "up", 3.0, "mic up")
+            fps = await per_second(uplink(rig), 2.0)
+            assert fps >= 50 * REAL_TIME, fps
+            pcm = np.concatenate(
+                [np.frombuffer(f.pcm, dtype="<i2") for f in list(rig.vsdk.frames)[-50:]]
+            )
+            no_restart(rig, gen)
+    assert mic.refused == 0 and mic.opens == 2  # once more at its own rate: 20 ms periods
+    snr, _ = sine_snr(pcm, 8000, 1000)
+    assert snr > 30, snr
+    assert level_at(pcm, 8000, 1000) == pytest.approx(-20.0, abs=1.0)
+    said = [r.getMessage() for r in caplog.records if MIC in r.getMessage()]
+    assert said == [
+        f"mic {MIC}: runs at 44100 Hz x2, not the 8000 Hz x1 asked; downmixing and resampling"
+    ]

@@ -140,6 +140,8 @@ CHECKS = {
         "field-agent on PATH; the first-boot directory's config, credentials, Wi-Fi and ssh key"
         " are moved into place (root-only) and removed from it"
     ),
+    "10-sound-card-hot-plug": "a sound card loaded after the agent started is used, no restart",
+    "11-boots-without-network": "no network: the agent is active long before wait-online ends",
 }
 
 
