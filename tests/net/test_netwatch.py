@@ -101,7 +101,8 @@ WATCHER = textwrap.dedent(
             ip(*step)
             try:
                 t, route = await asyncio.wait_for(seen.get(), 2.0)
-                print(" ".join(step), "->", route.describe(), f"{(t - t0) * 1000:.0f} ms", flush=True)
+                ms = f"{(t - t0) * 1000:.0f} ms"
+                print(" ".join(step), "->", route.describe(), ms, flush=True)
             except TimeoutError:
                 print(" ".join(step), "-> no change", flush=True)
         task.cancel()
