@@ -1,7 +1,12 @@
 """The ``field-agent`` command line (also ``python -m agent``).
 
-Exit codes: 0 success; 1 a check failed (selftest, status); 2 usage or a command
-not available in this build; 78 (EX_CONFIG) bad configuration.
+Exit codes (README.md, "Operating the service"): 0 success; 1 a check failed or what
+was asked about is not there (selftest FAIL, status: agent not reachable, demo: no
+sound card for --real-audio, a device or file error while running); 2 usage: a bad
+option or an input file named on the command line that cannot be used (``demo --mic``);
+77 (EX_NOPERM) permission denied (a root-only file read as another user); 78
+(EX_CONFIG) bad configuration; 130 interrupted (Ctrl-C). A user error is one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,16 +14,21 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__, config
-from agent.errors import ConfigError, CredentialError
+from agent.errors import AgentError, ConfigError, CredentialError
 from agent.secrets import DEFAULT_DIR, Credentials
 
 EX_CONFIG = 78
+EX_NOPERM = 77
 EX_USAGE = 2
+EX_INTERRUPTED = 130
+DEMO_SPEAKER_FILE = "field-agent-demo-speaker.wav"
 
 logger = logging.getLogger("agent.cli")
 
@@ -73,12 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--mic", type=Path, default=None, help="a 16-bit WAV file to use as the mic")
     demo.add_argument(
-        "--speaker-out", type=Path, default=None, help="WAV file the speaker records to"
+        "--speaker-out",
+        type=Path,
+        default=None,
+        help="WAV file the speaker records to (default: field-agent-demo-speaker.wav in the "
+        "current folder, or none when it is not writable)",
     )
     demo.add_argument(
         "--real-audio",
         action="store_true",
         help="use the ALSA default mic and speaker instead of simulated ones",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's work folder (its config, credentials and mic WAV) in $TMPDIR",
     )
     demo.add_argument(
         "--scripted",
@@ -107,7 +126,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for line in e.problems:
             print(line)
         return EX_CONFIG
+    for example in config.example_values(cfg):
+        print(f"{path}: warning: {example} is the example value: edit it")
     creds = Credentials(args.credentials)
+    if cfg.videosdk.enabled:
+        line, ok = videosdk_credentials(cfg, creds)
+        print(f"{path}: {line}")
+        if not ok:
+            return EX_CONFIG
     for name in needed_credentials(cfg):
         if not any(creds.has(n) for n in name.split("|")):
             print(
@@ -125,11 +151,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def videosdk_credentials(cfg: config.Config, creds: Credentials) -> tuple[str, bool]:
+    """One line on the VideoSDK credentials found, and False for a refused mix.
+
+    Missing credentials are a warning (they may be installed after the config); a mix
+    (say a device token *and* an account secret) is an error: exit 78.
+    """
+    from agent.links.videosdk_auth import (
+        DEVICE_TOKEN,
+        TOKEN,
+        CredentialConflict,
+        credential_mode,
+        present_credentials,
+    )
+
+    where = " or ".join(str(d) for d in creds.dirs)
+    try:
+        mode = credential_mode(present_credentials(creds), cfg.videosdk.session_url)
+    except CredentialConflict as e:
+        return f"videosdk.session_url: {e}", False
+    except CredentialError as e:
+        if cfg.videosdk.session_url:
+            return f"warning: credential {DEVICE_TOKEN} not found in {where} ({e})", True
+        if present_credentials(creds):
+            return f"warning: {e}", True
+        return f"warning: credential {TOKEN} or videosdk-api-key not found in {where}", True
+    for name in sorted(present_credentials(creds)):
+        try:
+            creds.get(name)  # readable and not empty
+        except CredentialError as e:
+            return f"warning: {e}", True
+    return f"videosdk credentials: {mode.value}", True
+
+
 def needed_credentials(cfg: config.Config) -> list[str]:
-    """Credentials the enabled links need; ``a|b`` means either."""
+    """Credentials the enabled links need besides VideoSDK's; ``a|b`` means either."""
     out = []
-    if cfg.videosdk.enabled:
-        out.append("videosdk-token|videosdk-api-key")
     if cfg.orgo.enabled:
         out.append("orgo-api-key")
     if cfg.pbx.enabled:
@@ -138,6 +195,11 @@ def needed_credentials(cfg: config.Config) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # SIGHUP's default action ends the process: until the agent's own handler is in place
+    # (after the imports, the config and the event loop), remember it and reload later.
+    early_hup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: early_hup.set())
+
     from agent import service
     from agent.app import run_service
 
@@ -149,7 +211,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             logger.error("bad config: %s", line)
         return EX_CONFIG
     return run_service(
-        cfg, credentials_dir=args.credentials, config_path=args.config or config.default_path()
+        cfg,
+        credentials_dir=args.credentials,
+        config_path=args.config or config.default_path(),
+        reload_pending=early_hup,
     )
 
 
@@ -168,7 +233,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.duration is not None and args.duration <= 0:
         print("field-agent demo: --duration must be more than 0 seconds", file=sys.stderr)
         return EX_USAGE
+    problem = _demo_files_problem(args.mic, args.speaker_out)
+    if problem:
+        print(f"field-agent demo: {problem}", file=sys.stderr)
+        return EX_USAGE
     service.setup_logging(args.log_level, journal=False)
+    if args.log_level != "DEBUG":  # the fake servers' open/close lines: the demo's narrate
+        for name in ("agent.sandbox.videosdk.wire", "agent.sandbox.orgo.ws"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.real_audio:
         try:
             check_real_audio(config.AudioConfig())
@@ -176,21 +248,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"field-agent demo: {e}", file=sys.stderr)
             return 1
     live = not args.scripted and sys.stdin.isatty() and sys.stdout.isatty()
+    speaker_out = args.speaker_out
+    if speaker_out is None and not args.real_audio and os.access(Path.cwd(), os.W_OK):
+        speaker_out = Path.cwd() / DEMO_SPEAKER_FILE  # named in the summary, outlives the demo
     demo = run_demo(
-        duration_s=args.duration, mic=args.mic, speaker_out=args.speaker_out,
-        live=live, real_audio=args.real_audio,
+        duration_s=args.duration, mic=args.mic, speaker_out=speaker_out,
+        live=live, real_audio=args.real_audio, keep=args.keep,
     )  # fmt: skip
     try:
         summary = asyncio.run(demo)
     except KeyboardInterrupt:  # scripted, or starting up (live, Ctrl-C quits with a summary)
-        return 130
+        return EX_INTERRUPTED
     print(format_summary(summary))
     return 0 if summary["exit_code"] == 0 else 1
 
 
+def _demo_files_problem(mic: Path | None, speaker_out: Path | None) -> str | None:
+    """Why ``--mic`` / ``--speaker-out`` cannot be used, before anything starts (or None)."""
+    from agent.errors import AudioError
+    from agent.hw.sim import WavSource
+
+    if mic is not None:
+        if mic.is_dir():
+            return f"--mic {mic}: is a directory, give a 16-bit WAV file"
+        try:
+            WavSource(mic, 8000, loop=False)  # reads and converts the file, as the demo's mic
+        except AudioError as e:
+            return f"--mic {mic}: {_reason(e)}"
+    if speaker_out is not None:
+        parent = speaker_out.resolve().parent
+        if speaker_out.is_dir():
+            return f"--speaker-out {speaker_out}: is a directory, give a file name (speaker.wav)"
+        if not parent.is_dir():
+            return f"--speaker-out {speaker_out}: no directory {parent}"
+        writable = speaker_out if speaker_out.exists() else parent
+        if not os.access(writable, os.W_OK):
+            return f"--speaker-out {speaker_out}: {writable} is not writable"
+    return None
+
+
+def _reason(e: BaseException) -> str:
+    """``No such file or directory`` rather than ``[Errno 2] No such file ...: 'x.wav'``."""
+    cause = e.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    if cause is not None:  # wave.Error, EOFError: the bytes are not a PCM WAV file
+        detail = str(cause).strip()
+        return "not a WAV file" + (f" ({detail})" if detail else "")
+    return str(e).split(": ", 1)[-1]  # e.g. "8-bit WAV, want 16-bit PCM"
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
+    from agent import service
     from agent.hw.devices import list_devices
 
+    service.setup_logging(args.log_level, journal=False)  # alsa-lib's lines: DEBUG
     print(list_devices())
     return 0
 
@@ -199,8 +311,10 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     """Speaker tone + mic meter, then LED walk and a PTT press if GPIO is configured."""
     import asyncio
 
+    from agent import service
     from agent.hw.devices import selftest_audio
 
+    service.setup_logging(args.log_level, journal=False)  # alsa-lib's, gpiozero's: DEBUG
     try:
         cfg = _load(args)
     except ConfigError as e:
@@ -226,6 +340,9 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 async def _selftest_gpio(cfg: config.Config, ptt_timeout_s: float) -> tuple[bool, str]:
     import asyncio
+    import warnings
+
+    from gpiozero.exc import PinFactoryFallback
 
     from agent.errors import GpioUnavailable
     from agent.hw.gpio import ButtonEvent, GpioPanel
@@ -237,10 +354,27 @@ async def _selftest_gpio(cfg: config.Config, ptt_timeout_s: float) -> tuple[bool
         if key == "ptt_button" and event is ButtonEvent.PRESSED:
             pressed.set()
 
-    try:
-        panel = GpioPanel(cfg.gpio, loop=asyncio.get_running_loop(), on_button=on_button)
-    except GpioUnavailable as e:
-        return False, f"gpio: {e}"
+    # gpiozero warns once per pin factory it could not load (lgpio, rpigpio, pigpio,
+    # native: four warnings with source lines off a Pi): one line here, the rest DEBUG
+    with warnings.catch_warnings(record=True) as fallbacks:
+        warnings.simplefilter("always", PinFactoryFallback)
+        try:
+            panel = GpioPanel(cfg.gpio, loop=asyncio.get_running_loop(), on_button=on_button)
+        except GpioUnavailable as e:
+            panel = None
+            failure = str(e)
+    tried = []
+    for w in fallbacks:
+        if issubclass(w.category, PinFactoryFallback):
+            logger.debug("gpiozero: %s", w.message)
+            tried.append(str(w.message).removeprefix("Falling back from ").split(":")[0])
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if panel is None:
+        why = f" (gpiozero tried {', '.join(tried)}; --log-level DEBUG says why)" if tried else ""
+        return False, f"gpio: {failure}{why}"
+    if tried:
+        logger.info("gpio: gpiozero fell back from %s to the next pin factory", ", ".join(tried))
     try:
         for led in sorted(panel.leds):
             print(f"LED {led} (GPIO {getattr(cfg.gpio, led)}) on")
@@ -270,18 +404,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         path = args.config or config.default_path()
         try:
             listen = config.load(path).metrics.listen
-        except ConfigError as e:  # the running agent may still be fine: ask where it said
+        except ConfigError:  # the running agent may still be fine: ask where it said
             listen_or_none = statuscmd.listen_from_file(path)
-            if listen_or_none is None:
-                for line in e.problems:
-                    print(line, file=sys.stderr)
-                return EX_CONFIG
-            listen = listen_or_none
-            print(
-                f"field-agent status: {path} has problems (see field-agent check-config); "
-                f"asking {listen or 'nobody'}",
-                file=sys.stderr,
-            )
+            if listen_or_none is None:  # no file (or unreadable): where an agent listens by default
+                listen = config.MetricsConfig().listen
+                print(
+                    f"field-agent status: cannot read {path} "
+                    f"({_file_problem(path)}); asking the default {listen}",
+                    file=sys.stderr,
+                )
+            else:
+                listen = listen_or_none
+                print(
+                    f"field-agent status: {path} has problems (see field-agent check-config); "
+                    f"asking {listen or 'nobody'}",
+                    file=sys.stderr,
+                )
         if not listen:
             print(
                 f"field-agent status: metrics.listen is off in {path}; "
@@ -299,6 +437,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_problem(path: Path) -> str:
+    try:
+        path.read_bytes()
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+    return "not valid TOML"
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-config": cmd_check_config,
@@ -311,7 +457,39 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    if args.command == "run":  # the service: its own error handling, tracebacks to the journal
+        return COMMANDS["run"](args)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EX_INTERRUPTED
+    except ConfigError as e:
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    except PermissionError as e:  # e.g. a root-only file, run as another user
+        where = f": {e.filename}" if e.filename else f": {e}"
+        print(
+            f"field-agent {args.command}: permission denied{where} "
+            "(run it as root, e.g. with sudo, or as a user who may read it)",
+            file=sys.stderr,
+        )
+        return EX_NOPERM
+    except (AgentError, OSError) as e:  # a device or file problem: one line, not a traceback
+        print(f"field-agent {args.command}: {e}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:  # from a TaskGroup: the same, when that is all it holds
+        user_errors, rest = group.split((AgentError, OSError))
+        if rest is not None or user_errors is None:
+            raise
+        print(f"field-agent {args.command}: {_first_leaf(user_errors)}", file=sys.stderr)
+        return 1
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 if __name__ == "__main__":

@@ -6,12 +6,18 @@
     links ──downlink──▶ Mixer sources ─▶ Playback ─▶ speaker
     StatusBoard ─▶ STATUS= / LEDs / status topic;  Heartbeats ─▶ WATCHDOG=1
 
-:class:`Agent` owns one *generation* of parts built from one Config. SIGHUP
-loads the config again: a bad file is reported and the running generation
-kept; a good one replaces the generation (RELOADING=1 ... READY=1). Each part
-runs as a named task under one TaskGroup, supervised: an unexpected exception
-is logged with its traceback, counted, and the part restarted after a backoff,
-so one bug in one link never silences the others.
+:class:`Agent` runs one :class:`~agent.generation.Generation`: the parts built
+from one Config (mixer, PTT gate, fanout; then capture, playback and each enabled
+link), each a named task of the generation's own TaskGroup. Every part is built under
+supervision: a build that raises is one log line and ATTENTION, never a crashed
+agent; a part that fails later is logged with its traceback, counted, and
+restarted after a backoff, so one bug in one link never silences the others.
+READY=1 goes out once every part reports ready, never while one failed to build.
+
+SIGHUP loads the config again: a bad file is reported and everything kept
+running; a good one is applied where each change belongs (:mod:`agent.reload`,
+RELOADING=1 ... READY=1). A SIGHUP during start-up waits until the build is over.
+See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -20,24 +26,26 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from agent import config as config_mod
-from agent.audio.fanout import Fanout
 from agent.backoff import BackoffPolicy, Reconnector
-from agent.config import AudioConfig, Config
+from agent.config import AudioConfig, Config, SecurityConfig
 from agent.controls import Controls, StateStore
 from agent.errors import ConfigError, GpioUnavailable
+from agent.generation import Generation
 from agent.hw.ports import AudioSink, AudioSource
+from agent.links.registry import LinkDeps, LinkPolicies
+from agent.links.registry import build as build_links
 from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
-from agent.pcm import Frame
-from agent.ptt import PttGate
 from agent.secrets import Credentials
 from agent.service import Heartbeats, Notifier, run_watchdog, watchdog_interval
 from agent.status import Led, LinkState, StatusBoard
@@ -73,16 +81,6 @@ class Hardware:
     pin_factory: Any = None  # a gpiozero pin factory object; None = from gpio.pin_factory
 
 
-@dataclass
-class Generation:
-    """The parts built from one Config (replaced as a whole on reload)."""
-
-    cfg: Config
-    gate: PttGate
-    fanout: Fanout
-    links: dict[str, Any] = field(default_factory=dict)
-
-
 class Agent:
     """The agent. Build with a Config; ``await agent.run()`` until ``stop()``."""
 
@@ -99,8 +97,12 @@ class Agent:
         metrics: Metrics | None = None,
         reload_config: Callable[[], Config] | None = None,
         state: StateStore | None = None,
+        wall_clock: Callable[[], float] | None = None,
+        link_policies: LinkPolicies | None = None,
     ) -> None:
+        """``link_policies``: shorter link timings (tests, benchmarks); None = production."""
         self.cfg = cfg
+        self.link_policies = link_policies or LinkPolicies()
         self.credentials = credentials
         self.hardware = hardware or Hardware()
         self._connect = connect
@@ -113,36 +115,44 @@ class Agent:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._status_changed = asyncio.Event()
-        self.ready = asyncio.Event()
+        self._wake = asyncio.Event()  # stop, reload, or a part became ready or failed
         self.generation: Generation | None = None
         self._panel: Any = None
+        self._http_now: httpx.AsyncClient | None = None  # the links' REST client right now
         self.controls = Controls(
             self.status,
             store=state or StateStore.from_env(),
             default_volume=cfg.audio.volume,
             publish=self._publish_reply,
             set_leds=self._set_led,
+            config=lambda: self.cfg,
+            credentials=credentials,
+            metrics=self.metrics,
+            wall_clock=wall_clock or time.time,
         )
 
     # -- control -------------------------------------------------------------------
     def stop(self) -> None:
         """Stop cleanly (SIGTERM/SIGINT)."""
         self._stop.set()
+        self._wake.set()
 
     def reload(self) -> None:
-        """Load the config again (SIGHUP)."""
+        """Load the config again (SIGHUP); before the agent is ready, once it is."""
         self._reload.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something the main loop waits for happened (a part became ready or failed)."""
+        self._wake.set()
 
     # -- main loop -----------------------------------------------------------------
     async def run(self) -> int:
         """Run until stop(); return the process exit code (0 after a clean stop)."""
         self.status.add_listener(lambda _b: self._status_changed.set())
         own_http = self._http is None
-        http = self._http or httpx.AsyncClient(
-            timeout=HTTP_TIMEOUT_S,
-            follow_redirects=False,
-            verify=httpx_verify(self.cfg.security),  # security.ca_file: read at start
-        )
+        http = self._http or _http_client(self.cfg.security)
+        self._http_now = http
         self._open_gpio()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -159,198 +169,128 @@ class Agent:
         except* _Stopped:
             pass
         finally:
+            self.controls.close()  # pending state written
             if self._panel is not None:
                 self._panel.close()  # LEDs off on a clean stop
-            if own_http:
-                await http.aclose()
+            if own_http and self._http_now is not None:
+                await self._http_now.aclose()
         logger.info("stopped")
         return 0
 
     async def _generations(self, http: httpx.AsyncClient) -> None:
-        first = True
+        """Run generations until stop(): READY once the parts are ready; a reload is
+        validated first (a refused one touches nothing) and handled only once the
+        build is over (a SIGHUP during start-up waits; it never kills)."""
         while not self._stop.is_set():
-            gen_task = asyncio.create_task(self._generation(self.cfg, http), name="generation")
-            waiters = [
-                asyncio.create_task(self._stop.wait(), name="wait-stop"),
-                asyncio.create_task(self._reload.wait(), name="wait-reload"),
-            ]
-            if first:
-                await self._announce_ready(gen_task)
-                first = False
-            else:
-                self.notifier.ready()
-            await asyncio.wait([gen_task, *waiters], return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+            async with Generation(self, self.cfg, http) as gen:
+                self.generation = gen
+                reload = await self._serve(gen)
+            if not reload:
+                return
+
+    async def _serve(self, gen: Generation) -> bool:
+        """Announce READY when ``gen`` is ready; return True when a good reload asks for
+        a new generation, False on stop."""
+        announce, reported = True, False
+        while True:
             if self._stop.is_set():
                 self.notifier.stopping()
                 logger.info("stopping")
-            gen_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gen_task
-            if self._reload.is_set():
+                return False
+            if announce and gen.ready:
+                announce = False
+                logger.info("ready (%s)", self.status.summary())
+                self.notifier.status(self.status.summary())
+                self.notifier.ready()
+            elif announce and gen.settled and not reported:
+                reported = True
+                logger.error(
+                    "not ready: %s could not be built (see above); no READY until it is",
+                    ", ".join(p.split(":")[0] for p in gen.problems()),
+                )
+            if self._reload.is_set() and gen.settled:
                 self._reload.clear()
                 self.notifier.reloading()
-                self._apply_reload()
+                new = self._load_reload()
+                if new is not None and gen.failed:
+                    self.cfg = new  # nothing was built: build it all again
+                    return True
+                if new is not None:
+                    await self._apply(gen, new)
+                announce, reported = True, False  # READY=1 once the (re)built parts are ready
+                continue
+            self._wake.clear()
+            await self._wake.wait()
 
-    async def _announce_ready(self, gen_task: asyncio.Task[None]) -> None:
-        ready = asyncio.create_task(self.ready.wait())
-        await asyncio.wait([ready, gen_task], return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        logger.info("ready (%s)", self.status.summary())
-        self.notifier.status(self.status.summary())
-        self.notifier.ready()
-
-    def _apply_reload(self) -> None:
+    def _load_reload(self) -> Config | None:
+        """The new config, or None when the reload is refused (the running one stays)."""
         if self._reload_config is None:
             logger.warning("reload asked for, but this agent has no config file to reload")
-            return
+            self.metrics.inc("reloads_total", result="refused")
+            return None
         try:
             new = self._reload_config()
         except ConfigError as e:
             for line in e.problems:
                 logger.error("reload refused, keeping the running config: %s", line)
             self.status.set_error("reload refused: bad config (see journal)")
-            return
+            self.metrics.inc("reloads_total", result="refused")
+            return None
         logger.info("config reloaded from %s", new.path)
-        self.cfg = new
-        self.status.set_ptt(mode=new.ptt.mode)
+        self.status.clear_error("reload refused")
+        return new
 
-    async def _generation(self, cfg: Config, http: httpx.AsyncClient) -> None:
-        from agent.audio.engine import Capture, Playback
-        from agent.audio.mixer import Mixer
-
-        metrics = self.metrics
-        mixer = Mixer(cfg.audio.playback_rate, metrics=metrics)
-        gate = PttGate(cfg.ptt.mode, idle=cfg.ptt.idle, on_change=self._on_transmit)
-        gen = Generation(cfg, gate, Fanout(metrics))
-        self.generation = gen
-        self._mixer = mixer
-        self.controls.attach(gate, mixer)
-        capture = Capture(
-            self.hardware.mic(cfg.audio, metrics),
-            metrics=metrics,
-            status=self.status,
-            gain_db=cfg.audio.mic_gain_db,
-            heartbeat=self.heartbeats.register("capture", 5.0).beat,
-        )
-        playback = Playback(
-            self.hardware.speaker(cfg.audio, metrics),
-            mixer,
-            metrics=metrics,
-            status=self.status,
-            heartbeat=self.heartbeats.register("playback", 5.0).beat,
-        )
-        links = self._build_links(cfg, gen, mixer, http)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(
-                    self._supervise("capture", lambda: self._pump(capture, gen)), name="capture"
-                )
-                tg.create_task(self._supervise("playback", playback.run), name="playback")
-                for name, link in links.items():
-                    tg.create_task(self._supervise(f"link-{name}", link.run), name=f"link-{name}")
-                self.ready.set()
-        finally:
-            self.heartbeats.unregister("capture")
-            self.heartbeats.unregister("playback")
-            for name in links:
-                self.heartbeats.unregister(f"link-{name}")
-                self.status.remove_link(name)
+    async def _apply(self, gen: Generation, new: Config) -> None:
+        old, self.cfg = self.cfg, new
+        stale: httpx.AsyncClient | None = None
+        if old.security != new.security and self._http is None:
+            # REST trust (security.ca_file) too: a new client for the links restarted below
+            try:
+                client = _http_client(new.security)
+            except (OSError, ValueError) as e:  # the file changed since it was validated
+                logger.error("reload: security.ca_file unusable (%s); REST keeps its trust", e)
+            else:
+                stale, gen.http, self._http_now = gen.http, client, client
+        changes = await gen.apply(new)
+        if stale is not None:
+            await stale.aclose()
+        if not changes:
+            logger.info("reload: no change in %s", new.path)
+        self.metrics.inc("reloads_total", result="applied" if changes else "unchanged")
+        if old.gpio != new.gpio:
+            if self._panel is not None:
+                self._panel.close()
+                self._panel = None
+            self._open_gpio()
 
     def _build_links(
         self, cfg: Config, gen: Generation, mixer: Any, http: httpx.AsyncClient
     ) -> dict[str, Any]:
-        common: dict[str, Any] = {
-            "mixer": mixer,
-            "status": self.status,
-            "metrics": self.metrics,
-            "http": http,
-        }
-        if self._connect is not None:
-            common["connect"] = self._connect
-        links: dict[str, Any] = {}
-        if cfg.videosdk.enabled:
-            from agent.links.videosdk import VideoSDKLink
-
-            links["videosdk"] = VideoSDKLink(
-                cfg.videosdk,
-                cfg.device,
-                self.credentials,
-                uplink=gen.fanout.subscribe("videosdk"),
-                heartbeat=self.heartbeats.register("link-videosdk", 30.0),
-                on_command=self.controls.on_command,
-                security=cfg.security,
-                **common,
-            )
-        if cfg.orgo.enabled:
-            from agent.links.orgo import OrgoLink
-
-            links["orgo"] = OrgoLink(
-                cfg.orgo,
-                self.credentials,
-                heartbeat=self.heartbeats.register("link-orgo", 30.0),
-                security=cfg.security,
-                **common,
-            )
-        if cfg.pbx.enabled:
-            from agent.links.pbx import PbxLink
-
-            links["pbx"] = PbxLink(
-                cfg.pbx,
-                self.credentials,
-                mixer=mixer,
-                status=self.status,
-                metrics=self.metrics,
-                heartbeat=self.heartbeats.register("link-pbx", 30.0),
-            )
-        if cfg.fastrtc.enabled:
-            from agent.links.fastrtc import FastRTCLink
-
-            links["fastrtc"] = FastRTCLink(
-                cfg.fastrtc,
-                uplink=gen.fanout.subscribe("fastrtc"),
-                heartbeat=self.heartbeats.register("link-fastrtc", 30.0),
-                security=cfg.security,
-                **{k: v for k, v in common.items() if k != "http"},  # no REST in this link
-            )
+        """Every enabled link of the registry (agent.links.registry), built from ``cfg``."""
+        deps = LinkDeps(
+            credentials=self.credentials,
+            device=cfg.device,
+            security=cfg.security,
+            http=http,
+            mixer=mixer,
+            status=self.status,
+            metrics=self.metrics,
+            uplink=gen.fanout.subscribe,
+            heartbeat=lambda name: self.heartbeats.register(f"link-{name}", 30.0),
+            on_command=self.controls.on_command,
+            connect=self._connect,
+            policies=self.link_policies,
+        )
+        links: dict[str, Any] = dict(build_links(cfg, deps))
         for name in links:
             self.status.set_link(name, LinkState.CONNECTING)
         gen.links = links
         return links
 
-    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run a part; restart it with backoff if it fails unexpectedly."""
-        retry = Reconnector(BackoffPolicy(initial_s=0.5, cap_s=30.0))
-        while True:
-            try:
-                await run()
-                return
-            except Exception:
-                self.metrics.inc("task_crashes_total", task=name)
-                delay = retry.next_delay()
-                logger.exception("%s failed unexpectedly; restarting it in %.1f s", name, delay)
-                self.status.set_error(f"{name} failed unexpectedly (see journal)")
-                await asyncio.sleep(delay)
-
-    async def _pump(self, capture: Any, gen: Generation) -> None:
-        """Capture → level → PTT gate → every uplink."""
-        from agent.audio.level import Vad
-
-        vad = Vad(gen.cfg.ptt.vox_threshold_dbfs, gen.cfg.ptt.vox_hangover_ms)
-        frame: Frame
-        # aclosing: leaving the loop (cancellation) closes the capture device at once
-        # The mic level for STATUS is sampled by Capture itself; the VAD only runs for VOX.
-        async with contextlib.aclosing(capture.frames()) as frames:
-            async for frame in frames:
-                speech = gen.gate.mode == "vox" and vad.update(frame.pcm)
-                out = gen.gate.gate(frame, speech=speech)
-                if out is not None:
-                    gen.fanout.publish(out)
-
-    def _on_transmit(self, transmitting: bool) -> None:
+    def on_transmit(self, transmitting: bool) -> None:
+        """The PTT gate opened or closed: status, and ducking of the speaker."""
         self.status.set_ptt(state="talking" if transmitting else "idle")
-        mixer = getattr(self, "_mixer", None)
+        mixer = self.generation.mixer if self.generation is not None else None
         if mixer is not None:
             mixer.set_duck_db(self.cfg.ptt.duck_while_talking_db if transmitting else 0.0)
 
@@ -422,12 +362,28 @@ class Agent:
                 await asyncio.sleep(delay)
 
 
+def _http_client(security: SecurityConfig) -> httpx.AsyncClient:
+    """The REST client of the links, trusting ``security.ca_file`` besides the system."""
+    return httpx.AsyncClient(
+        timeout=HTTP_TIMEOUT_S, follow_redirects=False, verify=httpx_verify(security)
+    )
+
+
 class _Stopped(Exception):
     """Internal: leaves the agent's TaskGroup after a clean stop."""
 
 
-def run_service(cfg: Config, *, credentials_dir: Path | None, config_path: Path) -> int:
-    """Entry point of ``field-agent run``: real hardware, signals, systemd."""
+def run_service(
+    cfg: Config,
+    *,
+    credentials_dir: Path | None,
+    config_path: Path,
+    reload_pending: threading.Event | None = None,
+) -> int:
+    """Entry point of ``field-agent run``: real hardware, signals, systemd.
+
+    ``reload_pending``: set by the CLI's early SIGHUP handler (a SIGHUP during start-up
+    is remembered, then handled once the agent is ready)."""
 
     async def main() -> int:
         agent = Agent(
@@ -439,6 +395,9 @@ def run_service(cfg: Config, *, credentials_dir: Path | None, config_path: Path)
         loop.add_signal_handler(signal.SIGTERM, agent.stop)
         loop.add_signal_handler(signal.SIGINT, agent.stop)
         loop.add_signal_handler(signal.SIGHUP, agent.reload)
+        if reload_pending is not None and reload_pending.is_set():
+            logger.info("SIGHUP during start-up: reloading once ready")
+            agent.reload()
         logger.info("starting with %s", cfg.path)
         return await agent.run()
 

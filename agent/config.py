@@ -1,7 +1,10 @@
 """Configuration: one frozen dataclass per TOML section, loaded and validated.
 
-Every key and default is the contract in DESIGN.md; ``config/agent.toml`` documents
-each one. Loading reports *every* problem, one line each, as
+Every key and default is part of the external contract; ``config/agent.toml``
+documents each one. Every rule the audio engine has at build time is checked here
+too (device rates in whole 20 ms periods, the formats the mixer accepts), so a
+config that passes ``check-config`` never fails to build (docs/architecture.md).
+Loading reports *every* problem, one line each, as
 ``PATH: section.key: reason``, and raises :class:`~agent.errors.ConfigError`
 (the CLI turns that into exit code 78, EX_CONFIG).
 """
@@ -51,6 +54,23 @@ def _one_of(*allowed: Any) -> Check:
 
 def _rate(v: int) -> str | None:
     return _range(8000, 192000, " Hz")(v)
+
+
+FRAMES_PER_S = 50  # agent.pcm: the audio engine works in 20 ms periods
+
+
+def _device_rate(v: int) -> str | None:
+    """A device rate the audio engine can use: whole 20 ms periods (agent.audio.mixer
+    refuses another output rate; the ALSA and simulated ports open rate/50-frame periods)."""
+    if reason := _rate(v):
+        return reason
+    if v % FRAMES_PER_S:
+        nearest = round(v / FRAMES_PER_S) * FRAMES_PER_S
+        return (
+            f"must be a multiple of {FRAMES_PER_S} Hz (the audio engine works in 20 ms "
+            f"periods), not {v!r}; the nearest is {nearest}"
+        )
+    return None
 
 
 def _pin(v: int | None) -> str | None:
@@ -143,9 +163,13 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class AudioConfig:
     capture_device: str = field(default="default", metadata=_doc("ALSA capture PCM."))
-    capture_rate: int = field(default=8000, metadata=_doc("Hz asked of the mic.", _rate))
+    capture_rate: int = field(
+        default=8000, metadata=_doc("Hz asked of the mic (a multiple of 50).", _device_rate)
+    )
     playback_device: str = field(default="default", metadata=_doc("ALSA playback PCM."))
-    playback_rate: int = field(default=48000, metadata=_doc("Hz of the speaker.", _rate))
+    playback_rate: int = field(
+        default=48000, metadata=_doc("Hz of the speaker (a multiple of 50).", _device_rate)
+    )
     volume: float = field(default=0.8, metadata=_doc("Speaker volume 0.0..1.0.", _range(0, 1)))
     mic_gain_db: float = field(
         default=0.0, metadata=_doc("Mic gain in dB, saturating.", _range(-40, 40, " dB"))
@@ -209,6 +233,13 @@ class VideoSDKConfig:
     room_id: str = field(default="", metadata=_doc("Room to join. Required when enabled."))
     api_base: str = field(
         default="https://api.videosdk.live", metadata=_doc("REST base URL.", _url("https", "http"))
+    )
+    session_url: str = field(
+        default="",
+        metadata=_doc(
+            "Session broker URL ('' = ask VideoSDK at api_base); needs the device-token.",
+            _url("https", "http", empty_ok=True),
+        ),
     )
     region: str = field(default="", metadata=_doc("Ingest region ('' = VideoSDK's choice)."))
     topics: tuple[str, ...] = field(default=("CHAT",), metadata=_doc("Subscribed topics."))
@@ -307,6 +338,36 @@ class SecurityConfig:
     )
 
 
+def _senders(v: tuple[str, ...]) -> str | None:
+    for s in v:
+        if not s or len(s) > 128 or not s.isprintable():
+            return f"a sender id must be 1 to 128 printable characters, not {s!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    allow_mic_control: bool = field(
+        default=False,
+        metadata=_doc("Signed remote commands may change what the mic sends (ptt)."),
+    )
+    allowed_senders: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("Sender ids whose commands are considered ([] = any).", _senders),
+    )
+    window_s: float = field(
+        default=60.0,
+        metadata=_doc("Replay window of signed commands, s.", _range(5, 3600, " s")),
+    )
+    rate_per_s: float = field(
+        default=2.0,
+        metadata=_doc("Commands per second per sender (token bucket).", _range(0.1, 100, "/s")),
+    )
+    burst: int = field(
+        default=10, metadata=_doc("Commands a sender may send at once.", _range(1, 1000))
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is where it was read from (for messages)."""
@@ -321,6 +382,7 @@ class Config:
     pbx: PbxConfig = field(default_factory=PbxConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
     path: str = field(default="<defaults>", compare=False)
 
 
@@ -329,6 +391,25 @@ SECTIONS: dict[str, type] = {
     for f in dataclasses.fields(Config)
     if f.name != "path"
 }
+
+
+# The placeholders config/agent.toml ships with: `check-config` warns while one is still
+# set ("example value, edit it"); they are valid, so the file loads and exit stays 0.
+EXAMPLE_VALUES: dict[tuple[str, str], str] = {
+    ("device", "id"): "dev_12",
+    ("device", "name"): "Field Device 12",
+    ("videosdk", "room_id"): "abcd-efgh-ijkl",
+}
+
+
+def example_values(cfg: Config) -> list[str]:
+    """``section.key = "value"`` for each shipped example value still in ``cfg``."""
+    found = []
+    for (section, key), example in EXAMPLE_VALUES.items():
+        part = getattr(cfg, section)
+        if getattr(part, "enabled", True) and getattr(part, key) == example:
+            found.append(f'{section}.{key} = "{example}"')
+    return found
 
 
 # --- loading ----------------------------------------------------------------------
@@ -501,6 +582,7 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
     if not cfg.security.allow_insecure:
         urls = {
             "videosdk.api_base": (cfg.videosdk.enabled, cfg.videosdk.api_base),
+            "videosdk.session_url": (cfg.videosdk.enabled, cfg.videosdk.session_url),
             "orgo.api_base": (cfg.orgo.enabled, cfg.orgo.api_base),
             "orgo.audio_url": (cfg.orgo.enabled, cfg.orgo.audio_url),
             "fastrtc.url": (cfg.fastrtc.enabled, cfg.fastrtc.url),

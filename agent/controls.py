@@ -2,98 +2,72 @@
 
 :class:`Controls` turns button events into PTT, mute and volume actions, drives the
 status and talk LEDs from the :class:`StatusBoard`, keeps the volume across
-restarts in the service's state directory, and executes the remote commands that
-arrive on ``videosdk.command_topic``. Parsing a remote command is a pure function
-(:func:`parse_command`); anything it does not accept is refused, never executed.
+restarts in the service's state directory (:mod:`agent.state`), and executes the
+remote commands that arrive on ``videosdk.command_topic`` once they pass
+:mod:`agent.commands` (rate limit, sender allow-list, signature, replay window,
+opt-in): anything else is refused, answered on the status topic, counted
+(``commands_refused_total{reason=...}``) and logged (rate-limited), never executed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from agent.commands import (
+    MIC_COMMANDS,
+    MIN_KEY_CHARS,
+    OPEN_COMMANDS,
+    Command,
+    CommandError,
+    ReplayGuard,
+    TokenBucket,
+    parse,
+    server_time,
+    signature_ok,
+)
+from agent.config import Config
+from agent.errors import CredentialError
 from agent.hw.gpio import ButtonEvent
+from agent.metrics import Metrics
 from agent.ptt import PttGate
+from agent.secrets import Credentials
+from agent.state import StateStore
 from agent.status import Led, StatusBoard
+
+__all__ = ["Command", "CommandError", "Controls", "StateStore", "parse_command"]
 
 logger = logging.getLogger(__name__)
 
 VOLUME_STEP = 0.1
-MAX_COMMAND_BYTES = 1024
+KEY_NAME = "command-key"
+GLOBAL_SENDER = "*"  # every sender together: GLOBAL_FACTOR times one sender's budget
+GLOBAL_FACTOR = 4
+DROP_REPORT_S = 10.0  # rate-limit drops: one reply and one log line per sender and interval
 
 
-class CommandError(ValueError):
-    """A remote command that is refused; the message is published back."""
+class CommandEvent(Protocol):
+    """What the link hands over: a topic message (agent.proto.videosdk.TopicMessage)."""
 
-
-@dataclass(frozen=True)
-class Command:
-    cmd: str  # mute | unmute | volume | ptt | status
-    value: Any = None
+    @property
+    def topic(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def sender_id(self) -> str: ...
+    @property
+    def sender_name(self) -> str: ...
+    @property
+    def timestamp(self) -> str: ...
+    @property
+    def id(self) -> str: ...
 
 
 def parse_command(text: str) -> Command:
-    """Validate one remote command (JSON text); raise CommandError with the reason."""
-    if len(text.encode("utf-8", "replace")) > MAX_COMMAND_BYTES:
-        raise CommandError(f"command too large (over {MAX_COMMAND_BYTES} bytes)")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        raise CommandError("command is not JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("cmd"), str):
-        raise CommandError('command must be an object with a string "cmd"')
-    cmd, value = doc["cmd"], doc.get("value")
-    match cmd:
-        case "mute" | "unmute" | "status":
-            return Command(cmd)
-        case "volume":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise CommandError("volume needs a number value from 0.0 to 1.0")
-            return Command(cmd, float(value))
-        case "ptt":
-            if value not in ("open", "hold"):
-                raise CommandError('ptt needs value "open" or "hold"')
-            return Command(cmd, value)
-        case _:
-            raise CommandError(f"unknown command {cmd[:40]!r}")
-
-
-class StateStore:
-    """Small persistent state (the volume) in ``$STATE_DIRECTORY/state.json``."""
-
-    def __init__(self, directory: Path | None) -> None:
-        self.path = directory / "state.json" if directory else None
-
-    @classmethod
-    def from_env(cls) -> StateStore:
-        d = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        return cls(Path(d) if d else None)
-
-    def load(self) -> dict[str, Any]:
-        if self.path is None or not self.path.exists():
-            return {}
-        try:
-            doc = json.loads(self.path.read_text())
-            return doc if isinstance(doc, dict) else {}
-        except (OSError, ValueError) as e:
-            logger.warning("state file %s unreadable (%s); starting from the config", self.path, e)
-            return {}
-
-    def save(self, **values: Any) -> None:
-        if self.path is None:
-            return
-        doc = self.load() | values
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(doc))
-            tmp.replace(self.path)
-        except OSError as e:
-            logger.warning("cannot save state to %s: %s", self.path, e)
+    """Validate one remote command (JSON text, either form); raise CommandError."""
+    return parse(text).command
 
 
 class Controls:
@@ -107,22 +81,85 @@ class Controls:
         default_volume: float,
         publish: Callable[[dict[str, Any]], None] | None = None,
         set_leds: Callable[[str, Led], None] | None = None,
+        config: Callable[[], Config] | None = None,
+        credentials: Credentials | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``config``: the running config (read at each command, so a reload applies);
+        ``credentials``: where ``command-key`` is read (at start and each generation);
+        ``clock``: monotonic seconds; ``wall_clock``: the device's clock, used only to
+        say how far off it is, never to judge a command."""
         self.status = status
         self.store = store
         self.publish = publish
         self.set_leds = set_leds
         self.gate: PttGate | None = None
         self.mixer: Any = None
-        saved = store.load().get("volume")
-        volume = saved if isinstance(saved, int | float) and 0 <= saved <= 1 else default_volume
+        self._config = config or Config
+        self._credentials = credentials
+        self.metrics = metrics or Metrics()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._key: bytes | None = None
+        self._clock_noted = False
+        cfg = self._config().commands
+        self._bucket_cfg = (cfg.rate_per_s, cfg.burst)
+        self._buckets = TokenBucket(cfg.rate_per_s, cfg.burst)
+        self._global = TokenBucket(cfg.rate_per_s * GLOBAL_FACTOR, cfg.burst * GLOBAL_FACTOR)
+        self._dropped: dict[str, int] = {}
+        self._drop_reported: dict[str, float] = {}
+        self.replay = ReplayGuard(cfg.window_s)
+        saved = store.load()
+        if "commands" in saved:  # validated by the store
+            self.replay.restore(saved["commands"])
+        volume = saved.get("volume", default_volume)
         status.set_volume(float(volume), muted=False)
         status.add_listener(lambda _b: self.refresh_leds())
 
     def attach(self, gate: PttGate, mixer: Any) -> None:
-        """A new generation's gate and mixer (after start or reload)."""
+        """A new generation's gate and mixer (after start or reload); reads command-key."""
         self.gate, self.mixer = gate, mixer
         self._apply_volume()
+        self.load_key()
+
+    def close(self) -> None:
+        """A clean stop: write what is pending."""
+        self.store.flush()
+
+    def load_key(self) -> None:
+        """(Re)read the command-key credential (at start and at every good reload)."""
+        if self._credentials is None:
+            return
+        try:
+            secret = self._credentials.optional(KEY_NAME)
+        except CredentialError as e:
+            logger.warning("%s; signed remote commands are refused", e)
+            self._key = None
+            return
+        except OSError as e:  # e.g. a root-only credentials directory
+            logger.warning(
+                "cannot look for credential %s (%s); signed remote commands are refused",
+                KEY_NAME,
+                e.strerror or type(e).__name__,
+            )
+            self._key = None
+            return
+        if secret is None:
+            self._key = None
+            return
+        value = secret.reveal().strip()
+        if len(value) < MIN_KEY_CHARS:
+            logger.warning(
+                "credential %s is shorter than %d characters; signed remote commands are "
+                "refused (make one with: openssl rand -hex 32)",
+                KEY_NAME,
+                MIN_KEY_CHARS,
+            )
+            self._key = None
+            return
+        self._key = value.encode()
 
     # -- buttons -------------------------------------------------------------------
     def on_button(self, key: str, event: ButtonEvent, t: float) -> None:
@@ -160,14 +197,19 @@ class Controls:
             self.mixer.muted = self.status.muted
 
     # -- remote commands -----------------------------------------------------------
-    def on_command(self, text: str) -> None:
-        try:
-            command = parse_command(text)
-        except CommandError as e:
-            logger.warning("remote command refused: %s", e, extra={"LINK": "videosdk"})
-            self._reply({"error": str(e)})
+    def on_command(self, event: CommandEvent) -> None:
+        """One message from the command topic: execute it, or refuse and say why."""
+        sender = event.sender_id or event.sender_name or "?"
+        now = self._clock()
+        if not self._admit(sender, now, event):
             return
-        logger.info("remote command %s", command.cmd, extra={"LINK": "videosdk"})
+        try:
+            command = self._authorize(event, now)
+        except CommandError as e:
+            self._refuse(e, sender, event)
+            return
+        logger.info("remote command %s from %s", command.cmd, sender, extra=_extra(event))
+        self.metrics.inc("commands_accepted_total", cmd=command.cmd)
         match command:
             case Command(cmd="mute"):
                 self.set_muted(True)
@@ -179,7 +221,88 @@ class Controls:
                 if self.gate is not None:
                     self.gate.set_mode(mode)
                 self.status.set_ptt(mode=mode)
-        self._reply({"ok": command.cmd, "status": self.status.to_json()})
+        self._reply({"ok": command.cmd, "id": event.id[:64], "status": self.status.to_json()})
+
+    def _admit(self, sender: str, now: float, event: CommandEvent) -> bool:
+        """The per-sender and overall token buckets; drops are counted, reported once
+        per interval."""
+        cfg = self._config().commands
+        if (cfg.rate_per_s, cfg.burst) != self._bucket_cfg:  # a reload changed the rate
+            self._bucket_cfg = (cfg.rate_per_s, cfg.burst)
+            self._buckets = TokenBucket(cfg.rate_per_s, cfg.burst)
+            self._global = TokenBucket(cfg.rate_per_s * GLOBAL_FACTOR, cfg.burst * GLOBAL_FACTOR)
+        if self._buckets.allow(sender, now) and self._global.allow(GLOBAL_SENDER, now):
+            return True
+        self.metrics.inc("commands_refused_total", reason="rate_limited")
+        if len(self._dropped) > 1024 and sender not in self._dropped:
+            self._dropped.clear()  # bounded: counts of silent senders are forgotten
+        self._dropped[sender] = self._dropped.get(sender, 0) + 1
+        if now - self._drop_reported.get(sender, -1e9) >= DROP_REPORT_S:
+            if len(self._drop_reported) > 256:
+                self._drop_reported.clear()
+            self._drop_reported[sender] = now
+            count = self._dropped.pop(sender)
+            logger.warning(
+                "remote commands from %s over the rate limit (%g/s, burst %d): %d dropped",
+                sender,
+                cfg.rate_per_s,
+                cfg.burst,
+                count,
+                extra=_extra(event),
+            )
+            self._reply({"error": "rate limited", "reason": "rate_limited", "dropped": count})
+        return False
+
+    def _authorize(self, event: CommandEvent, now: float) -> Command:
+        cfg = self._config()
+        allowed = cfg.commands.allowed_senders
+        if allowed and event.sender_id not in allowed:
+            raise CommandError("sender not allowed", "sender_not_allowed")
+        envelope = parse(event.message)
+        command = envelope.command
+        if not envelope.signed:
+            if command.cmd in OPEN_COMMANDS:
+                return command
+            raise CommandError("unsigned command refused", "unsigned")
+        if self._key is None:
+            raise CommandError("signed command refused: no command-key on this device", "no_key")
+        if not signature_ok(self._key, event.topic, envelope):
+            raise CommandError("bad signature", "bad_signature")
+        if envelope.device != cfg.device.id:
+            raise CommandError("command is for another device", "wrong_device")
+        self.replay.window_s = cfg.commands.window_s
+        why = self.replay.check(
+            envelope.ts, envelope.nonce, server_ts=server_time(event.timestamp), now=now
+        )
+        if why is not None:
+            reason, _, detail = why.partition(": ")
+            raise CommandError(f"{reason} command refused: {detail}", reason)
+        # signed and fresh: remembered even if the policy refuses it below, so that a
+        # later opt-in cannot make a replay of it work
+        self.replay.accept(envelope.ts, envelope.nonce, now=now)
+        self.store.save(commands=self.replay.snapshot())
+        self._note_clock(envelope.ts)
+        if command.cmd in MIC_COMMANDS and not cfg.commands.allow_mic_control:
+            raise CommandError(
+                "mic control is off on this device (commands.allow_mic_control)",
+                "mic_control_off",
+            )
+        return command
+
+    def _note_clock(self, ts: int) -> None:
+        off = self._wall_clock() - ts
+        if abs(off) > 600 and not self._clock_noted:
+            self._clock_noted = True
+            logger.warning(
+                "this device's clock is off by %d min against the command's issuer "
+                "(not synced?); commands are judged by their own times, not this clock",
+                round(off / 60),
+            )
+
+    def _refuse(self, e: CommandError, sender: str, event: CommandEvent) -> None:
+        self.metrics.inc("commands_refused_total", reason=e.reason)
+        logger.warning("remote command from %s refused: %s", sender, e, extra=_extra(event))
+        self._reply({"error": str(e), "reason": e.reason, "id": event.id[:64]})
 
     def _reply(self, doc: dict[str, Any]) -> None:
         if self.publish is not None:
@@ -200,3 +323,7 @@ class Controls:
         if gate.held and not self.status.any_uplink_up:
             return Led.BLINK_4HZ
         return Led.ON if gate.transmitting and self.status.any_uplink_up else Led.OFF
+
+
+def _extra(event: CommandEvent) -> dict[str, str]:
+    return {"LINK": "videosdk", "TOPIC": event.topic[:128], "SENDER": event.sender_id[:128]}

@@ -13,7 +13,14 @@ also from the built-in that best describes it, so callers may catch either::
     │       └── DeviceBusy                  another program, or a stuck handle, has it (EBUSY)
     ├── GpioUnavailable (OSError)           no GPIO chip or pin factory
     └── LinkError (ConnectionError)         a link could not be (re)established
-        └── AuthRefused                     the service refused our credentials
+        ├── AuthRefused                     the service refused our credentials
+        ├── Unreachable                     no connection to a host: DNS, refused, reset, timeout
+        │   └── TlsUntrusted                the host's certificate failed verification
+        ├── HttpRefused                     the host answered an HTTP error status
+        └── PeerClosed                      an open connection ended (close code, or none)
+
+:mod:`agent.links.transport` turns the libraries' exceptions (websockets, httpx, ssl,
+OSError, DNS) into the LinkError branch, keeping the host and the cause.
 
 Messages never contain secret values: they name the credential file instead.
 """
@@ -67,3 +74,38 @@ class LinkError(AgentError, ConnectionError):
 
 class AuthRefused(LinkError):
     """The service refused our credentials (HTTP 401/403, close 4401, ...)."""
+
+
+class Unreachable(LinkError):
+    """No connection to ``host``: ``cause`` says why (DNS, refused, reset, timed out, TLS)."""
+
+    def __init__(self, host: str, cause: str) -> None:
+        self.host = host
+        self.cause = cause
+        super().__init__(f"cannot connect to {host}: {cause}")
+
+
+class TlsUntrusted(Unreachable):
+    """The host's TLS certificate failed verification; ``cause`` names the reason."""
+
+
+class HttpRefused(LinkError):
+    """``host`` answered HTTP ``status`` (a REST call, or a WebSocket upgrade refused)."""
+
+    def __init__(
+        self, host: str, status: int, *, what: str = "", retry_after_s: float = 0.0
+    ) -> None:
+        self.host = host
+        self.status = status
+        self.retry_after_s = retry_after_s  # the server's Retry-After, 0 if none
+        super().__init__(f"{what or host} answered HTTP {status}")
+
+
+class PeerClosed(LinkError):
+    """An open connection ended. ``code``: the close code the peer sent (None: no
+    closing handshake, the connection was lost); ``sent``: the code we sent, if any."""
+
+    def __init__(self, message: str, *, code: int | None = None, sent: int | None = None) -> None:
+        self.code = code
+        self.sent = sent
+        super().__init__(message)

@@ -25,7 +25,15 @@ from agent.errors import CredentialError
 logger = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path("/etc/field-agent/credentials")
-NAMES = ("videosdk-token", "videosdk-api-key", "videosdk-secret", "orgo-api-key", "pbx-secret")
+NAMES = (
+    "device-token",
+    "videosdk-token",
+    "videosdk-api-key",
+    "videosdk-secret",
+    "orgo-api-key",
+    "pbx-secret",
+    "command-key",
+)
 MASK = "***"
 CREDENTIAL_ID = "field-agent"  # LoadCredential=field-agent:/etc/field-agent/credentials
 

@@ -3,7 +3,11 @@
 - :func:`setup_logging`: under systemd (``JOURNAL_STREAM`` or ``INVOCATION_ID`` set)
   records go to journald through ``systemd.journal.JournalHandler``, with the
   record's upper-case extras as journal fields (``LINK=``, ``CALL_ID=``,
-  ``ROOM_ID=``); on a terminal, one readable line per record.
+  ``ROOM_ID=``); on a terminal, one readable line per record. On both, three filters
+  run in order: :class:`RateLimitFilter` (a repeated event is one line per interval,
+  then "(N more suppressed)"), :class:`~agent.secrets.RedactingFilter` (secrets) and
+  :class:`EscapingFilter` (control characters and line breaks from the network are
+  shown escaped, in the message and every field: no remote text can forge a line).
 - :class:`Notifier`: ``READY=1``, ``STATUS=``, ``STOPPING=1``, ``RELOADING=1``,
   ``WATCHDOG=1`` through ``systemd.daemon.notify``; no-ops without ``NOTIFY_SOCKET``.
 - :class:`Heartbeats`: every long-running task and thread beats; the watchdog
@@ -19,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
@@ -93,6 +98,99 @@ def under_systemd(env: Mapping[str, str] = os.environ) -> bool:
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text: str) -> str:
+    """``text`` with every non-printable character escaped: line breaks (also U+2028,
+    U+0085), other control characters, bidi overrides and other format characters."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable():
+            out.append(c)
+        elif c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        else:
+            o = ord(c)
+            out.append(
+                f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+            )
+    return "".join(out)
+
+
+class EscapingFilter(logging.Filter):
+    """Escape the formatted message and every upper-case field (journal fields) of a
+    record, once, for every handler. A traceback (a bug of ours, not remote text) is
+    kept as it is, but the exception's own message is escaped on the terminal line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = escape(message), None
+        for key, value in list(record.__dict__.items()):
+            if key.isupper() and key not in _STD_ATTRS:
+                text = value if isinstance(value, str) else str(value)
+                if not text.isprintable() or not isinstance(value, str):
+                    setattr(record, key, escape(text))
+        return True
+
+
+class RateLimitFilter(logging.Filter):
+    """At most ``burst`` records per (logger, message template) per ``interval_s``.
+
+    The record that hits the limit still goes out, marked "(more like this suppressed
+    for 10 s)"; the first one after a suppressed stretch says "(N more suppressed)".
+    Keyed by the template, not the formatted text, so a flood of commands from many
+    senders is one key. Keys are bounded (least recently used forgotten).
+    """
+
+    def __init__(
+        self,
+        interval_s: float = 10.0,
+        burst: int = 10,
+        *,
+        max_keys: int = 512,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.burst = burst
+        self.max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> [window start, records in window, suppressed in the window]
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self.suppressed_total = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        with self._lock:
+            state = self._seen.pop(key, None)
+            held = 0
+            if state is None or now - state[0] >= self.interval_s:
+                held = int(state[2]) if state is not None else 0
+                state = [now, 0.0, 0.0]
+            self._seen[key] = state
+            while len(self._seen) > self.max_keys:
+                self._seen.popitem(last=False)
+            state[1] += 1
+            count = state[1]
+            if count > self.burst + 1:
+                state[2] += 1
+                self.suppressed_total += 1
+                return False
+        note = ""
+        if held:
+            note = f" ({held} more suppressed)"
+        if count == self.burst + 1:
+            note += f" (more like this suppressed for {self.interval_s:g} s)"
+        if note:
+            record.msg, record.args = record.getMessage() + note, None
+        return True
+
+
 class TerminalFormatter(logging.Formatter):
     """``12:00:01.234 WARNING videosdk: session refused [LINK=videosdk]`` — one line a record."""
 
@@ -108,9 +206,12 @@ class TerminalFormatter(logging.Formatter):
         if record.exc_info:
             # one line: the exception's type and message, not a traceback
             exc = record.exc_info[1]
-            line += f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+            line += f" ({type(exc).__name__}: {escape(str(exc))})" if exc is not None else ""
         elif record.exc_text:
-            line += " (" + record.exc_text.strip().splitlines()[-1] + ")"
+            # the exception line(s) after the last indented frame line of the traceback
+            lines = record.exc_text.rstrip().splitlines()
+            last_frame = max((i for i, t in enumerate(lines) if t[:1].isspace()), default=-1)
+            line += " (" + escape("\n".join(lines[last_frame + 1 :]) or lines[-1]) + ")"
         return line
 
 
@@ -132,7 +233,9 @@ def setup_logging(
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(TerminalFormatter())
+    handler.addFilter(RateLimitFilter())  # first: it keys on the unformatted template
     handler.addFilter(RedactingFilter())
+    handler.addFilter(EscapingFilter())  # last: the final text is what is escaped
     root = logging.getLogger("agent")
     for old in list(root.handlers):
         root.removeHandler(old)

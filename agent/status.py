@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.secrets import RedactingFilter
+from agent.service import escape
 
 
 class LinkState(enum.Enum):
@@ -33,7 +34,7 @@ RECEIVE_ONLY_LINKS = frozenset({"orgo"})
 
 
 class Led(enum.Enum):
-    """What the status LED shows (DESIGN.md, "Behaviour users see")."""
+    """What the status LED shows (README, "Operating the service")."""
 
     OFF = "off"
     BLINK_1HZ = "blink-1hz"  # connecting or reconnecting
@@ -103,10 +104,18 @@ class StatusBoard:
             self._changed()
 
     def set_error(self, message: str) -> None:
-        """Remember the last user-relevant error (never containing a secret)."""
-        message = RedactingFilter.scrub(message)  # in case a peer's words carried one
+        """Remember the last user-relevant error (never a secret; control characters escaped)."""
+        # in case a peer's words carried a secret, or line breaks and control characters
+        message = escape(RedactingFilter.scrub(message))
         if message != self.last_error:
             self.last_error = message
+            self._changed()
+
+    def clear_error(self, prefix: str) -> None:
+        """Forget the last error if it starts with ``prefix``: its cause is resolved (a
+        good reload after a refused one, a part built after all)."""
+        if self.last_error and self.last_error.startswith(prefix):
+            self.last_error = ""
             self._changed()
 
     def set_mic_level(self, dbfs: float) -> None:
@@ -123,7 +132,7 @@ class StatusBoard:
     # -- views -----------------------------------------------------------------------
     @property
     def led(self) -> Led:
-        """Status LED pattern from the links and devices (DESIGN.md)."""
+        """Status LED pattern from the links and devices (see the README)."""
         parts = [*self.links.values(), *self.devices.values()]
         if any(p.state is LinkState.ATTENTION for p in parts):
             return Led.BLINK_4HZ
@@ -193,7 +202,7 @@ class StatusBoard:
         retry_in: float | None,
     ) -> None:
         retry_at = None if retry_in is None else self.clock() + retry_in
-        detail = RedactingFilter.scrub(detail)
+        detail = escape(RedactingFilter.scrub(detail))  # server text: no control characters
         old = table.get(name)
         if old is not None and (old.state, old.detail, old.retry_at) == (state, detail, retry_at):
             return

@@ -203,7 +203,8 @@ async def one_run(app: FastRTCApp, seconds: float, every: int) -> Run:
         task = asyncio.create_task(agent.run())
         await asyncio.sleep(WARMUP_S + seconds + 1.0)
         run = Run()
-        mixer = agent._mixer
+        assert agent.generation is not None and agent.generation.mixer is not None
+        mixer = agent.generation.mixer
         source = mixer.source("fastrtc")
         run.target_ms = source.target_ms if source is not None else float("nan")
         run.playout = [x * 1000 for x in mixer.latencies("fastrtc")]  # arrival -> render

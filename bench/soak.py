@@ -52,7 +52,6 @@ import array
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import multiprocessing
@@ -67,7 +66,6 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -80,9 +78,10 @@ sys.path.insert(0, str(REPO))
 
 from agent import config  # noqa: E402
 from agent.app import Agent, Hardware  # noqa: E402
-from agent.backoff import BackoffPolicy, Reconnector  # noqa: E402
+from agent.backoff import BackoffPolicy  # noqa: E402
 from agent.controls import StateStore  # noqa: E402
 from agent.hw.sim import RecordingSink, ToneSource  # noqa: E402
+from agent.links.registry import LinkPolicies  # noqa: E402
 from agent.pcm import Pcm  # noqa: E402
 from agent.sandbox.faultproxy import FaultProxy, Resolver  # noqa: E402
 from agent.secrets import Credentials  # noqa: E402
@@ -492,27 +491,21 @@ class Soak:
             hardware=Hardware(mic=lambda _c, _m: self.mic, speaker=lambda _c, _m: self.speaker),
             state=StateStore(None),
             notifier=_FileNotifier(self.notify_log),
+            link_policies=self.link_timers(),
         )
 
-    def patch_timers(self) -> None:
+    def link_timers(self) -> LinkPolicies | None:
+        """Shorter link timings (slow retries 5 s, pings 5 s) unless --production-timers;
+        passed to the agent as ``Agent(link_policies=...)``."""
         if self.args.production_timers:
-            return
-        policy = dataclasses.replace(BackoffPolicy(), slow_s=5.0)
-        import agent.links.fastrtc as rtc_mod
-        import agent.links.orgo as orgo_mod
-        import agent.links.pbx as pbx_mod
-        import agent.links.videosdk as vsdk_mod
-
-        for mod in (vsdk_mod, orgo_mod, rtc_mod, pbx_mod):
-            mod.Reconnector = functools.partial(_reconnector, policy)
-        rtc_mod.FastRTCLink = functools.partial(
-            rtc_mod.FastRTCLink, ping_interval_s=5.0, pong_timeout_s=2.0, refusal_wait_s=2.0
-        )
-        vsdk_mod.VideoSDKLink = functools.partial(
-            vsdk_mod.VideoSDKLink, ping_interval_s=5.0, ping_timeout_s=3.0
-        )
-        orgo_mod.OrgoLink = functools.partial(
-            orgo_mod.OrgoLink, ping_interval_s=5.0, pong_timeout_s=2.0
+            return None
+        return LinkPolicies(
+            backoff=dataclasses.replace(BackoffPolicy(), slow_s=5.0),
+            app_ping_interval_s=5.0,
+            app_pong_timeout_s=2.0,
+            ws_ping_interval_s=5.0,
+            ws_ping_timeout_s=3.0,
+            refusal_wait_s=2.0,
         )
 
     # -- observation --------------------------------------------------------------------
@@ -705,7 +698,6 @@ class Soak:
 
     # -- the run --------------------------------------------------------------------------
     async def run(self) -> int:
-        self.patch_timers()
         self.agent = self.build_agent()
         self.last_state: dict[str, str] = {}
         self.status_file = self.tmp / "status-json.txt"
@@ -965,12 +957,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _reconnector(
-    policy: BackoffPolicy, *_policy: Any, clock: Callable[[], float] = time.monotonic, **_: Any
-) -> Reconnector:
-    return Reconnector(policy, clock=clock)
 
 
 class _FileHandler(logging.Handler):

@@ -79,6 +79,8 @@ else
   "$VENV/bin/pip" install -q --no-cache-dir "$src[gpio]"
 fi
 "$VENV/bin/field-agent" --version
+# on PATH for the owner (a login shell's PATH and sudo's secure_path have /usr/local/bin)
+ln -sfn "$VENV/bin/field-agent" /usr/local/bin/field-agent
 # every native module loads on this machine (wheels of the right platform, libraries there)
 "$VENV/bin/python" -c 'import numpy, soxr, alsaaudio, lgpio, systemd.journal, agent.app'
 
@@ -116,5 +118,19 @@ if [ -d /run/systemd/system ] && ! systemd-detect-virt --chroot --quiet; then
 else
   systemctl enable field-agent.service  # in a chroot: only creates the symlink
 fi
-say "done. Edit $ETC/agent.toml, put the secrets in $ETC/credentials/ (mode 0600), then"
-say "  field-agent check-config && systemctl restart field-agent"
+# the next steps, in the words of whoever ran this: sudo for a sudo user, none for root
+if [ -n "${SUDO_USER:-}" ]; then sudo="sudo " edit="sudoedit"; else sudo="" edit="editor"; fi
+say "done: $("$VENV/bin/field-agent" --version) in $VENV, on PATH as /usr/local/bin/field-agent"
+cat <<EOF
+Next steps:
+  1. the sound card's stable names:   field-agent devices
+  2. the config (device.id, videosdk.room_id, audio devices, GPIO pins):
+       $edit $ETC/agent.toml
+  3. each secret in its own file (mode 0600) in $ETC/credentials/, e.g.
+       ${sudo}sh -c 'umask 077; cat > $ETC/credentials/videosdk-token'   (paste, then Ctrl-D)
+  4. check both (as root: the credentials are root-only):
+       ${sudo}field-agent check-config
+  5. start it, then look:
+       ${sudo}systemctl restart field-agent && field-agent status
+       journalctl -u field-agent -f
+EOF

@@ -1,5 +1,5 @@
 """Fixtures shared by every test tier: a recording sd_notify socket, a per-test ALSA
-config with file-plugin devices (TESTBED.md), and gpiozero's MockFactory."""
+config with file-plugin devices (docs/testing.md), and gpiozero's MockFactory."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 @dataclass
 class PulseDevices:
     """A private PulseAudio daemon with a null source and sink: real-time pacing
-    for ALSA (TESTBED.md). ``pacedmic`` reads ``mic`` (then zeros) every 20 ms;
+    for ALSA (docs/testing.md). ``pacedmic`` reads ``mic`` (then zeros) every 20 ms;
     ``paspk`` plays in real time into the null sink."""
 
     conf: Path

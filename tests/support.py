@@ -103,3 +103,25 @@ class LinkHarnessBase:
     def detail(self) -> str:
         part = self.status.links.get(self.link_name)
         return "" if part is None else part.detail
+
+
+def toml_text(raw: dict[str, dict[str, Any]]) -> str:
+    """``[section] key = value`` TOML for a config dict (strings, numbers, booleans, lists
+    of strings: what agent.toml holds), so a test can write the file a person would."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"no TOML for {v!r}")
+
+    lines: list[str] = []
+    for section, table in raw.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value(v)}" for key, v in table.items()]
+    return "\n".join(lines) + "\n"

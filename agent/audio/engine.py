@@ -82,6 +82,7 @@ class _Device:
         status: StatusBoard,
         policy: BackoffPolicy,
         heartbeat: Callable[[], None] | None,
+        on_first_report: Callable[[], None] | None = None,
     ) -> None:
         self.role = role  # "mic" | "speaker"
         self.port = port
@@ -90,6 +91,12 @@ class _Device:
         self.heartbeat = heartbeat
         self.down_since: float | None = None
         self.kind = "capture" if role == "mic" else "playback"
+        self._first_report = on_first_report
+
+    def _reported(self, loop: _Loop) -> None:
+        if self._first_report is not None:
+            loop.call(self._first_report)
+            self._first_report = None
 
     def opened(self, loop: _Loop) -> None:
         self.reconnector.connected()
@@ -102,6 +109,7 @@ class _Device:
             )
             self.down_since = None
         loop.call(self.status.set_device, self.role, LinkState.UP, device_name(self.port))
+        self._reported(loop)
 
     def failed(self, loop: _Loop, exc: AudioError) -> float:
         """Report the failure; return the delay before the next attempt."""
@@ -119,6 +127,7 @@ class _Device:
         else:
             logger.debug("%s: still failing (%s), next try in %.1f s", name, exc, delay)
         loop.call(self.status.set_device, self.role, LinkState.ATTENTION, detail)
+        self._reported(loop)
         return delay
 
     def wait(
@@ -233,6 +242,8 @@ class Capture:
         self._silence_alarm_s = silence_alarm_s
         self._seq = 0  # last frame number handed out; continues across reopens
         self._running = False
+        # called once (on the event loop) after the first open attempt, opened or failed
+        self.on_ready: Callable[[], None] | None = None
 
     async def frames(self) -> AsyncGenerator[Frame, None]:
         """Yield 20 ms, 160-sample, 8 kHz mono frames until the consumer stops iterating.
@@ -277,6 +288,8 @@ class Capture:
             if not done.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([done], timeout=_STOP_TIMEOUT_S)
+            if done.done() and not done.cancelled():
+                done.exception()  # a thread failure was raised through the queue already
             self._running = False
 
     # -- the capture thread ----------------------------------------------------------
@@ -299,7 +312,9 @@ class Capture:
             loop.call(_finish, done, error)
 
     def _capture(self, loop: _Loop, deliver: Callable[[Frame | BaseException], None]) -> None:
-        device = _Device("mic", self.source, self._status, self._policy, self._heartbeat)
+        device = _Device(
+            "mic", self.source, self._status, self._policy, self._heartbeat, self.on_ready
+        )
         stop = loop.stop
         while not stop.is_set():
             try:
@@ -378,6 +393,8 @@ class Playback:
         self._status = status
         self._heartbeat = heartbeat
         self._policy = reopen_backoff
+        # called once (on the event loop) after the first open attempt, opened or failed
+        self.on_ready: Callable[[], None] | None = None
 
     async def run(self) -> None:
         """Play until cancelled; on cancellation the thread stops and closes the device."""
@@ -412,7 +429,9 @@ class Playback:
             loop.call(_finish, done, error)
 
     def _play(self, loop: _Loop) -> None:
-        device = _Device("speaker", self.sink, self._status, self._policy, self._heartbeat)
+        device = _Device(
+            "speaker", self.sink, self._status, self._policy, self._heartbeat, self.on_ready
+        )
         stop = loop.stop
 
         def discard() -> None:  # keep the sources' buffers moving while there is no speaker

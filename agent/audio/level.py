@@ -14,6 +14,7 @@ from agent.pcm import SILENCE_DBFS, UPLINK_RATE, Pcm, dbfs
 
 logger = logging.getLogger(__name__)
 
+
 class Vad:
     """Energy VAD: voiced while the level is at or above ``threshold_dbfs``, and for
     ``hangover_ms`` of audio after it last was (so pauses between words do not

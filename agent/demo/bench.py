@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import signal
 import sys
 import tempfile
@@ -174,15 +175,18 @@ class DemoBench:
     """
 
     def __init__(
-        self, *, mic: Path | None = None, speaker_out: Path | None = None, real_audio: bool = False
-    ) -> None:
+        self, *, mic: Path | None = None, speaker_out: Path | None = None,
+        real_audio: bool = False, keep: bool = False,
+    ) -> None:  # fmt: skip
         from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+        # the demo's config, credentials and mic WAV: removed on exit unless ``keep``
         self.work = Path(tempfile.mkdtemp(prefix="field-agent-demo-"))
+        self.keep = keep
         self.real_audio = real_audio
-        self.speaker_path: Path | None = (
-            None if real_audio else speaker_out or (self.work / "speaker.wav")
-        )
+        # the speaker's recording (outside the work folder, so it outlives it); None:
+        # recorded in memory only (the summary's level still comes from it)
+        self.speaker_path: Path | None = None if real_audio else speaker_out
         self._mic = mic
         self.pins = MockFactory(pin_class=MockPWMPin)
         self.fake_vs = FakeVideoSDK(echo=True, keep_frames=5000)
@@ -258,7 +262,13 @@ class DemoBench:
             if self._recorder is not None:
                 self._recorder.close()
         finally:
-            await self._exit.aclose()
+            try:
+                await self._exit.aclose()
+            finally:
+                if self.keep:
+                    logger.info("kept the demo's work folder %s", self.work)
+                else:
+                    shutil.rmtree(self.work, ignore_errors=True)
 
     # -- what a person does ----------------------------------------------------------
     def elapsed(self) -> float:
@@ -319,7 +329,11 @@ class DemoBench:
             "voiced_frames_sent": fake_vs.voiced_total,
             "ptt_held_s": round(self._held_s, 2),
             "orgo_frames_received": int(metrics.total("frames_received_total", link="orgo")),
-            "speaker_file": str(self.speaker_path) if self.speaker_path else "(ALSA default)",
+            "speaker_file": (
+                "(ALSA default)" if self.real_audio
+                else str(self.speaker_path) if self.speaker_path
+                else "(not saved: --speaker-out FILE.wav keeps it)"
+            ),
             "speaker_rms_dbfs": round(_rms_dbfs(samples), 1) if self._recorder else None,
             "led_status_final": self.agent.status.led.value,
             "uplink_frames_dropped": int(metrics.total("frames_dropped_total", link="videosdk")),
@@ -403,10 +417,10 @@ async def run_live(bench: DemoBench, duration_s: float | None, logs: LogRing) ->
 async def run_demo(
     *, duration_s: float | None = 10.0, mic: Path | None = None,
     speaker_out: Path | None = None, script: Script | None = None, live: bool = False,
-    real_audio: bool = False,
+    real_audio: bool = False, keep: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Run the demo (scripted, or ``live`` from the keyboard); return the summary."""
-    bench = DemoBench(mic=mic, speaker_out=speaker_out, real_audio=real_audio)
+    bench = DemoBench(mic=mic, speaker_out=speaker_out, real_audio=real_audio, keep=keep)
     if live:
         from agent.demo.view import LogRing, capture_logs
 

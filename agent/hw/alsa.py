@@ -24,10 +24,15 @@ import alsaaudio
 import numpy as np
 
 from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
+from agent.hw.alsalog import route_alsa_lib_errors
 from agent.metrics import Metrics
 from agent.pcm import Pcm, samples_per_frame
 
 logger = logging.getLogger(__name__)
+
+# alsa-lib's "ALSA lib pcm.c:...: Unknown PCM ..." lines go to the log (DEBUG, once each),
+# not to the terminal on every retry: agent/hw/alsalog.py
+route_alsa_lib_errors()
 
 DEFAULT_PERIODS = 4  # 80 ms of device buffer at 20 ms periods
 

@@ -22,12 +22,14 @@ from typing import Any
 import alsaaudio
 
 from agent.errors import AudioError
+from agent.hw.alsalog import route_alsa_lib_errors
 from agent.hw.ports import AudioSink, AudioSource
 from agent.hw.sim import ToneSource
 from agent.metrics import Metrics
 from agent.pcm import FRAMES_PER_S, SILENCE_DBFS, dbfs
 
 logger = logging.getLogger(__name__)
+route_alsa_lib_errors()  # probing prints alsa-lib's own lines otherwise (agent/hw/alsalog.py)
 
 _HW_NAME = re.compile(r"^hw:CARD=(?P<card>[^,]+),DEV=(?P<dev>\d+)$")
 _MAX_LISTED_RATE = 384000
@@ -132,11 +134,44 @@ def list_devices() -> str:
         for info in cards:
             detail = f"rates: {info.rates}" if info.rates else info.note
             lines.append(f"  {info.name:<28} {detail}")
-        if others:
+        marked, plugins = other_pcm_notes(others, capture=capture, have_cards=bool(cards))
+        if marked:
+            lines.append("  avoid in agent.toml:")
+            lines.extend(f"    {name:<10} {note}" for name, note in marked)
+        if plugins:
             lines.append(
-                f"  other {title.lower()} PCMs from the ALSA configuration: " + ", ".join(others)
+                "  ALSA plugins (they wrap a device, they are not one): " + ", ".join(plugins)
             )
     return "\n".join(lines) + "\n"
+
+
+_SOUND_SERVERS = ("pulse", "pipewire", "jack")
+
+
+def other_pcm_notes(
+    names: list[str], *, capture: bool, have_cards: bool
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """``(name, why not to use it)`` for the configuration's PCMs a person may pick by
+    mistake (``null``, ``default``, sound servers), and the plugin names (the rest)."""
+    marked: list[tuple[str, str]] = []
+    plugins: list[str] = []
+    for name in names:
+        if name == "null":
+            marked.append((name, (
+                "not a real device: it spins a core (endless silence, no clock)" if capture
+                else "not a real device: it discards the audio as fast as it comes"
+            )))  # fmt: skip
+        elif name in ("default", "sysdefault"):
+            marked.append((name, (
+                "ALSA's default: it can point elsewhere when a card comes or goes; "
+                "use the stable CARD= name above" if have_cards
+                else "ALSA's default: there is no sound card behind it now"
+            )))  # fmt: skip
+        elif name in _SOUND_SERVERS:
+            marked.append((name, "a sound server's device: none runs for the field-agent service"))
+        else:
+            plugins.append(name)
+    return marked, plugins
 
 
 def _meter(level: float, width: int = 30) -> str:

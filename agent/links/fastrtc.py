@@ -4,16 +4,17 @@ Two tasks under one TaskGroup, run until cancelled::
 
     uplink:   Fanout queue "fastrtc" (PTT-gated 8 kHz frames, silence while idle)
               -> StreamResampler 8 kHz -> fastrtc.input_rate -> mu-law -> `media`
-    sessions: connect -> `start` (a fresh websocket_id) + `ping`
+    sessions: (agent.links.runner.Runner) connect -> `start` (a fresh websocket_id) + `ping`
               -> first `pong`: the app took us: mixer source "fastrtc" at output_rate, UP
               -> `media` -> mixer; `log` -> journal + status; `ping` every 20 s
-    on any end: decide (see :func:`decide`) -> status RETRY/ATTENTION -> back off -> again
+              (the rules: :class:`agent.proto.fastrtc.FastRTCSession`, no I/O)
+    on any end: :func:`decide` -> the runner shows RETRY/ATTENTION, backs off, again
 
 The app's handler neither resamples nor announces its rates, so both come from the
 config (``fastrtc.input_rate``/``output_rate``). A session the app refuses because
 its ``concurrency_limit`` is reached waits at least :data:`REFUSAL_WAIT_S`, doubling
 with each refusal in a row: a busy single-seat app is not hammered. Cancellation
-(SIGTERM) sends ``stop`` and closes within :data:`STOP_TIMEOUT_S`.
+(SIGTERM) sends ``stop`` and closes within 1 s (:func:`agent.links.wsclient.speaking`).
 
 The wire codec is :mod:`agent.proto.fastrtc`; this module only moves its strings.
 """
@@ -21,28 +22,34 @@ The wire codec is :mod:`agent.proto.fastrtc`; this module only moves its strings
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import random
-import re
-import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 import websockets.asyncio.client
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.protocol import State
 
 from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy, Reconnector
-from agent.config import FastRTCConfig, SecurityConfig
-from agent.errors import AgentError, LinkError
-from agent.links.keepalive import AppPing, NoPong
-from agent.links.tls import client_context, ws_tls
+from agent.config import Config, FastRTCConfig, SecurityConfig
+from agent.errors import HttpRefused, LinkError, PeerClosed, TlsUntrusted, Unreachable
+from agent.links.registry import LinkDeps
+from agent.links.runner import History, Outcome, Runner, attention, retry
+from agent.links.tls import client_context
+from agent.links.transport import shown_url
+from agent.links.wire import MalformedNotes, wire_logger
+from agent.links.wsclient import (
+    STOP_TIMEOUT_S,
+    Connect,
+    next_message,
+    open_ws,
+    send_media,
+    speaking,
+)
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, Frame, PcmSink, SourceFactory
 from agent.proto.fastrtc import (
@@ -50,55 +57,33 @@ from agent.proto.fastrtc import (
     PAUSE_DETECTED,
     RESPONSE_STARTING,
     STARTED_TALKING,
+    FastRTCSession,
     Log,
     MalformedMessage,
     Media,
     Notice,
-    Pong,
     Refused,
     SendInput,
     Stopword,
     Unknown,
-    decode,
     encode_media,
-    encode_ping,
-    encode_start,
     encode_stop,
     new_websocket_id,
 )
+from agent.proto.keepalive import NoPong, wait_s
 from agent.service import Heartbeat
-from agent.status import LinkState, StatusBoard
+from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
-
-
-class _HideQuery(logging.Filter):
-    """The websockets library logs the request line at DEBUG (``> GET /path?query``): an
-    app's URL may carry a token in its query (a signed or private app), so the query
-    is masked there as it is left out of this link's own lines."""
-
-    _query = re.compile(r"(^> GET [^?\s]*)\?\S*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self._query.sub(r"\1?***", message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
-ws_logger = logging.getLogger(__name__ + ".ws")
-ws_logger.addFilter(_HideQuery())
+ws_logger = wire_logger("fastrtc")  # an app's URL may carry a token in its query: masked
 
 NAME = "fastrtc"  # link name, mixer source, Fanout subscriber
 LOG = {"LINK": NAME}  # journald field on every record of this link
 OPEN_TIMEOUT_S = 5.0  # TCP + WebSocket handshake
-STOP_TIMEOUT_S = 1.0  # send `stop` and close on cancellation
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: ~30 s of 24 kHz mu-law in base64; apps may send big chunks
 SEND_BUFFER_LIMIT = 32 * 1024  # bytes queued in the socket (~0.5 s at 48 kHz): drop, don't lag
 REFUSAL_WAIT_S = 10.0  # least wait after a concurrency refusal; doubles per refusal in a row
-REFUSAL_CAP_S = 120.0  # ... up to this
-REFUSAL_JITTER = 0.2  # refusal waits are stretched by up to this fraction (devices desync)
+REFUSAL_CAP_S = 120.0  # ... up to this (the runner stretches it by up to 20 %: devices desync)
 REPLY_QUIET_S = 1.0  # no reply audio this long after `response_starting`: the reply is over
 QUIET_PEAK = 64  # a media message whose samples all stay within +-this is silence (-54 dBFS)
 
@@ -108,8 +93,6 @@ ACTIVITY = {
     PAUSE_DETECTED: "thinking",
     RESPONSE_STARTING: "assistant talking",
 }
-
-Connect = Callable[..., Awaitable[ClientConnection]]
 
 
 # --- why a connection ended ---------------------------------------------------------
@@ -128,65 +111,53 @@ class SessionRefused(LinkError):
         super().__init__(text)
 
 
-class HandshakeRefused(LinkError):
-    """The HTTP upgrade was answered with an error status."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-        super().__init__(f"WebSocket handshake refused (HTTP {status})")
-
-
-class AppUnreachable(LinkError):
-    """No connection to the app (refused, timed out, DNS, TLS)."""
-
-    def __init__(self, message: str, *, untrusted: bool = False) -> None:
-        self.untrusted = untrusted  # the app's TLS certificate failed verification
-        super().__init__(message)
-
-
-@dataclass(frozen=True, slots=True)
-class Down:
-    """What to show and how long to wait after a failed attempt or a dropped link."""
-
-    state: LinkState  # RETRY or ATTENTION
-    detail: str  # status detail
-    slow: bool = False  # wait the slow cadence (a person must act first)
-    at_least_s: float = 0.0  # never retry sooner than this
-
-
 def refusal_wait(refusals: int, *, base_s: float = REFUSAL_WAIT_S) -> float:
     """Least wait after the ``refusals``-th refusal in a row: base, 2x, 4x, ... capped."""
     return min(base_s * 2.0 ** max(0, refusals - 1), max(base_s, REFUSAL_CAP_S))
 
 
 def decide(
-    exc: BaseException, refusals: int = 0, *, refusal_base_s: float = REFUSAL_WAIT_S
-) -> Down:
-    """The retry policy of this link, as one pure function of why the attempt ended.
-
-    ``refusals`` counts app refusals in a row, this one included.
-    """
+    exc: BaseException, history: History, *, refusal_base_s: float = REFUSAL_WAIT_S
+) -> Outcome:
+    """The retry policy of this link, as one pure function of why the attempt ended."""
     match exc:
         case SessionRefused():
-            wait = refusal_wait(refusals, base_s=refusal_base_s)
-            return Down(LinkState.RETRY, str(exc), at_least_s=wait)
-        case HandshakeRefused(status=status) if 400 <= status < 500:
+            wait = refusal_wait(history.refusals + 1, base_s=refusal_base_s)
+            return retry(str(exc), at_least_s=wait, refusal=True)
+        case HttpRefused(status=status) if 400 <= status < 500:
             # Not a FastRTC endpoint, or it wants auth we do not have: a person must look.
-            return Down(
-                LinkState.ATTENTION, f"{exc}; check fastrtc.url (apps serve {PATH})", slow=True
+            return attention(
+                f"WebSocket handshake refused (HTTP {status}); check fastrtc.url "
+                f"(apps serve {PATH})"
             )
-        case HandshakeRefused():
-            return Down(LinkState.RETRY, str(exc))
+        case HttpRefused(status=status):
+            return retry(f"WebSocket handshake refused (HTTP {status})")
         case NoPong():
-            return Down(LinkState.RETRY, "no pong, reconnecting")
-        case AppUnreachable(untrusted=True):
-            return Down(LinkState.RETRY, "app unreachable: TLS certificate not trusted")
-        case AppUnreachable():
-            return Down(LinkState.RETRY, "app unreachable")
-        case ConnectionClosed(rcvd=rcvd) if rcvd is not None:
-            return Down(LinkState.RETRY, f"app closed the connection ({rcvd.code})")
+            return retry("no pong, reconnecting")
+        case TlsUntrusted():
+            return retry("app unreachable: TLS certificate not trusted", cause=str(exc))
+        case Unreachable():
+            return retry("app unreachable", cause=str(exc))
+        case PeerClosed(code=code) if code is not None:
+            return retry(f"app closed the connection ({code})")
         case _:
-            return Down(LinkState.RETRY, "connection lost")
+            return retry("connection lost", cause=str(exc))
+
+
+def create(cfg: Config, deps: LinkDeps) -> FastRTCLink:
+    """The registry's factory: this link built from the whole config and the agent's parts."""
+    p = deps.policies
+    return FastRTCLink(
+        cfg.fastrtc,
+        uplink=deps.uplink(NAME),
+        connect=deps.connect or websockets.asyncio.client.connect,
+        reconnector=deps.reconnector(BackoffPolicy()),
+        ping_interval_s=p.app_ping_interval_s or 20.0,
+        pong_timeout_s=p.app_pong_timeout_s or 10.0,
+        refusal_wait_s=p.refusal_wait_s or REFUSAL_WAIT_S,
+        security=cfg.security,
+        **deps.common(NAME),
+    )
 
 
 # --- the link -----------------------------------------------------------------------
@@ -230,183 +201,113 @@ class FastRTCLink:
         self._status = status
         self._metrics = metrics
         self._connect = connect
-        self._reconnector = reconnector or Reconnector(BackoffPolicy(), clock=clock)
-        self._heartbeat = heartbeat
         self._clock = clock
-        self._rng = rng
         self._new_id = new_id
         self._ping_interval_s = ping_interval_s
         self._pong_timeout_s = pong_timeout_s
-        self._refusal_wait_s = refusal_wait_s
         self._open_timeout_s = open_timeout_s
         self._tls = client_context(security or SecurityConfig())
-        self._refusals = 0  # refusals in a row
         self._live: ClientConnection | None = None  # set while accepted: media flows
         self._resampler = StreamResampler(UPLINK_RATE, cfg.input_rate)
         self._sink: PcmSink | None = None
-        parts = urlsplit(cfg.url)
-        self._who = f"app {parts.netloc or cfg.url}"  # status detail while up
-        # for logs: without a query string (config holds no secrets, but an app's URL may)
-        self._shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        self._who = f"app {urlsplit(cfg.url).netloc or cfg.url}"  # status detail while up
+        self._shown = shown_url(cfg.url)  # for logs: without a query string
         self._activity = ""  # the app's latest `log` note, shown in the status
         self._last_media = 0.0  # when audible reply audio last arrived
         self._asked_inputs = False  # `send_input` logged on this connection
-        self._malformed_seen: set[str] = set()  # reasons logged on this connection
+        self._malformed = MalformedNotes(logger, NAME, metrics)
         self.websocket_id = ""  # of the current (or last) connection
+        self.runner = Runner(
+            NAME,
+            self._attempt,
+            functools.partial(decide, refusal_base_s=refusal_wait_s),
+            status=status,
+            metrics=metrics,
+            reconnector=reconnector or Reconnector(BackoffPolicy(), clock=clock),
+            heartbeat=heartbeat,
+            connecting=self._who,
+            clock=clock,
+            rng=rng,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
         """Stream and play until cancelled (then `stop` and close, ≤ 1 s)."""
-        self._status.set_link(NAME, LinkState.CONNECTING, self._who)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump_uplink(), name="fastrtc-uplink")
-                tg.create_task(self._sessions(), name="fastrtc-sessions")
+            await self.runner.run_with(self._pump_uplink)
         finally:
             self._live = None
             self._drop_source()
-            self._status.set_link(NAME, LinkState.STOPPED)
-
-    async def _sessions(self) -> None:
-        attempt = 0
-        while True:
-            if attempt:
-                self._metrics.inc("reconnects_total", link=NAME)
-            attempt += 1
-            self._beat()
-            self._status.set_link(NAME, LinkState.CONNECTING, self._who)
-            try:
-                await self._attempt()
-                exc: BaseException = LinkError("connection ended")  # a clean close: reconnect
-            except (AgentError, OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as e:
-                exc = e
-            except Exception as e:  # a bug: show it, but keep the other links and sources alive
-                logger.exception("fastrtc link failed unexpectedly", extra=LOG)
-                exc = e
-            finally:
-                self._live = None
-                self._drop_source()
-            if isinstance(exc, SessionRefused):
-                self._refusals += 1
-                self._metrics.inc("refusals_total", link=NAME, reason=exc.refusal.error or "none")
-            down = decide(exc, self._refusals, refusal_base_s=self._refusal_wait_s)
-            at_least = down.at_least_s * (1.0 + REFUSAL_JITTER * self._rng())
-            delay = self._reconnector.next_delay(slow=down.slow, at_least_s=at_least)
-            self._status.set_link(NAME, down.state, down.detail, retry_in=delay)
-            if down.state is LinkState.ATTENTION:
-                self._status.set_error(f"fastrtc: {down.detail}")
-            logger.log(
-                logging.WARNING if down.state is LinkState.ATTENTION else logging.INFO,
-                "fastrtc link down (%s: %s); next attempt in %.1f s",
-                type(exc).__name__,
-                down.detail,
-                delay,
-                extra=LOG,
-            )
-            if self._heartbeat is not None:
-                self._heartbeat.pause()
-            await asyncio.sleep(delay)
 
     async def _attempt(self) -> None:
         """One connection, until it ends (by raising, or cleanly)."""
-        url = self.cfg.url
         logger.info("connecting to %s", self._shown, extra=LOG)
-        try:
-            ws = await self._connect(
-                url,
-                open_timeout=self._open_timeout_s,
-                ping_interval=None,  # liveness is the FastRTC `ping`/`pong` below
-                close_timeout=STOP_TIMEOUT_S,
-                max_size=MAX_MESSAGE_BYTES,
-                compression=None,  # mu-law hardly compresses; spare the Pi's CPU
-                logger=ws_logger,
-                **ws_tls(url, self._tls),
-            )
-        except InvalidStatus as e:
-            raise HandshakeRefused(e.response.status_code) from None
-        except InvalidURI:
-            raise LinkError(f"invalid URL {self._shown!r}") from None
-        except (OSError, TimeoutError, InvalidHandshake) as e:
-            raise AppUnreachable(
-                f"cannot connect to {self._shown}: {type(e).__name__}",
-                untrusted=isinstance(e, ssl.SSLCertVerificationError),
-            ) from None
+        ws = await open_ws(
+            self._connect,
+            self.cfg.url,
+            self._tls,
+            open_timeout=self._open_timeout_s,
+            ping_interval=None,  # liveness is the FastRTC `ping`/`pong` below
+            close_timeout=STOP_TIMEOUT_S,
+            max_size=MAX_MESSAGE_BYTES,
+            compression=None,  # mu-law hardly compresses; spare the Pi's CPU
+            logger=ws_logger,
+        )
         self.websocket_id = self._new_id()
         self._asked_inputs = False
-        self._malformed_seen.clear()
-        try:
-            # The server handles messages in order: it answers this ping only after
-            # it has accepted the `start` (a refused start gets the refusal and a close).
-            await ws.send(encode_start(self.websocket_id))
-            await ws.send(encode_ping())
-            await self._receive(ws)
-        except asyncio.CancelledError:
-            await self._stop(ws)
-            raise
-        finally:
-            self._live = None
-            if ws.state is not State.CLOSED:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(STOP_TIMEOUT_S):
-                        await ws.close()
+        self._malformed.reset()
+        session = FastRTCSession(
+            self.websocket_id,
+            ping_interval_s=self._ping_interval_s,
+            pong_timeout_s=self._pong_timeout_s,
+            now=self._clock(),
+        )
+        async with speaking(ws, encode_stop(), logger, on_end=self._ended):
+            for text in session.opening():  # `start`, then the ping that says "accepted"
+                await ws.send(text)
+            await self._receive(ws, session)
 
-    async def _stop(self, ws: ClientConnection) -> None:
-        """Say `stop` and close, within STOP_TIMEOUT_S; we are being cancelled."""
+    def _ended(self) -> None:
         self._live = None
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT_S):
-                await ws.send(encode_stop())
-                await ws.close()
-        except (TimeoutError, ConnectionClosed, OSError):
-            ws.transport.abort()
-        logger.info("fastrtc link stopped (session %s)", self.websocket_id, extra=LOG)
+        self._drop_source()
 
     # -- downlink ----------------------------------------------------------------------
-    async def _receive(self, ws: ClientConnection) -> None:
+    async def _receive(self, ws: ClientConnection, session: FastRTCSession) -> None:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
-        # the ping sent with `start` is outstanding
-        ping = AppPing(self._clock, self._ping_interval_s, self._pong_timeout_s, awaiting_pong=True)
         while True:
-            message: str | bytes | None = None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ping.wait_s()):
-                    message = await ws.recv()
-            if message is None:  # a quiet moment: heartbeat, keepalive, reply timeout
-                self._beat()
-                if ping.due():  # raises NoPong
-                    await ws.send(encode_ping())
-                self._reply_over(self._clock())
-            elif self._handle(ws, message, self._clock()):
-                ping.pong()
+            now = self._clock()
+            message = await next_message(ws, wait_s(session.next_deadline(now), now))
+            if message is not None:
+                self._handle(ws, session, message, self._clock())
+                continue
+            self.runner.beat()  # a quiet moment: heartbeat, keepalive, reply timeout
+            for text in session.outgoing(self._clock()):  # raises NoPong
+                await ws.send(text)
+            self._reply_over(self._clock())
 
-    def _handle(self, ws: ClientConnection, message: str | bytes, t_arrival: float) -> bool:
-        """Act on one message; True when it was a `pong`. Raises SessionRefused."""
-        self._beat()
+    def _handle(
+        self, ws: ClientConnection, session: FastRTCSession, message: str | bytes, t_arrival: float
+    ) -> None:
+        """Act on one message. Raises SessionRefused."""
+        self.runner.beat()
         try:
-            event = decode(message)
+            event = session.receive(message, t_arrival)
         except MalformedMessage as e:
-            self._metrics.inc("malformed_total", link=NAME, reason=e.reason)
-            # Once per reason and connection at WARNING; a garbage-spewing peer stays at DEBUG.
-            level = logging.DEBUG if e.reason in self._malformed_seen else logging.WARNING
-            self._malformed_seen.add(e.reason)
-            logger.log(level, "ignored a malformed message: %s", e, extra=LOG)
-            return False
+            self._malformed.note(e.reason, e)
+            return
+        if session.just_accepted:
+            self._accepted(ws)
         match event:
             case Media(pcm=pcm):
                 self._metrics.inc("frames_received_total", link=NAME)
-                if self._sink is None:  # audio before our pong: the app took us all the same
-                    self._accepted(ws)
                 assert self._sink is not None
                 if pcm.size:
                     self._sink.push(pcm, t_arrival)
                     if int(np.abs(pcm).max()) > QUIET_PEAK:
                         self._last_media = t_arrival
                 self._reply_over(t_arrival)
-            case Pong():
-                if self._sink is None:
-                    self._accepted(ws)
-                return True
             case Refused() as refusal:
+                self._metrics.inc("refusals_total", link=NAME, reason=refusal.error or "none")
                 raise SessionRefused(refusal)
             case Log(message=note):
                 self._metrics.inc("app_events_total", link=NAME, event=note[:32] or "empty")
@@ -438,19 +339,16 @@ class FastRTCLink:
             case Unknown(kind=kind):
                 self._metrics.inc("unknown_events_total", link=NAME)
                 logger.debug("ignored a message of unknown kind %r", kind, extra=LOG)
-        return False
 
     def _accepted(self, ws: ClientConnection) -> None:
         """The app took the session: open the mixer source and start sending the mic."""
         self._sink = self._mixer.add_source(NAME, self.cfg.output_rate, 1)
         self._resampler.reset()
-        self._refusals = 0
         self._activity = ""
-        self._reconnector.connected()
         self._live = ws
-        self._show_up()
+        self.runner.up(self._who)
         logger.info(
-            "fastrtc session %s accepted by %s (send %d Hz, play %d Hz)",
+            "session %s accepted by %s (send %d Hz, play %d Hz)",
             self.websocket_id,
             self._shown,
             self.cfg.input_rate,
@@ -465,8 +363,7 @@ class FastRTCLink:
             self._show_up()
 
     def _show_up(self) -> None:
-        detail = f"{self._who}, {self._activity}" if self._activity else self._who
-        self._status.set_link(NAME, LinkState.UP, detail)
+        self.runner.show(f"{self._who}, {self._activity}" if self._activity else self._who)
 
     def _drop_source(self) -> None:
         if self._sink is not None:
@@ -478,21 +375,13 @@ class FastRTCLink:
         """One media message per uplink frame while accepted; drain and count while not."""
         while True:
             frame = await self._uplink.get()
-            ws = self._live
-            if ws is None:
-                self._metrics.inc("frames_dropped_total", link=NAME, reason="link_down")
-                continue
-            if ws.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
-                self._metrics.inc("frames_dropped_total", link=NAME, reason="backpressure")
-                continue
-            pcm = self._resampler.process(frame.pcm)
-            try:
-                await ws.send(encode_media(pcm))
-            except ConnectionClosed:
-                self._metrics.inc("frames_dropped_total", link=NAME, reason="link_down")
-                continue
-            self._metrics.inc("frames_sent_total", link=NAME)
+            await send_media(
+                self._live,
+                functools.partial(self._encode, frame),
+                metrics=self._metrics,
+                link=NAME,
+                buffer_limit=SEND_BUFFER_LIMIT,
+            )
 
-    def _beat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.beat()
+    def _encode(self, frame: Frame) -> str:
+        return encode_media(self._resampler.process(frame.pcm))

@@ -2,23 +2,26 @@
 
 The PBX is the client (PROTOCOLS.md §4); the device is a call-monitor speaker::
 
-    PBX ──HTTP upgrade, header <pbx.secret_header>: <pbx-secret>──▶ _admit()
+    PBX ──HTTP upgrade, header <pbx.secret_header>: <pbx-secret>──▶ Doorman.admit()
           wrong or missing secret: HTTP 401 · max_calls reached: HTTP 503 (before upgrade)
     PBX ──JSON frames, channels interleaved──▶ _call() ─▶ CallStream (agent.proto.yeastar)
           each channel: its own mixer source "pbx/<call slot>/<channel>" (own jitter buffer)
           `end`: that channel's source drains, then goes · close: every channel goes
 
-One loop, run until cancelled: read the secret, load the TLS pair if configured,
-listen; if that fails (port taken, no credential, bad certificate) show why, back off,
-try again. Bad input never reaches beyond the call that sent it: a malformed frame is
+The link runs on :class:`~agent.links.runner.Runner` (one attempt = read the secret,
+load the TLS pair if configured, listen until cancelled): if that fails (port taken,
+no credential, bad certificate) :func:`decide` says why, the runner shows it, backs
+off and tries again. Who may call is :mod:`agent.links.pbx_admit`. Bad input never
+reaches beyond the call that sent it: a malformed frame is
 dropped and counted (``malformed_total{link="pbx",reason=}``), an oversized message
 closes that call (1009), a silent call is closed after ``pbx.idle_timeout_s``.
 
 Mixer source names reuse a small set of slots (call 1..max_calls, channel 1..16), so
 per-source metrics stay bounded however many calls a device plays in its life.
 The secret never reaches a log record or a status detail: the websockets library's
-debug log of request headers goes through a filter that masks the secret header, and
-the value is registered with :class:`~agent.secrets.RedactingFilter`.
+debug log of request headers goes through :func:`agent.links.wire.wire_logger`, which
+masks the secret header, and the value is registered with
+:class:`~agent.secrets.RedactingFilter`.
 """
 
 from __future__ import annotations
@@ -26,26 +29,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hmac
-import http
 import logging
-import re
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from agent.backoff import BackoffPolicy, Reconnector
-from agent.config import PbxConfig
-from agent.errors import AgentError, CredentialError, LinkError
+from agent.config import Config, PbxConfig
+from agent.errors import CredentialError, LinkError
+from agent.links.pbx_admit import Doorman, peer_of
+from agent.links.registry import LinkDeps
+from agent.links.runner import History, Outcome, Runner, attention, retry
+from agent.links.wire import wire_logger
 from agent.metrics import Metrics
 from agent.pcm import Pcm, PcmSink, SourceFactory
 from agent.proto.yeastar import (
@@ -58,9 +59,9 @@ from agent.proto.yeastar import (
     ChannelOpened,
     MalformedFrame,
 )
-from agent.secrets import Credentials, RedactingFilter
+from agent.secrets import Credentials
 from agent.service import Heartbeat
-from agent.status import LinkState, StatusBoard
+from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
 
@@ -73,37 +74,6 @@ CLOSE_TIMEOUT_S = 1.0  # closing handshake of one connection
 DRAIN_MARGIN_S = 0.1  # an ended channel's source stays this long after its buffer empties
 MAX_DRAIN_S = 2.0  # ... but never longer than this (the jitter buffer's capacity)
 MAX_LEAD_IN_S = 0.2  # silence before a channel's first audio: one fragment, at most this
-REFUSAL_LOG_EVERY_S = 60.0  # the same refusal from the same address: one WARNING a minute
-
-
-class _WsLogFilter(logging.Filter):
-    """The websockets library logs every request header at DEBUG (``< Secret: value``):
-    mask the secret header's value, right or wrong (a wrong one may be a near miss).
-    Its INFO lines (connection open/closed, server listening) repeat what this link
-    logs with more context: they are kept only while debugging."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pattern: re.Pattern[str] | None = None
-
-    def hide(self, header: str) -> None:
-        self.pattern = re.compile(rf"^(< {re.escape(header)}:).*$", re.IGNORECASE | re.DOTALL)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.INFO and not ws_logger.isEnabledFor(logging.DEBUG):
-            return False
-        if self.pattern is not None:
-            message = record.getMessage()
-            clean = self.pattern.sub(r"\1 ***", message)
-            if clean != message:
-                record.msg, record.args = clean, None
-        return True
-
-
-_hide_header = _WsLogFilter()
-ws_logger = logging.getLogger(__name__ + ".ws")
-ws_logger.addFilter(_hide_header)
-ws_logger.addFilter(RedactingFilter())
 
 
 class TlsUnavailable(LinkError):
@@ -114,24 +84,21 @@ class CannotListen(LinkError):
     """The listening socket could not be opened."""
 
 
-@dataclass(frozen=True, slots=True)
-class Down:
-    """What to show and how long to wait after the server could not start or stopped."""
-
-    state: LinkState  # RETRY or ATTENTION
-    detail: str  # status detail; never a secret
-    slow: bool = False  # a person must act first: wait the slow cadence
-
-
-def decide(exc: BaseException) -> Down:
+def decide(exc: BaseException, history: History) -> Outcome:
     """The retry policy of this link, as one pure function of why the server went down."""
     match exc:
         case CredentialError() | TlsUnavailable():
-            return Down(LinkState.ATTENTION, str(exc), slow=True)
+            return attention(str(exc))
         case CannotListen():
-            return Down(LinkState.RETRY, str(exc))
+            return retry(str(exc))
         case _:
-            return Down(LinkState.RETRY, "server stopped")
+            return retry("server stopped", cause=str(exc))
+
+
+def create(cfg: Config, deps: LinkDeps) -> PbxLink:
+    """The registry's factory: this link built from the whole config and the agent's parts."""
+    reconnector = deps.reconnector(BackoffPolicy())
+    return PbxLink(cfg.pbx, deps.credentials, reconnector=reconnector, **deps.common(NAME))
 
 
 @dataclass(eq=False)
@@ -181,20 +148,28 @@ class PbxLink:
         self._mixer = mixer
         self._status = status
         self._metrics = metrics
-        self._heartbeat = heartbeat
-        self._reconnector = reconnector or Reconnector(BackoffPolicy())
         self._clock = clock
         self._open_timeout_s = open_timeout_s
         host, _, port = cfg.listen.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
         self.port: int | None = None  # the port actually bound (tests listen on port 0)
-        self._secret = b""
-        self._admitted: set[ServerConnection] = set()  # passed _admit, not yet closed
+        self._door = Doorman(cfg, metrics, clock, open_timeout_s)
         self._calls: list[_Call] = []
         self._retiring: dict[str, asyncio.TimerHandle] = {}  # source name -> removal
-        self._refusals_logged: dict[tuple[str, str], float] = {}
-        _hide_header.hide(cfg.secret_header)
+        self._up = False  # listening (the runner was told)
+        # websockets logs every request header at DEBUG: the secret header is masked
+        self._ws_logger = wire_logger(NAME, hide_headers=(cfg.secret_header,), quiet_info=True)
+        self.runner = Runner(
+            NAME,
+            self._serve,
+            decide,
+            status=status,
+            metrics=metrics,
+            reconnector=reconnector or Reconnector(BackoffPolicy()),
+            heartbeat=heartbeat,
+            clock=clock,
+        )
 
     @property
     def url(self) -> str:
@@ -205,38 +180,8 @@ class PbxLink:
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
         """Listen, serve calls; on failure show why, back off, listen again. Cancel to stop."""
-        attempt = 0
         try:
-            while True:
-                if attempt:
-                    self._metrics.inc("reconnects_total", link=NAME)
-                attempt += 1
-                self._beat()
-                self._status.set_link(NAME, LinkState.CONNECTING, f"starting {self.url}")
-                try:
-                    await self._serve()
-                    exc: BaseException = LinkError("server stopped")
-                except (AgentError, OSError) as e:
-                    exc = e
-                except Exception as e:  # a bug: show it, keep the speaker's other sources alive
-                    logger.exception("pbx server failed unexpectedly", extra=LOG)
-                    exc = e
-                finally:
-                    self._end_all_calls()
-                down = decide(exc)
-                delay = self._reconnector.next_delay(slow=down.slow)
-                self._status.set_link(NAME, down.state, down.detail, retry_in=delay)
-                logger.log(
-                    logging.WARNING if down.state is LinkState.ATTENTION else logging.INFO,
-                    "pbx server down (%s: %s); next attempt in %.1f s",
-                    type(exc).__name__,
-                    down.detail,
-                    delay,
-                    extra=LOG,
-                )
-                if self._heartbeat is not None:
-                    self._heartbeat.pause()
-                await asyncio.sleep(delay)
+            await self.runner.run()
         finally:
             self._end_all_calls()
             for handle in self._retiring.values():
@@ -244,17 +189,24 @@ class PbxLink:
             for name in self._retiring:
                 self._mixer.remove_source(name)
             self._retiring.clear()
-            self._status.set_link(NAME, LinkState.STOPPED)
 
     async def _serve(self) -> None:
-        self._secret = self._creds.get(SECRET).reveal().encode("utf-8")
+        self.runner.connecting = f"starting {self.url}"
+        self._up = False
+        try:
+            await self._listen()
+        finally:
+            self._end_all_calls()
+
+    async def _listen(self) -> None:
+        self._door.secret = self._creds.get(SECRET).reveal().encode("utf-8")
         tls = self._tls_context()
         try:
             server = await serve(
                 self._call,
                 self._host,
                 self._port,
-                process_request=self._admit,
+                process_request=self._door.admit,
                 max_size=self.cfg.max_message_bytes,
                 compression=None,  # base64 PCM hardly compresses; spare the Pi's CPU
                 open_timeout=self._open_timeout_s,
@@ -264,8 +216,8 @@ class PbxLink:
                 ping_interval=None,
                 server_header=None,  # do not tell scanners what answers here
                 ssl=tls,
-                logger=ws_logger,
-                create_connection=self._connection_class(),
+                logger=self._ws_logger,
+                create_connection=self._door.connection_class(),
             )
         except OSError as e:
             reason = "address in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
@@ -274,11 +226,9 @@ class PbxLink:
             raise CannotListen(f"cannot listen on {self.cfg.listen!r}: {e}") from None
         try:
             self.port = server.sockets[0].getsockname()[1] if server.sockets else self._port
-            self._reconnector.connected()
-            logger.info("waiting for PBX calls on %s", self.url, extra=LOG)
             self._show()
             while True:
-                self._beat()
+                self.runner.beat()
                 await asyncio.sleep(BEAT_S)
         finally:
             server.close()  # closes every call with 1001 (going away)
@@ -300,100 +250,12 @@ class PbxLink:
             ) from None
         return ctx
 
-    # -- the opening handshake -----------------------------------------------------------
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Before the upgrade: the secret (401), then the call limit (503)."""
-        peer = _peer(connection)
-        values = request.headers.get_all(self.cfg.secret_header)
-        if not values:
-            return self._refuse(connection, peer, "no_secret", http.HTTPStatus.UNAUTHORIZED)
-        given = values[0].encode("iso-8859-1")  # websockets decoded the raw bytes so
-        # compare_digest: the time taken does not tell how much of a guess was right
-        if len(values) != 1 or not hmac.compare_digest(given, self._secret):
-            return self._refuse(connection, peer, "bad_secret", http.HTTPStatus.UNAUTHORIZED)
-        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
-        if len(self._admitted) >= self.cfg.max_calls:
-            return self._refuse(
-                connection, peer, "too_many_calls", http.HTTPStatus.SERVICE_UNAVAILABLE
-            )
-        self._admitted.add(connection)
-        return None
-
-    def _refuse(
-        self, connection: ServerConnection, peer: str, reason: str, code: http.HTTPStatus
-    ) -> Response:
-        why = {
-            "no_secret": f"no {self.cfg.secret_header!r} header",
-            "bad_secret": f"wrong secret in the {self.cfg.secret_header!r} header",
-            "too_many_calls": f"already {self.cfg.max_calls} calls (pbx.max_calls)",
-        }[reason]
-        self._note_refusal(peer, reason, f"{why} (HTTP {code.value})")
-        text = "unauthorized\n" if code == http.HTTPStatus.UNAUTHORIZED else "too many calls\n"
-        return connection.respond(code, text)
-
-    def _note_refusal(self, peer: str, reason: str, why: str) -> None:
-        """Count a refused connection; log it (the same address and reason: once a minute
-        at WARNING, the rest at DEBUG, so a storm does not flood the journal)."""
-        self._metrics.inc("connections_refused_total", link=NAME, reason=reason)
-        host = peer.rpartition(":")[0] or peer
-        now = self._clock()
-        last = self._refusals_logged.get((host, reason))
-        fresh = last is None or now - last >= REFUSAL_LOG_EVERY_S
-        if fresh:
-            self._refusals_logged[(host, reason)] = now
-            if len(self._refusals_logged) > 1000:  # a scan from many addresses: forget
-                self._refusals_logged = {(host, reason): now}
-        logger.log(
-            logging.WARNING if fresh else logging.DEBUG,
-            "refused a PBX connection from %s: %s",
-            peer,
-            why,
-            extra=LOG,
-        )
-
-    def _connection_class(self) -> type[ServerConnection]:
-        """websockets' connection, with the handshakes it ends by itself counted too:
-        no valid request within ``open_timeout_s`` (slowloris, a silent TCP connection)
-        and requests it rejects (not HTTP, no Upgrade, headers too large)."""
-        link = self
-
-        class _Connection(ServerConnection):
-            async def handshake(self, *args: Any, **kwargs: Any) -> None:
-                try:
-                    await super().handshake(*args, **kwargs)
-                except asyncio.CancelledError:
-                    if self.server.is_serving():  # open_timeout, not the server stopping
-                        link._handshake_failed(self, timed_out=True)
-                    raise
-                if self.protocol.state is not State.OPEN:
-                    link._handshake_failed(self, timed_out=False)
-
-        return _Connection
-
-    def _handshake_failed(self, connection: ServerConnection, *, timed_out: bool) -> None:
-        """Count a handshake websockets ended (our own 401/503 are counted already)."""
-        status = 0 if connection.response is None else connection.response.status_code
-        if status in (http.HTTPStatus.UNAUTHORIZED, http.HTTPStatus.SERVICE_UNAVAILABLE):
-            return  # refused by _admit (the client then lingered, or left)
-        if status:
-            self._note_refusal(
-                _peer(connection), "bad_request", f"not a WebSocket upgrade (HTTP {status})"
-            )
-        elif connection.protocol.handshake_exc is not None or not timed_out:
-            self._note_refusal(_peer(connection), "bad_request", "not an HTTP request")
-        else:
-            self._note_refusal(
-                _peer(connection),
-                "handshake_timeout",
-                f"no complete request within {self._open_timeout_s:g} s",
-            )
-
     # -- one call ------------------------------------------------------------------------
     async def _call(self, ws: ServerConnection) -> None:
         """One connection, from the upgrade to its close."""
         used = {c.slot for c in self._calls}
         slot = next(s for s in range(1, len(used) + 2) if s not in used)
-        call = _Call(slot, _peer(ws), CallStream(), self._clock())
+        call = _Call(slot, peer_of(ws), CallStream(), self._clock())
         self._calls.append(call)
         self._metrics.inc("calls_total", link=NAME)
         logger.info("PBX connected from %s (call slot %d)", call.peer, slot, extra=LOG)
@@ -433,7 +295,7 @@ class PbxLink:
             with contextlib.suppress(Exception):
                 await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            self._admitted.discard(ws)
+            self._door.admitted.discard(ws)
             if call in self._calls:
                 self._calls.remove(call)
                 for key, (name, sink) in call.sinks.items():
@@ -538,7 +400,7 @@ class PbxLink:
             call.sinks.clear()
             call.stream.close()
         self._calls.clear()
-        self._admitted.clear()
+        self._door.admitted.clear()
         self._metrics.set("active_calls", 0, link=NAME)
         self._metrics.set("active_channels", 0, link=NAME)
 
@@ -557,19 +419,11 @@ class PbxLink:
             numbers = [n[0] for n in (c.stream.numbers() for c in calls) if n]
             if numbers:
                 detail += f", from {', '.join(numbers)}"
-        self._status.set_link(NAME, LinkState.UP, detail)
-
-    def _beat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.beat()
-
-
-def _peer(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return "unknown peer"
+        if self._up:
+            self.runner.show(detail)
+        else:
+            self._up = True
+            self.runner.up(detail)
 
 
 def _plural(n: int, word: str) -> str:

@@ -46,6 +46,7 @@ import numpy as np
 from agent.audio.g711 import ulaw_decode, ulaw_encode
 from agent.errors import ProtocolError
 from agent.pcm import Pcm
+from agent.proto.keepalive import Keepalive
 
 logger = logging.getLogger(__name__)
 
@@ -239,3 +240,47 @@ def encode_ping() -> str:
 def encode_stop() -> str:
     """Ends the session; the server closes the connection after it."""
     return _dumps({"event": "stop"})
+
+
+class FastRTCSession:
+    """One connection's rules, sans-I/O: `start` then a `ping` first; the app took us
+    at its first `pong` (or media: an app that streams has taken us all the same); a
+    `ping` every interval, each `pong` due within the timeout::
+
+        session = FastRTCSession(new_websocket_id(), ping_interval_s=20, pong_timeout_s=10,
+                                 now=now)
+        for text in session.opening(): send(text)
+        event = session.receive(message, now)        # decoded; MalformedMessage
+        if session.just_accepted: ...                # once, at acceptance
+        for text in session.outgoing(now): send(text)   # pings; raises NoPong
+        session.next_deadline(now)
+    """
+
+    def __init__(
+        self, websocket_id: str, *, ping_interval_s: float, pong_timeout_s: float, now: float
+    ) -> None:
+        self.websocket_id = websocket_id
+        # the ping sent with `start` is outstanding from the first moment
+        self.keepalive = Keepalive(ping_interval_s, pong_timeout_s, now, awaiting_pong=True)
+        self.accepted = False
+        self.just_accepted = False  # the last receive() was the acceptance
+
+    def opening(self) -> list[str]:
+        """`start`, then the `ping` whose `pong` means "accepted" (the app answers in
+        order: a refused start gets the refusal and a close instead)."""
+        return [encode_start(self.websocket_id), encode_ping()]
+
+    def receive(self, message: str | bytes, now: float) -> Event:
+        self.just_accepted = False
+        event = decode(message)
+        if isinstance(event, Pong):
+            self.keepalive.pong()
+        if isinstance(event, Pong | Media) and not self.accepted:
+            self.accepted = self.just_accepted = True
+        return event
+
+    def outgoing(self, now: float) -> list[str]:
+        return [encode_ping()] if self.keepalive.poll(now) else []
+
+    def next_deadline(self, now: float) -> float:
+        return self.keepalive.next_deadline()

@@ -35,6 +35,7 @@ import numpy as np
 
 from agent.errors import ProtocolError
 from agent.pcm import Pcm, samples_per_frame
+from agent.proto.keepalive import Keepalive
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ MAX_RATE = 192000  # Hz
 CHANNELS = (1, 2)
 BYTES_PER_SAMPLE = 2  # PCM16
 CLOSE_BAD_TOKEN = 4401  # close code: missing or invalid token [doc]
+CLOSE_NOT_FOUND = 4404  # close code: computer not found or not running [doc]
+CLOSE_SERVER_ERROR = 4500  # close code: server error [doc]
 
 
 class MalformedMessage(ProtocolError):
@@ -181,6 +184,41 @@ class OrgoStream:
             self._tail = b""
         self.sample_rate, self.channels, self.started = rate, channels, True
         self.samples_received = 0
+
+
+class OrgoSession:
+    """One audio connection's rules, sans-I/O: the stream (format, audio: OrgoStream)
+    and the keepalive (`ping` every interval, its `pong` due within the timeout)::
+
+        session = OrgoSession(24000, 1, ping_interval_s=30, pong_timeout_s=10, now=now)
+        events = session.receive(message, now)     # a `pong` settles the keepalive
+        for text in session.outgoing(now): send(text)  # pings; raises NoPong
+        session.next_deadline(now)                 # when to call outgoing() again
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        channels: int,
+        *,
+        ping_interval_s: float,
+        pong_timeout_s: float,
+        now: float,
+    ) -> None:
+        self.stream = OrgoStream(sample_rate, channels)
+        self.keepalive = Keepalive(ping_interval_s, pong_timeout_s, now)
+
+    def receive(self, message: str | bytes, now: float) -> list[Event]:
+        events = self.stream.receive(message)
+        if any(isinstance(e, Pong) for e in events):
+            self.keepalive.pong()
+        return events
+
+    def outgoing(self, now: float) -> list[str]:
+        return [encode_ping()] if self.keepalive.poll(now) else []
+
+    def next_deadline(self, now: float) -> float:
+        return self.keepalive.next_deadline()
 
 
 def _is_int(v: object) -> TypeGuard[int]:

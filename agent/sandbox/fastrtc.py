@@ -1,4 +1,4 @@
-"""A small fake FastRTC app on loopback, speaking the documented protocol (PROTOCOLS.md §3).
+"""A small fake FastRTC app on loopback, speaking its protocol (docs/protocols.md).
 
 The real app (``fastrtc`` 0.0.34, ``tests/fastrtc/server.py``) is a 1.1 GB install in
 its own venv and takes seconds to start; fault rigs, the soak and the whole-agent

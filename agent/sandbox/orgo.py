@@ -1,4 +1,4 @@
-"""A faithful fake of Orgo's computer audio, on loopback (PROTOCOLS.md §2).
+"""A faithful fake of Orgo's computer audio, on loopback (docs/protocols.md, Orgo).
 
 REST (``GET {api_base}/computers/{id}/vnc-password``, Bearer API key) and the audio
 WebSocket (``{audio_url}?token=&sample_rate=&channels=``) behave as the vendor
@@ -381,6 +381,11 @@ class FakeOrgo:
         session.sent += data
         session.messages_sent += 1
         await ws.send(data)
+
+    async def close_streams(self, code: int, reason: str) -> None:
+        """Close every live stream with ``code``: the vendor documents 4404 (computer
+        not found or stopped) and 4500 (server error) besides 4401."""
+        await self._close_live(code, reason)
 
     async def _close_live(self, code: int, reason: str) -> None:
         live = list(self._live.items())

@@ -1,4 +1,4 @@
-"""A fake Yeastar PBX: the WebSocket *client* that pushes call audio (PROTOCOLS.md §4).
+"""A fake Yeastar PBX: the WebSocket *client* that pushes call audio (docs/protocols.md).
 
 It behaves as the vendor documents: one connection per call, the secret in a request
 header, JSON text frames with base64 PCM16, the channels of the call interleaved,

@@ -1,5 +1,5 @@
 """A private PulseAudio daemon with null devices: real-time paced ALSA PCMs without a
-sound card (TESTBED.md), for tests and benchmarks.
+sound card (docs/testing.md), for tests and benchmarks.
 
 The daemon runs with its own HOME and XDG_RUNTIME_DIR under ``directory`` and a unix
 socket there; an ALSA config file names its devices (point ``ALSA_CONFIG_PATH`` at it,

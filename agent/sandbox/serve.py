@@ -28,6 +28,8 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
+import secrets
 import signal
 import time
 from collections.abc import Callable, Coroutine
@@ -190,23 +192,109 @@ class Sandbox:
         return Reply(200, {"up": True})
 
 
+DESCRIPTION = """\
+Run the sandbox VideoSDK and Orgo servers: local fakes of the two services, on this
+machine's loopback, so field-agent can run without accounts (README.md, "Try it without
+accounts"), and tests and the VM tier can watch what it sends.
+
+  python -m agent.sandbox.serve --credentials /tmp/sandbox-credentials
+  field-agent run --config config/sandbox.toml --credentials /tmp/sandbox-credentials
+
+The fake VideoSDK accepts the token in CREDENTIALS/videosdk-token and the fake Orgo the
+key in CREDENTIALS/orgo-api-key (the agent reads the same files); both are made with
+random values when missing. The Orgo computer plays a tone.
+"""
+
+EPILOG = """\
+ports (from --base-port P, default 7000):
+  P      control API (below)        P+1  VideoSDK REST    P+2  VideoSDK WebSocket
+  P+3    Orgo REST                  P+4  Orgo WebSocket (audio)
+
+control API (JSON, http://127.0.0.1:P):
+  GET  /state                 links, sessions, frame counts, violations
+  GET  /videosdk/frames?since=T
+                              uplink frames received after time.monotonic() T
+  POST /videosdk/room-audio   {"pcm": base64 PCM16 LE, 8 kHz mono}: sent as room audio
+  POST /videosdk/stop         the VideoSDK WebSocket server dies (connections reset)
+  POST /videosdk/start        ... and comes back on the same port
+  GET  /orgo/password         the computer's current password
+
+e.g.  python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:7000/state").read().decode())'
+
+Under systemd (Type=notify) it sends READY=1 once every port listens; SIGTERM or
+Ctrl-C stops it.
+"""
+
+
+def _credential(path: Path) -> str:
+    """A credential file's value; a missing one is made (random value, mode 0600)."""
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"sandbox-{path.name}-{secrets.token_hex(8)}\n")
+        logger.info("made %s (a random value)", path)
+    return _read_secret(path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m agent.sandbox.serve", description=__doc__)
-    p.add_argument("--base-port", type=int, default=7000, help="control port; fakes above it")
-    p.add_argument("--videosdk-token-file", type=Path, required=True)
-    p.add_argument("--orgo-key-file", type=Path, required=True)
-    p.add_argument("--orgo-computer", default="a3bb189e-8bf9-3888-9912-ace4e6543002")
-    p.add_argument("--orgo-tone-hz", type=float, default=440.0)
-    p.add_argument("--orgo-tone-dbfs", type=float, default=-24.0)
-    p.add_argument("--keep-frames", type=int, default=30000, help="uplink frames remembered")
+    p = argparse.ArgumentParser(
+        prog="python -m agent.sandbox.serve",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--base-port", type=int, default=7000, metavar="P",
+        help="the control API's port; the fakes take P+1 to P+4 (default 7000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--credentials", type=Path, metavar="DIR",
+        help="directory with videosdk-token and orgo-api-key (made when missing)",
+    )  # fmt: skip
+    p.add_argument(
+        "--videosdk-token-file", type=Path, metavar="FILE",
+        help="the token the fake VideoSDK accepts (instead of --credentials)",
+    )  # fmt: skip
+    p.add_argument(
+        "--orgo-key-file", type=Path, metavar="FILE",
+        help="the API key the fake Orgo accepts (instead of --credentials)",
+    )  # fmt: skip
+    p.add_argument(
+        "--orgo-computer", default="a3bb189e-8bf9-3888-9912-ace4e6543002", metavar="ID",
+        help="the Orgo computer's id (default: the one config/sandbox.toml names)",
+    )  # fmt: skip
+    p.add_argument(
+        "--orgo-tone-hz", type=float, default=440.0, metavar="HZ",
+        help="the computer's tone (default 440)",
+    )  # fmt: skip
+    p.add_argument(
+        "--orgo-tone-dbfs", type=float, default=-24.0, metavar="DBFS",
+        help="its level (default -24)",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-frames", type=int, default=30000, metavar="N",
+        help="uplink frames remembered for /videosdk/frames (default 30000, 10 min)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    files = (args.videosdk_token_file, args.orgo_key_file)
+    if args.credentials is None and None in files:
+        p.error("give --credentials DIR, or both --videosdk-token-file and --orgo-key-file")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("websockets", "agent.sandbox.videosdk.wire", "agent.sandbox.orgo.ws"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    creds: Path | None = args.credentials
+    token_file = args.videosdk_token_file or (creds / "videosdk-token" if creds else None)
+    key_file = args.orgo_key_file or (creds / "orgo-api-key" if creds else None)
+    assert token_file is not None and key_file is not None
+    try:
+        token, key = _credential(token_file), _credential(key_file)
+    except OSError as e:
+        p.exit(1, f"python -m agent.sandbox.serve: {e.filename}: {e.strerror}\n")
     sandbox = Sandbox(
         base_port=args.base_port,
-        videosdk_token=_read_secret(args.videosdk_token_file),
-        orgo_key=_read_secret(args.orgo_key_file),
+        videosdk_token=token,
+        orgo_key=key,
         orgo_computer=args.orgo_computer,
         orgo_tone_hz=args.orgo_tone_hz,
         orgo_tone_dbfs=args.orgo_tone_dbfs,

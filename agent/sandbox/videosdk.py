@@ -2,7 +2,7 @@
 
 REST half (:class:`agent.sandbox.rest.RestServer`, its own thread) and WebSocket half
 (``websockets.asyncio.server``, the caller's event loop), both on 127.0.0.1 with
-random ports. It enforces what PROTOCOLS.md §1 says:
+random ports. It enforces what docs/protocols.md says (VideoSDK):
 
 - ``POST /v2/ingest/sessions`` needs ``Authorization``: a raw token or
   ``Bearer <token>``, either one of :attr:`FakeVideoSDK.accepted_tokens` or an HS256

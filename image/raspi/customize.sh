@@ -5,7 +5,7 @@
 # boot from the partitions labelled RASPIFIRM (FAT, /boot/firmware) and RASPIROOT
 # (ext4, /); serial console on the Pi 3/4's ttyS1; DHCP on Ethernet and Wi-Fi with
 # systemd-networkd; no ssh host keys or machine-id baked into the image (made at first
-# boot, so every card is its own device).
+# boot, so every card is its own device: image/firstboot/field-agent-ssh-hostkeys.service).
 set -eu
 root=$1
 here=$(dirname "$(readlink -f "$0")")
@@ -31,7 +31,6 @@ install -m 0644 "$here/fstab" "$root/etc/fstab"
 install -m 0644 "$here/10-field-agent-wired.network" "$here/20-field-agent-wireless.network" \
   "$root/etc/systemd/network/"
 install -m 0600 "$here/wpa_supplicant-wlan0.conf" "$root/etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
-install -D -m 0644 "$here/ssh-host-keys.conf" "$root/etc/systemd/system/ssh.service.d/host-keys.conf"
 systemctl --root="$root" enable systemd-networkd.service systemd-resolved.service \
   systemd-timesyncd.service wpa_supplicant@wlan0.service
 rm -f "$root"/etc/ssh/ssh_host_*

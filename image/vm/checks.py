@@ -42,6 +42,8 @@ PTT, STATUS_LED, TALK_LED = 17, 27, 22
 MIC_TONE_HZ, ROOM_TONE_HZ, ORGO_TONE_HZ = 1000.0, 600.0, 440.0
 CREDENTIALS = Path("/etc/field-agent/credentials")
 CONFIG = Path("/etc/field-agent/agent.toml")
+WPA_CONF = Path("/etc/wpa_supplicant/wpa_supplicant-wlan0.conf")
+LIB = Path("/usr/local/lib/field-agent-vm")
 
 results: list[tuple[str, bool, str]] = []
 
@@ -272,6 +274,9 @@ def secrets_known() -> dict[str, str]:
         value = f.read_text().rstrip("\n")
         found[f.name] = value
     found["orgo-password"] = control("/orgo/password")["password"]
+    psk = re.search(r'psk="([^"]+)"', WPA_CONF.read_text()) if WPA_CONF.exists() else None
+    if psk:
+        found["wifi-psk"] = psk.group(1)  # from the first-boot directory (check 8)
     return found
 
 
@@ -590,6 +595,49 @@ def check_journal() -> str:
     )
 
 
+@check("8-provisioned-path-and-first-boot-files")
+def check_first_boot() -> str:
+    # `field-agent` on a login shell's PATH (provision.sh's /usr/local/bin link)
+    cmd = "command -v field-agent && field-agent --version"
+    login = sh("su", "-l", "root", "-s", "/bin/sh", "-c", cmd)
+    where, _, version = login.stdout.strip().partition("\n")
+    expect(login.returncode == 0 and where == "/usr/local/bin/field-agent", f"su -l: {login}")
+    target = os.readlink(where)
+    expect(target == "/opt/field-agent/bin/field-agent", f"{where} -> {target}")
+    # the first-boot directory: everything consumed, only the log left
+    env = Path("/etc/default/field-agent-firstboot").read_text()
+    boot = Path(next(ln.split("=", 1)[1] for ln in env.splitlines() if ln.startswith("FIELD_")))
+    left = sorted(p.name for p in boot.iterdir())
+    expect(left == ["field-agent-setup.log"], f"{boot} still holds {left}")
+    p = props("Result", "ExecMainStatus", unit="field-agent-firstboot.service")
+    expect(p == {"Result": "success", "ExecMainStatus": "0"}, f"field-agent-firstboot: {p}")
+    # credentials root-only (the token came as videosdk-token.txt with CRLF, as Notepad writes)
+    for name in ("videosdk-token", "orgo-api-key"):
+        st = (CREDENTIALS / name).stat()
+        mode = st.st_mode & 0o777
+        expect((mode, st.st_uid) == (0o600, 0), f"{name}: mode {mode:o}, uid {st.st_uid}")
+    token = (CREDENTIALS / "videosdk-token").read_bytes()
+    expect(token.startswith(b"vm-videosdk-token-") and b"\r" not in token, "token not converted")
+    expect('id = "vm_device"' in CONFIG.read_text(), "agent.toml is not the first-boot one")
+    previous = CONFIG.with_name("agent.toml.previous")
+    expect('id = "dev_12"' in previous.read_text(), "the image's config was not kept as .previous")
+    wpa = WPA_CONF.stat()
+    expect(wpa.st_mode & 0o777 == 0o600 and "GROUP" not in WPA_CONF.read_text(), "Wi-Fi file")
+    key = (LIB / "firstboot-ssh-key").read_text().strip()
+    keys = Path("/root/.ssh/authorized_keys").read_text().splitlines()
+    expect(key in keys, f"the ssh key is not in root's authorized_keys ({len(keys)} keys)")
+    journal = sh("journalctl", "-b", "-u", "field-agent-firstboot", "-o", "cat").stdout
+    summary = next((ln for ln in journal.splitlines() if "set up from" in ln), "")
+    expect(summary, f"no summary line in the journal: {journal[-300:]}")
+    log = (boot / "field-agent-setup.log").read_text()
+    expect(summary in log, "the journal's summary is not in field-agent-setup.log")
+    grow = props("Result", unit="field-agent-growroot.service")
+    expect(grow["Result"] == "success", f"field-agent-growroot: {grow}")
+    grow_log = sh("journalctl", "-b", "-u", "field-agent-growroot", "-o", "cat").stdout
+    grown = " ".join(ln for ln in grow_log.splitlines() if ln.startswith("growroot:"))
+    return f"{where} -> {target} ({version}); {boot} consumed; journal: '{summary}'; {grown}"
+
+
 def selected() -> set[str] | None:
     """``field_agent.checks=1,3`` on the kernel command line runs only those (development)."""
     for arg in Path("/proc/cmdline").read_text().split():
@@ -604,7 +652,7 @@ def main() -> int:
     info("agent_version", sh("/opt/field-agent/bin/field-agent", "--version").stdout.strip())
     only = selected()
     for run in (check_starts, check_ptt, check_room_audio, check_led, check_watchdog,
-                check_bad_config, check_journal):  # fmt: skip
+                check_bad_config, check_journal, check_first_boot):  # fmt: skip
         if only is None or run.__name__.split("_")[0] in only or run is check_starts:
             run()
     failed = [name for name, ok, _ in results if not ok]

@@ -2,7 +2,8 @@
 # Put the VM-tier test overlay into a provisioned amd64 rootfs (called by image/build --vm).
 #   image/vm/install.sh ROOTFS
 # Adds: snd-aloop at boot, the gpio-sim chip, the sandbox servers, the test config and
-# credentials (random values, so the checks can look for them in the journal), the
+# credentials (random values, so the checks can look for them in the journal) in the
+# first-boot directory (image/firstboot/), the
 # field-agent drop-in, the checks unit; masks the serial getty (its hang-ups would
 # swallow the results on ttyS0) and the apt timers.
 set -eu
@@ -14,12 +15,22 @@ units=$root/etc/systemd/system
 install -D -m 0644 "$here/checks.py" "$lib/checks.py"
 install -m 0644 "$here/cpuinfo" "$lib/cpuinfo"
 echo snd-aloop > "$root/etc/modules-load.d/field-agent-vm.conf"
-install -m 0644 "$here/agent.toml" "$root/etc/field-agent/agent.toml"
+# The config, the credentials, a Wi-Fi file and an ssh key go where an owner puts them:
+# the first-boot directory (the Pi's FAT partition; /boot/field-agent here), so the
+# agent only comes up if field-agent-firstboot.service moved them into place (check 8).
+# The image keeps the shipped example config in /etc/field-agent until then.
+. "$root/etc/default/field-agent-firstboot"
+boot=$root$FIELD_AGENT_FIRSTBOOT_DIR
 secret() { od -An -N12 -tx1 /dev/urandom | tr -d ' \n'; }
-umask 077
-printf 'vm-videosdk-token-%s\n' "$(secret)" > "$root/etc/field-agent/credentials/videosdk-token"
-printf 'sk_orgo_vm_%s\n' "$(secret)" > "$root/etc/field-agent/credentials/orgo-api-key"
-umask 022
+mkdir -p "$boot/field-agent-credentials"
+install -m 0644 "$here/agent.toml" "$boot/agent.toml"
+printf 'vm-videosdk-token-%s\r\n' "$(secret)" > "$boot/field-agent-credentials/videosdk-token.txt"
+printf 'sk_orgo_vm_%s\n' "$(secret)" > "$boot/field-agent-credentials/orgo-api-key"
+printf 'ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev\nnetwork={\n  ssid="vm-net"\n  psk="vm-psk-%s"\n}\n' \
+  "$(secret)" > "$boot/wpa_supplicant.conf"
+key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI$(secret) vm-check@field-agent"
+printf '%s\n' "$key" > "$boot/authorized_keys"
+printf '%s\n' "$key" > "$lib/firstboot-ssh-key"  # what check 8 looks for
 for u in field-agent-vm-gpio.service field-agent-sandbox.service field-agent-vm-checks.service; do
   install -m 0644 "$here/$u" "$units/$u"
 done

@@ -1,4 +1,4 @@
-"""Real alsa-lib without sound hardware (TESTBED.md), shared by tests/audio and tests/hw.
+"""Real alsa-lib without sound hardware (docs/testing.md), shared by tests/audio and tests/hw.
 
 alsa-lib caches its configuration per process and pytest runs every test in one
 process, so the devices live in ONE session-wide config file whose device paths

@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 
+from agent import config
+from agent.commands import sign_command
 from agent.config import GpioConfig
 from agent.controls import CommandError, Controls, StateStore, parse_command
 from agent.hw.gpio import GpioPanel
+from agent.proto.videosdk import TopicMessage
 from agent.ptt import PttGate
+from agent.secrets import Credentials
 from agent.status import Led, LinkState, StatusBoard
 
 CFG = GpioConfig(
@@ -23,6 +27,29 @@ CFG = GpioConfig(
     status_led=27,
     talk_led=22,
 )
+
+
+KEY = "0123456789abcdef0123456789abcdef"
+DEVICE = "dev_ctl"
+SIGNED_CFG = config.from_dict(
+    {
+        "device": {"id": DEVICE},
+        "videosdk": {"room_id": "r"},
+        "commands": {"allow_mic_control": True, "burst": 50},
+    }
+)
+
+
+def event(text: str, sender: str = "peer-1", topic: str = "DEVICE_CMD") -> TopicMessage:
+    """A command as the room delivers it, stamped now by the "server"."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return TopicMessage(topic, text, sender, sender.title(), now, "msg-1", "")
+
+
+def signed(cmd: str, value: Any = None) -> TopicMessage:
+    return event(sign_command(KEY, topic="DEVICE_CMD", device=DEVICE, cmd=cmd, value=value))
 
 
 class FakeMixer:
@@ -39,12 +66,18 @@ async def rig(gpio_mock: Any, tmp_path: Path):
     status = StatusBoard()
     replies: list[dict[str, Any]] = []
     panel_box: list[GpioPanel] = []
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "command-key").write_text(KEY + "\n")
+    (creds / "command-key").chmod(0o600)
     controls = Controls(
         status,
         store=StateStore(tmp_path),
         default_volume=0.8,
         publish=replies.append,
         set_leds=lambda k, p: panel_box[0].set_led(k, p) if panel_box else None,
+        config=lambda: SIGNED_CFG,
+        credentials=Credentials(creds, env={}),
     )
     gate = PttGate("hold", on_change=lambda tx: status.set_ptt(state="talking" if tx else "idle"))
     mixer = FakeMixer()
@@ -95,6 +128,7 @@ async def test_mute_and_volume_buttons_persist_volume(rig, tmp_path: Path) -> No
     factory.pin(5).drive_low()
     await settle(0.03)
     assert status.muted and mixer.muted
+    _c.store.flush()  # writes are coalesced (at most one per interval): write the last one now
     assert json.loads((tmp_path / "state.json").read_text())["volume"] == pytest.approx(0.5)
     # a restart reads the persisted volume, not the config default
     again = Controls(StatusBoard(), store=StateStore(tmp_path), default_volume=0.8)
@@ -151,9 +185,9 @@ async def test_talk_led_blinks_into_a_dead_room_while_orgo_plays(rig) -> None:
 
 async def test_remote_commands_change_state_and_bad_ones_are_refused(rig) -> None:
     status, controls, gate, mixer, _p, _f, replies = rig
-    controls.on_command('{"cmd":"volume","value":0.25}')
-    controls.on_command('{"cmd":"mute"}')
-    controls.on_command('{"cmd":"ptt","value":"open"}')
+    controls.on_command(signed("volume", 0.25))
+    controls.on_command(signed("mute"))
+    controls.on_command(signed("ptt", "open"))
     assert mixer.volume == 0.25 and mixer.muted and gate.mode == "open" and gate.transmitting
     assert status.ptt_mode == "open"
     assert [r.get("ok") for r in replies] == ["volume", "mute", "ptt"]
@@ -167,10 +201,10 @@ async def test_remote_commands_change_state_and_bad_ones_are_refused(rig) -> Non
         '{"cmd":"ptt","value":"vox"}',
         '{"cmd":"mute","pad":"' + "x" * 2000 + '"}',
     ):
-        controls.on_command(bad)
+        controls.on_command(event(bad))
     assert len(replies) == 7 and all("error" in r for r in replies)
     assert mixer.volume == 0.25 and gate.mode == "open"  # nothing executed
-    controls.on_command('{"cmd":"status"}')
+    controls.on_command(event('{"cmd":"status"}'))
     assert replies[-1]["status"]["volume"] == 0.25
 
 
@@ -190,3 +224,9 @@ async def test_gpio_unavailable_is_a_clear_error(gpio_mock: Any) -> None:
         pin_factory("gpiochip9")
     with pytest.raises(GpioUnavailable, match="cannot start"):
         pin_factory("lgpio")  # this machine has no /dev/gpiochip*
+
+
+def _command(text: str) -> TopicMessage:
+    """A command-topic message as the VideoSDK link hands it over."""
+    raw = json.dumps({"event": "message", "topic": "commands", "message": text})
+    return TopicMessage("commands", text, "op-1", "Operator", "2026-06-27T14:41:00.000Z", "m1", raw)

@@ -9,15 +9,15 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from agent.backoff import BackoffPolicy, Reconnector
+from agent.errors import HttpRefused, Unreachable
 from agent.links.fastrtc import (
     REFUSAL_CAP_S,
-    AppUnreachable,
-    HandshakeRefused,
     NoPong,
     SessionRefused,
     decide,
     refusal_wait,
 )
+from agent.links.runner import Delay, History
 from agent.proto.fastrtc import Refused
 from agent.status import LinkState
 from tests.fastrtc.app import FastRTCApp
@@ -29,25 +29,28 @@ BUSY = SessionRefused(Refused("concurrency_limit_reached", 1))
 
 
 def test_concurrency_refusals_wait_10_s_then_longer_each_time() -> None:
-    waits = [decide(BUSY, n).at_least_s for n in range(1, 8)]
+    waits = [decide(BUSY, History(refusals=n - 1)).at_least_s for n in range(1, 8)]
     assert waits[:5] == [10.0, 20.0, 40.0, 80.0, REFUSAL_CAP_S]
     assert waits[-1] == REFUSAL_CAP_S and all(w >= 10.0 for w in waits)
     assert all(b >= a for a, b in itertools.pairwise(waits))
-    down = decide(BUSY, 1)
-    assert down.state is LinkState.RETRY
-    assert down.detail == "app busy: concurrency limit reached (limit 1)"
+    down = decide(BUSY, History())
+    assert down.state is LinkState.RETRY and down.refusal
+    assert down.message == "app busy: concurrency limit reached (limit 1)"
     assert refusal_wait(3, base_s=0.5) == 2.0
 
 
 def test_other_failures() -> None:
     other = SessionRefused(Refused("connection_closed"))
-    assert decide(other, 1).detail == "app refused the session (connection_closed)"
-    assert decide(other, 1).at_least_s == 10.0  # a refusal is never hammered either
-    assert decide(HandshakeRefused(404)).state is LinkState.ATTENTION
-    assert decide(HandshakeRefused(404)).slow
-    assert decide(HandshakeRefused(502)).state is LinkState.RETRY
-    assert decide(AppUnreachable("x")).detail == "app unreachable"
-    assert decide(NoPong("x")).at_least_s == 0.0
+    first = History()
+    assert decide(other, first).message == "app refused the session (connection_closed)"
+    assert decide(other, first).at_least_s == 10.0  # a refusal is never hammered either
+    assert decide(HttpRefused("app", 404), first).state is LinkState.ATTENTION
+    assert decide(HttpRefused("app", 404), first).delay is Delay.SLOW
+    assert decide(HttpRefused("app", 502), first).state is LinkState.RETRY
+    down = decide(Unreachable("127.0.0.1:9", "connection refused"), first)
+    assert down.message == "app unreachable"
+    assert down.cause == "cannot connect to 127.0.0.1:9: connection refused"  # for the log
+    assert decide(NoPong("x"), first).at_least_s == 0.0
 
 
 @pytest.mark.asyncio

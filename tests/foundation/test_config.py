@@ -1,4 +1,4 @@
-"""Config loading: every key and default of DESIGN.md, every class of mistake reported."""
+"""Config loading: every key and default of config/agent.toml, every class of mistake reported."""
 
 from __future__ import annotations
 
@@ -208,3 +208,61 @@ def test_board_profiles_are_valid_config(tmp_path: Path, profile: Path) -> None:
     cfg = config.load(p)
     assert cfg.gpio.ptt_button == 17  # both boards: PTT on GPIO 17
     assert cfg.audio.capture_device.startswith("plughw:CARD=")
+
+
+# --- the audio engine's rules, checked before anything is built ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("audio.playback_rate", 44101, "must be a multiple of 50 Hz"),
+        ("audio.capture_rate", 22051, "must be a multiple of 50 Hz"),
+        ("audio.playback_rate", 4000, "must be between 8000 and 192000 Hz"),
+        ("audio.capture_rate", 384000, "must be between 8000 and 192000 Hz"),
+        ("orgo.sample_rate", 22050, "must be one of 8000, 16000, 24000, 44100, 48000"),
+        ("orgo.channels", 6, "must be one of 1, 2"),
+        ("pbx.sample_rate", 44100, "must be one of 8000, 16000"),
+        ("ptt.mode", "always", "must be one of 'hold', 'toggle', 'open', 'vox'"),
+        ("ptt.vox_hangover_ms", -1, "must be between 0 and 10000 ms"),
+        ("ptt.duck_while_talking_db", 1e400, "must be between 0 and 60 dB"),
+    ],
+)
+def test_check_config_refuses_what_the_engine_would_refuse(
+    tmp_path: Path, key: str, value: object, reason: str
+) -> None:
+    """Through the real CLI: exit 78, exactly the one line, no traceback (before, e.g.
+    playback_rate = 44101 passed and the generation then crashed building the mixer)."""
+    section, name = key.split(".")
+    p = tmp_path / "agent.toml"
+    literal = "inf" if value == 1e400 else repr(value).replace("'", '"')
+    head = '[device]\nid = "d"\n[videosdk]\nenabled = false\n'
+    p.write_text(f"{head}[{section}]\n{name} = {literal}\n")
+    r = subprocess.run(agent_cmd("check-config", "--config", str(p)), capture_output=True,
+                       text=True, env=subprocess_env(), timeout=30)  # fmt: skip
+    assert r.returncode == 78, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{p}: {key}: {reason}"), lines
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_every_rate_and_format_the_config_passes_the_engine_builds() -> None:
+    """The config's rules and the engine's agree: each allowed value builds for real."""
+    from agent.audio.level import Vad
+    from agent.audio.mixer import MAX_CHANNELS, MAX_RATE, MIN_RATE, Mixer
+    from agent.metrics import Metrics
+    from agent.pcm import FRAMES_PER_S
+    from agent.ptt import MODES
+
+    assert config.FRAMES_PER_S == FRAMES_PER_S
+    for rate in (8000, 11025 - 25, 22050, 44100, 48000, 96000, 192000):
+        assert config._device_rate(rate) is None
+        Mixer(rate, metrics=Metrics())  # would raise for a rate the engine refuses
+    mode_check = dataclasses.fields(config.PttConfig)[0].metadata["check"]
+    assert all(mode_check(m) is None for m in MODES) and mode_check("x") is not None
+    for f in dataclasses.fields(config.OrgoConfig):
+        if f.name == "sample_rate":
+            assert all(MIN_RATE <= r <= MAX_RATE for r in (8000, 16000, 24000, 44100, 48000))
+        if f.name == "channels":
+            assert all(f.metadata["check"](c) is None for c in (1, 2)) and MAX_CHANNELS >= 2
+    Vad(-40.0, 0)  # the smallest hangover the config allows

@@ -99,3 +99,89 @@ def test_bad_config_exits_78_naming_file_and_key(tmp_path: Path) -> None:
                        env=subprocess_env(), timeout=30)  # fmt: skip
     assert r.returncode == 78
     assert f"{cfg}: audio.volume: must be between 0 and 1" in r.stderr
+
+
+def sighup_caught(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGHUP - 1)))
+
+
+def test_sighups_during_start_up_never_kill_and_reload_once_ready(
+    tmp_path: Path, pulse: PulseDevices, notify_socket: NotifyRecorder
+) -> None:
+    """SIGHUP's default action ends a process: from the first moment the agent can catch
+    it (right after the interpreter starts), a SIGHUP every 20 ms during the whole
+    start-up neither kills it nor keeps it from READY; it reloads once, when ready."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(AUDIO_ONLY)
+    proc = start(cfg, pulse, notify_socket, tmp_path)
+    sent = 0
+    try:
+        deadline = time.monotonic() + 20
+        while "READY=1" not in notify_socket.lines():
+            assert proc.poll() is None, f"killed after {sent} SIGHUP(s): {proc.communicate()[0]}"
+            assert time.monotonic() < deadline, "no READY=1"
+            if sighup_caught(proc.pid):
+                proc.send_signal(signal.SIGHUP)
+                sent += 1
+            time.sleep(0.02)
+        mark = notify_socket.lines().index("READY=1")
+        notify_socket.wait_for("RELOADING=1", timeout=10, after=mark)
+        notify_socket.wait_for("READY=1", timeout=10, after=mark + 1)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+    assert sent >= 3, f"only {sent} SIGHUP(s) before READY: the start-up was not covered"
+    assert proc.returncode == 0, out
+    # caught before the event loop's handler existed (imports, config): remembered, then
+    # handled once ready, as one reload
+    assert "SIGHUP during start-up: reloading once ready" in out
+    assert "reload: no change" in out
+
+
+def test_status_shows_a_refused_reload_until_a_good_one(
+    tmp_path: Path, pulse: PulseDevices, notify_socket: NotifyRecorder
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    good = AUDIO_ONLY.replace('listen = ""', f'listen = "127.0.0.1:{port}"')
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(good)
+
+    def status() -> str:
+        cmd = agent_cmd("status", "--url", f"http://127.0.0.1:{port}")
+        r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    proc = start(cfg, pulse, notify_socket, tmp_path)
+    try:
+        notify_socket.wait_for("READY=1", timeout=20)
+        assert "last error: -" in status()
+        cfg.write_text(good.replace("[ptt]", "[ptt\n"))  # a half-written file
+        mark = len(notify_socket.lines())
+        proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for("READY=1", timeout=10, after=mark)
+        assert "last error: reload refused" in status()
+        cfg.write_text(good.replace("[audio]", "[audio]\nvolume = 0.5"))
+        mark = len(notify_socket.lines())
+        proc.send_signal(signal.SIGHUP)
+        notify_socket.wait_for("READY=1", timeout=10, after=mark)
+        shown = status()
+        assert "last error: -" in shown, shown
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert "reload: audio.volume 0.8 -> 0.5" in out

@@ -125,7 +125,7 @@ def test_terminal_lines_carry_journal_fields() -> None:
 
 def test_under_systemd_records_go_to_journald_with_fields(tmp_path: Path) -> None:
     """JournalHandler talks to /run/systemd/journal/socket: bind one in a private mount
-    namespace (TESTBED.md) and read the datagrams the agent's logging sends."""
+    namespace (docs/testing.md) and read the datagrams the agent's logging sends."""
     probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("unshare --mount not permitted here")

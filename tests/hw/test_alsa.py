@@ -1,4 +1,4 @@
-"""The ALSA ports on real alsa-lib, through the file plugin (TESTBED.md)."""
+"""The ALSA ports on real alsa-lib, through the file plugin (docs/testing.md)."""
 
 from __future__ import annotations
 

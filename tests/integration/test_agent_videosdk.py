@@ -4,6 +4,8 @@ simulated paced mic and speaker, gpiozero MockFactory buttons and LEDs."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from agent import config
 from agent.app import Agent, Hardware
+from agent.commands import sign_command
 from agent.controls import StateStore
 from agent.hw.sim import RecordingSink, WavSource, write_wav
 from agent.sandbox.videosdk import FakeVideoSDK
@@ -32,11 +35,23 @@ class Rig:
     task: asyncio.Task[int]
 
 
-async def start_agent(tmp_path: Path, fake: FakeVideoSDK, pins: Any, ptt_mode: str = "hold") -> Rig:
+COMMAND_KEY = "integration-command-key-0123456789"
+
+
+async def start_agent(
+    tmp_path: Path,
+    fake: FakeVideoSDK,
+    pins: Any,
+    ptt_mode: str = "hold",
+    *,
+    commands: dict[str, Any] | None = None,
+    wall_clock: Any = None,
+) -> Rig:
     creds = tmp_path / "creds"
     creds.mkdir()
-    (creds / "videosdk-token").write_text("sandbox-token\n")
-    (creds / "videosdk-token").chmod(0o600)
+    for name, value in (("videosdk-token", "sandbox-token"), ("command-key", COMMAND_KEY)):
+        (creds / name).write_text(value + "\n")
+        (creds / name).chmod(0o600)
     cfg = config.from_dict(
         {
             "device": {"id": "dev_it", "name": "Integration"},
@@ -44,6 +59,7 @@ async def start_agent(tmp_path: Path, fake: FakeVideoSDK, pins: Any, ptt_mode: s
             "gpio": {"ptt_button": 17, "status_led": 27, "talk_led": 22},
             "videosdk": {"room_id": "room-it", "api_base": fake.api_base},
             "metrics": {"listen": ""},
+            "commands": commands or {},
         }
     )
     mic = write_wav(tmp_path / "mic.wav", COUNTER, 8000)
@@ -53,7 +69,13 @@ async def start_agent(tmp_path: Path, fake: FakeVideoSDK, pins: Any, ptt_mode: s
         speaker=lambda _a, _m: speaker,
         pin_factory=pins,
     )
-    agent = Agent(cfg, credentials=Credentials(creds, env={}), hardware=hw, state=StateStore(None))
+    agent = Agent(
+        cfg,
+        credentials=Credentials(creds, env={}),
+        hardware=hw,
+        state=StateStore(None),
+        wall_clock=wall_clock,
+    )
     task = asyncio.create_task(agent.run())
     await fake.wait_for(lambda: fake.started_sessions, 10, "a started session")
     return Rig(agent, fake, speaker, pins, task)
@@ -134,7 +156,7 @@ async def test_remote_commands_through_the_room(tmp_path: Path, gpio_mock: Any) 
         await fake.wait_for(
             lambda: "DEVICE_CMD" in session.subscriptions, 3, "command topic subscribed"
         )
-        await fake.send_message("DEVICE_CMD", '{"cmd":"volume","value":0.3}')
+        await fake.send_message("DEVICE_CMD", signed("volume", 0.3))
         await fake.send_message("DEVICE_CMD", '{"cmd":"reboot"}')
         await fake.wait_for(
             lambda: any("unknown command" in str(p.data) for p in fake.published), 3, "refusal"
@@ -155,3 +177,87 @@ async def test_vox_transmits_when_the_mic_hears_speech(tmp_path: Path, gpio_mock
     # the loud mic opens VOX on its first frame; from then on the mic's own samples go out
     assert sum(1 for f in frames if f.any()) >= len(frames) - 2
     assert rig.agent.status.ptt_mode == "vox"
+
+
+def signed(cmd: str, value: Any = None, ts: int | None = None) -> str:
+    return sign_command(
+        COMMAND_KEY, topic="DEVICE_CMD", device="dev_it", cmd=cmd, value=value, ts=ts
+    )
+
+
+async def command_rig(tmp_path: Path, fake: FakeVideoSDK, pins: Any, **kw: Any) -> Rig:
+    rig = await start_agent(tmp_path, fake, pins, **kw)
+    session = fake.started_sessions[0]
+    await fake.wait_for(lambda: "DEVICE_CMD" in session.subscriptions, 3, "command topic")
+    return rig
+
+
+def replies(fake: FakeVideoSDK) -> list[dict[str, Any]]:
+    out = []
+    for p in fake.published:
+        if p.topic == "DEVICE_STATUS":
+            doc = p.data if isinstance(p.data, dict) else json.loads(p.data)
+            if "error" in doc or "ok" in doc:
+                out.append(doc)
+    return out
+
+
+async def test_a_strangers_ptt_open_does_not_open_the_mic(tmp_path: Path, gpio_mock: Any) -> None:
+    async with FakeVideoSDK() as fake:
+        rig = await command_rig(tmp_path, fake, gpio_mock, commands={"allow_mic_control": True})
+        await fake.send_message(
+            "DEVICE_CMD", '{"cmd":"ptt","value":"open"}', sender_id="stranger", sender_name="X"
+        )
+        await fake.wait_for(lambda: replies(fake), 3, "a refusal")
+        await asyncio.sleep(1.0)
+        await stop_agent(rig)
+        session = fake.started_sessions[0]
+    assert replies(fake) == [
+        {"error": "unsigned command refused", "reason": "unsigned", "id": replies(fake)[0]["id"]}
+    ]
+    frames = [np.frombuffer(f.pcm, "<i2") for f in session.frames]
+    assert len(frames) > 40 and not any(f.any() for f in frames)  # only silence went out
+    assert rig.agent.metrics.get("commands_refused_total", reason="unsigned") == 1
+
+
+async def test_a_signed_ptt_open_with_opt_in_opens_it_and_its_replay_is_refused(
+    tmp_path: Path, gpio_mock: Any
+) -> None:
+    async with FakeVideoSDK() as fake:
+        rig = await command_rig(tmp_path, fake, gpio_mock, commands={"allow_mic_control": True})
+        session = fake.started_sessions[0]
+        command = signed("ptt", "open")
+        await fake.send_message("DEVICE_CMD", command)
+        await fake.wait_for(lambda: replies(fake), 3, "the reply")
+        assert replies(fake)[0]["ok"] == "ptt"
+        await fake.wait_for(
+            lambda: any(np.frombuffer(f.pcm, "<i2").any() for f in list(session.frames)[-5:]),
+            3,
+            "voiced frames",
+        )
+        await fake.send_message("DEVICE_CMD", signed("ptt", "hold"))
+        await fake.wait_for(lambda: len(replies(fake)) >= 2, 3, "the second reply")
+        assert rig.agent.status.ptt_mode == "hold"
+        await fake.send_message("DEVICE_CMD", command)  # the same signed text, again
+        await fake.wait_for(lambda: len(replies(fake)) >= 3, 3, "the third reply")
+        assert replies(fake)[2]["reason"] == "replayed"
+        assert rig.agent.status.ptt_mode == "hold"  # the replay did not reopen the mic
+        await stop_agent(rig)
+
+
+async def test_signed_commands_work_with_the_device_clock_3_hours_off(
+    tmp_path: Path, gpio_mock: Any
+) -> None:
+    off = -3 * 3600.0
+    async with FakeVideoSDK() as fake:
+        rig = await command_rig(tmp_path, fake, gpio_mock, wall_clock=lambda: time.time() + off)
+        await fake.send_message("DEVICE_CMD", signed("volume", 0.4))
+        await fake.wait_for(lambda: replies(fake), 3, "the reply")
+        assert replies(fake)[0]["ok"] == "volume"
+        assert rig.agent.status.volume == pytest.approx(0.4)
+        # while an old command published again (issued 3 h before the server's time) is not
+        await fake.send_message("DEVICE_CMD", signed("volume", 0.9, ts=int(time.time() + off)))
+        await fake.wait_for(lambda: len(replies(fake)) >= 2, 3, "the refusal")
+        assert replies(fake)[1]["reason"] == "stale"
+        assert rig.agent.status.volume == pytest.approx(0.4)
+        await stop_agent(rig)

@@ -3,72 +3,55 @@ FastRTC app (:mod:`agent.sandbox.fastrtc`) and the PBX server (called by the san
 PBX, :meth:`FullAgent.pbx_call`), with simulated paced audio devices and secrets in a
 credentials directory. ``links`` picks which of the four are enabled.
 
-The config goes through :func:`agent.config.from_dict` (the real validation). Retry
-delays are shortened with :func:`fast_backoff` so that fault stories take seconds,
-not the production minutes; everything else is as shipped.
+The config is written to ``agent.toml`` in the test's directory and loaded by
+:func:`agent.config.load` (the real validation); ``agent.reload()`` reads that file
+again, so a test edits it as a person would (:meth:`FullAgent.write_config`). Retry
+delays are shortened with ``policies=FAST_LINKS`` (``Agent(link_policies=...)``) so
+that fault stories take seconds, not the production minutes; everything else is as
+shipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent import config
 from agent.app import Agent, Hardware
-from agent.backoff import BackoffPolicy, Reconnector
+from agent.backoff import BackoffPolicy
 from agent.controls import StateStore
 from agent.hw.sim import RecordingSink, ToneSource
+from agent.links.registry import LinkPolicies
 from agent.sandbox.fastrtc import FakeFastRTC
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.pbx import PbxCall, two_party_call
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.service import Notifier
+from tests.support import toml_text
 
 Setup = Callable[[FakeVideoSDK, FakeOrgo, FakeFastRTC], Awaitable[dict[str, dict[str, Any]]]]
 FAST = BackoffPolicy(initial_s=0.05, cap_s=0.5, jitter=0.3, slow_s=0.5, healthy_after_s=60.0)
-# Modules whose links build their own Reconnector.
-LINK_MODULES = tuple(f"agent.links.{n}" for n in ("videosdk", "orgo", "pbx", "fastrtc"))
+# Every link's reconnects at FAST; a busy FastRTC app is retried after FAST.slow_s
+# (doubling), not 10 s. Passed to the agent as ``Agent(link_policies=...)``.
+FAST_LINKS = LinkPolicies(backoff=FAST, refusal_wait_s=FAST.slow_s)
 ALL_LINKS = ("videosdk", "orgo", "pbx", "fastrtc")
 
 VSDK_API_KEY = "fa-vsdk-apikey-3c1e9b7d5a2f"
 VSDK_SECRET = "fa-vsdk-secret-8e4d2b6f0a9c1e3d5b7f9a2c4e6d8b0f"
 ORGO_KEY = "sk_orgo_full_4b8d2f6a0c9e1b3d"
 PBX_SECRET = "fa-pbx-secret-7d3b1f9e5a2c8064"
+COMMAND_KEY = "fa-command-key-2b4d6f8a0c1e3a5c7e9b"
 PBX_WRONG = "fa-pbx-secret-7d3b1f9e5a2c8065"  # what a misconfigured PBX sends: a near miss
 # A FastRTC app's URL may carry a token in its query (a signed or private app): not a
 # credential file, but it must stay out of sight like one.
 RTC_QUERY_TOKEN = "fa-rtc-sign-5e0a2c4b6d8f1a3c"
-
-
-@contextlib.contextmanager
-def fast_backoff(monkeypatch: pytest.MonkeyPatch, policy: BackoffPolicy = FAST) -> Iterator[None]:
-    """Every link's Reconnector uses ``policy`` (the agent has no knob for it); a busy
-    FastRTC app is retried after ``policy.slow_s`` (doubling), not 10 s."""
-    for module in LINK_MODULES:
-        monkeypatch.setattr(f"{module}.Reconnector", functools.partial(_reconnector, policy))
-    from agent.links import fastrtc
-
-    monkeypatch.setattr(
-        fastrtc, "FastRTCLink", functools.partial(fastrtc.FastRTCLink, refusal_wait_s=policy.slow_s)
-    )
-    yield
-
-
-def _reconnector(
-    policy: BackoffPolicy, *_policy: Any, clock: Callable[[], float] = time.monotonic, **_kw: Any
-) -> Reconnector:
-    return Reconnector(policy, clock=clock)
 
 
 @dataclass
@@ -84,6 +67,14 @@ class FullAgent:
     pbx_url: str  # the agent's PBX server
     links: tuple[str, ...] = ALL_LINKS
     notify_lines: list[str] = field(default_factory=list)
+    config_path: Path = Path("agent.toml")
+    raw: dict[str, dict[str, Any]] = field(default_factory=dict)  # what config_path holds
+
+    def write_config(self, changes: dict[str, dict[str, Any]] | None = None) -> None:
+        """Rewrite the config file with ``changes`` merged in (read on the next reload)."""
+        for section, values in (changes or {}).items():
+            self.raw.setdefault(section, {}).update(values)
+        self.config_path.write_text(toml_text(self.raw))
 
     def link_state(self, name: str) -> str:
         part = self.agent.status.links.get(name)
@@ -120,7 +111,7 @@ class FullAgent:
 
 def write_creds(directory: Path, *, jwt: bool = True) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    files = {"orgo-api-key": ORGO_KEY, "pbx-secret": PBX_SECRET}
+    files = {"orgo-api-key": ORGO_KEY, "pbx-secret": PBX_SECRET, "command-key": COMMAND_KEY}
     if jwt:
         files |= {"videosdk-api-key": VSDK_API_KEY, "videosdk-secret": VSDK_SECRET}
     else:
@@ -144,6 +135,7 @@ async def full_agent(
     setup: Setup | None = None,
     hardware: Hardware | None = None,
     links: tuple[str, ...] = ALL_LINKS,
+    policies: LinkPolicies | None = None,
 ) -> AsyncIterator[FullAgent]:
     """Start fakes and the agent (``links`` enabled, open mic); stop both on exit.
 
@@ -182,7 +174,9 @@ async def full_agent(
         more = await setup(vsdk, orgo, rtc) if setup is not None else {}
         for section, values in [*(overrides or {}).items(), *more.items()]:
             raw.setdefault(section, {}).update(values)
-        cfg = config.from_dict(raw, path="full-agent.toml")
+        config_path = tmp_path / "agent.toml"
+        config_path.write_text(toml_text(raw))
+        cfg = config.load(config_path)
         mic = mic or ToneSource(8000, 1000.0, -20.0, paced=True)
         speaker = speaker or RecordingSink(48000, paced=True, keep_s=10.0)
         agent = Agent(
@@ -191,11 +185,14 @@ async def full_agent(
             hardware=hardware or Hardware(mic=lambda _c, _m: mic, speaker=lambda _c, _m: speaker),
             state=StateStore(None),
             notifier=notifier or Notifier(env={}),
+            reload_config=lambda: config.load(config_path),
+            link_policies=policies,
         )
         task = asyncio.create_task(agent.run(), name="full-agent")
         rig = FullAgent(
-            agent, task, vsdk, orgo, mic, speaker, creds, rtc, f"ws://127.0.0.1:{pbx_port}", links
-        )
+            agent, task, vsdk, orgo, mic, speaker, creds, rtc, f"ws://127.0.0.1:{pbx_port}", links,
+            config_path=config_path, raw=raw,
+        )  # fmt: skip
         try:
             if wait_up:
                 await vsdk.wait_for(rig.all_up, 10.0, f"links {', '.join(links)} up")

@@ -32,9 +32,16 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from agent.commands import sign_command
 from agent.service import Notifier
 from tests.conftest import NotifyRecorder
-from tests.reliability.fullagent import PBX_WRONG, FullAgent, fast_backoff, full_agent
+from tests.reliability.fullagent import (
+    COMMAND_KEY,
+    FAST_LINKS,
+    PBX_WRONG,
+    FullAgent,
+    full_agent,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -87,15 +94,16 @@ async def test_no_secret_in_logs_exceptions_status_or_metrics(
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
     try:
-        with fast_backoff(monkeypatch):
-            async with full_agent(tmp_path, notifier=Notifier(env=notify_socket.env())) as rig:
-                board = rig.agent.status
-                board.add_listener(lambda b: texts.append(("status", json.dumps(b.to_json()))))
-                await run_faults(rig)
-                texts.append(("status", json.dumps(board.to_json())))
-                texts.append(("metrics", json.dumps(rig.agent.metrics.snapshot())))
-                secrets = secret_values(rig)
-                assert await rig.stop() == 0
+        async with full_agent(
+            tmp_path, policies=FAST_LINKS, notifier=Notifier(env=notify_socket.env())
+        ) as rig:
+            board = rig.agent.status
+            board.add_listener(lambda b: texts.append(("status", json.dumps(b.to_json()))))
+            await run_faults(rig)
+            texts.append(("status", json.dumps(board.to_json())))
+            texts.append(("metrics", json.dumps(rig.agent.metrics.snapshot())))
+            secrets = secret_values(rig)
+            assert await rig.stop() == 0
     finally:
         root.removeHandler(collector)
         for name, level in saved.items():
@@ -147,6 +155,12 @@ async def run_faults(rig: FullAgent) -> None:
     await vsdk.send_raw("garbage " * 10)
     await vsdk.send_raw(b"\xff\x00binary")
     await vsdk.send_message("DEVICE_CMD", '{"cmd":"volume","value":0.5}')
+    signed = sign_command(
+        COMMAND_KEY, topic="DEVICE_CMD", device="dev_full", cmd="volume", value=0.4
+    )
+    await vsdk.send_message("DEVICE_CMD", signed)
+    forged = json.loads(signed) | {"sig": "0" * 64}
+    await vsdk.send_message("DEVICE_CMD", json.dumps(forged))
     vsdk.rest_status = 500
     await vsdk.drop(4000, "custom close")
     await asyncio.sleep(0.3)

@@ -26,7 +26,7 @@ from agent.sandbox.orgo import FakeOrgo
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.status import StatusBoard
-from tests.reliability.fullagent import fast_backoff, full_agent
+from tests.reliability.fullagent import FAST_LINKS, full_agent
 from tests.reliability.rigs import write_secret
 from tests.support import RecordingMixer, wait_until
 
@@ -209,41 +209,91 @@ async def test_a_self_signed_server_is_refused_unless_its_ca_is_configured(
         return out
 
     try:
-        with fast_backoff(monkeypatch):
-            async with full_agent(tmp_path, setup=setup, wait_up=False, links=LINKS) as rig:
-                if trusted:
-                    await wait_until(rig.all_up, 10.0, "every link up over TLS")
-                    await rig.vsdk.wait_for(lambda: rig.vsdk.frames_total >= 10, 5.0, "wss media")
-                    await wait_until(lambda: rig.rtc.media_total >= 10, 5.0, "wss media (fastrtc)")
-                    assert all(p.connections for p in proxies), "every TLS front was used"
+        async with full_agent(
+            tmp_path, policies=FAST_LINKS, setup=setup, wait_up=False, links=LINKS
+        ) as rig:
+            if trusted:
+                await wait_until(rig.all_up, 10.0, "every link up over TLS")
+                await rig.vsdk.wait_for(lambda: rig.vsdk.frames_total >= 10, 5.0, "wss media")
+                await wait_until(lambda: rig.rtc.media_total >= 10, 5.0, "wss media (fastrtc)")
+                assert all(p.connections for p in proxies), "every TLS front was used"
+            else:
+                # several attempts each, all refused at the TLS handshake
+                await wait_until(
+                    lambda: rig.agent.metrics.total("reconnects_total") >= 4, 10.0, "retries"
+                )
+                await wait_until(
+                    lambda: rig.agent.metrics.total("reconnects_total", link="fastrtc") >= 2,
+                    10.0,
+                    "fastrtc retries",
+                )
+                assert not any(rig.link_state(name) == "up" for name in LINKS)
+                assert not rig.vsdk.ref_presented, "a wss handshake got through unverified"
+                assert not rig.orgo.sessions, "an Orgo handshake got through unverified"
+                assert not rig.rtc.connections, "a FastRTC handshake got through unverified"
+                await wait_until(
+                    lambda: (
+                        rig.agent.status.links["fastrtc"].detail
+                        == "app unreachable: TLS certificate not trusted"
+                    ),
+                    5.0,
+                    "the reason shown",
+                )
+                if rest_tls:
+                    assert not rig.vsdk.rest_requests and not rig.orgo.rest_requests
                 else:
-                    # several attempts each, all refused at the TLS handshake
-                    await wait_until(
-                        lambda: rig.agent.metrics.total("reconnects_total") >= 4, 10.0, "retries"
-                    )
-                    await wait_until(
-                        lambda: rig.agent.metrics.total("reconnects_total", link="fastrtc") >= 2,
-                        10.0,
-                        "fastrtc retries",
-                    )
-                    assert not any(rig.link_state(name) == "up" for name in LINKS)
-                    assert not rig.vsdk.ref_presented, "a wss handshake got through unverified"
-                    assert not rig.orgo.sessions, "an Orgo handshake got through unverified"
-                    assert not rig.rtc.connections, "a FastRTC handshake got through unverified"
-                    await wait_until(
-                        lambda: (
-                            rig.agent.status.links["fastrtc"].detail
-                            == "app unreachable: TLS certificate not trusted"
-                        ),
-                        5.0,
-                        "the reason shown",
-                    )
-                    if rest_tls:
-                        assert not rig.vsdk.rest_requests and not rig.orgo.rest_requests
-                    else:
-                        assert rig.vsdk.rest_requests and rig.orgo.rest_requests
-                    # (a TLS front only counts connections whose handshake completed)
-                    assert sum(p.connections for p in proxies) == 0
+                    assert rig.vsdk.rest_requests and rig.orgo.rest_requests
+                # (a TLS front only counts connections whose handshake completed)
+                assert sum(p.connections for p in proxies) == 0
+    finally:
+        for p in proxies:
+            await p.stop()
+
+
+@pytest.mark.slow
+async def test_a_reload_that_adds_the_ca_brings_every_link_up_over_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server_tls: ssl.SSLContext, ca_file: Path
+) -> None:
+    """security.ca_file added by a reload reaches both the WebSocket handshakes and the
+    REST client (a new one: the old trusted only the system's CAs)."""
+    proxies: list[FaultProxy] = []
+
+    async def tls_front(port: int) -> int:
+        proxy = FaultProxy(port, tls=server_tls)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy.port
+
+    async def setup(
+        vsdk: FakeVideoSDK, orgo: FakeOrgo, rtc: FakeFastRTC
+    ) -> dict[str, dict[str, Any]]:
+        vsdk.ws_url_base = f"wss://127.0.0.1:{await tls_front(vsdk.ws_port)}"
+        return {
+            "videosdk": {"api_base": f"https://127.0.0.1:{await tls_front(_port(vsdk.api_base))}"},
+            "orgo": {
+                "audio_url": f"wss://127.0.0.1:{await tls_front(_port(orgo.audio_url))}"
+                "/{computer_id}/audio",
+                "api_base": f"https://127.0.0.1:{await tls_front(_port(orgo.api_base))}/api",
+            },
+        }
+
+    try:
+        async with full_agent(
+            tmp_path,
+            policies=FAST_LINKS,
+            setup=setup,
+            wait_up=False,
+            links=("videosdk", "orgo"),
+        ) as rig:
+            await wait_until(
+                lambda: rig.agent.metrics.total("reconnects_total") >= 3, 10.0, "refusals"
+            )
+            assert not rig.vsdk.rest_requests and not rig.orgo.rest_requests
+            rig.write_config({"security": {"ca_file": str(ca_file)}})
+            rig.agent.reload()
+            await wait_until(rig.all_up, 10.0, "every link up over TLS after the reload")
+            await rig.vsdk.wait_for(lambda: rig.vsdk.frames_total >= 10, 5.0, "wss media")
+            assert rig.vsdk.rest_requests and rig.orgo.rest_requests
     finally:
         for p in proxies:
             await p.stop()

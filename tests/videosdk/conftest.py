@@ -20,6 +20,7 @@ from agent.config import DeviceConfig, VideoSDKConfig
 from agent.links.videosdk import VideoSDKLink
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_SAMPLES, Frame, Pcm, SourceFactory
+from agent.proto.videosdk import TopicMessage
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
 from agent.service import Heartbeat
@@ -59,7 +60,7 @@ class Harness(LinkHarnessBase):
     heartbeat: Heartbeat = field(
         default_factory=lambda: Heartbeat("videosdk", 10.0, time.monotonic)
     )
-    commands: list[str] = field(default_factory=list)
+    commands: list[TopicMessage] = field(default_factory=list)
     link: VideoSDKLink | None = None
     task: asyncio.Task[None] | None = None
     fanout: Fanout | None = None

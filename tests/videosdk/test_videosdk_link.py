@@ -370,7 +370,7 @@ async def test_commands_reach_the_handler_and_chat_is_logged(
     await fake.send_message("CHAT", "hello device", sender_name="Alice")
     await fake.send_message("OTHER", "not subscribed")
     await wait_until(lambda: harness.commands, what="a command")
-    assert [json.loads(c) for c in harness.commands] == [{"cmd": "volume", "value": 0.5}]
+    assert [json.loads(c.message) for c in harness.commands] == [{"cmd": "volume", "value": 0.5}]
     await wait_until(lambda: any("hello device" in r.getMessage() for r in caplog.records))
     chat = next(r for r in caplog.records if "hello device" in r.getMessage())
     assert "Alice" in chat.getMessage()

@@ -136,6 +136,10 @@ CHECKS = {
     "5-journal-link-fields-no-secrets": "journal records carry LINK=, no secret anywhere",
     "6-watchdog-restarts-stalled-agent": "a SIGSTOPped agent is restarted (Result=watchdog)",
     "7-bad-config-exit-78-no-restart": "a bad config exits 78 and is not restarted",
+    "8-provisioned-path-and-first-boot-files": (
+        "field-agent on PATH; the first-boot directory's config, credentials, Wi-Fi and ssh key"
+        " are moved into place (root-only) and removed from it"
+    ),
 }
 
 

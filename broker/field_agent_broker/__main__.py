@@ -1,0 +1,5 @@
+import sys
+
+from field_agent_broker.cli import main
+
+sys.exit(main())
