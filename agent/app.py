@@ -46,6 +46,7 @@ from agent.links.registry import LinkDeps, LinkPolicies
 from agent.links.registry import build as build_links
 from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
+from agent.netwatch import NetWatch, Route
 from agent.secrets import Credentials
 from agent.service import Heartbeats, Notifier, run_watchdog, watchdog_interval
 from agent.status import Led, LinkState, StatusBoard
@@ -157,6 +158,7 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._report_status(), name="status")
+                tg.create_task(NetWatch(self._on_route).run(), name="netwatch")
                 if self.cfg.metrics.listen:
                     tg.create_task(self._observe(self.cfg.metrics.listen), name="observe")
                 interval = watchdog_interval()
@@ -176,6 +178,14 @@ class Agent:
                 await self._http_now.aclose()
         logger.info("stopped")
         return 0
+
+    def _on_route(self, route: Route) -> None:
+        """The default route came or went: links drop a dead connection at once, or
+        retry now instead of waiting out their backoff."""
+        self.metrics.inc("network_changes_total", route="up" if route.present else "down")
+        links = self.generation.links if self.generation is not None else {}
+        for link in links.values():
+            link.runner.network_changed(route.present)
 
     async def _generations(self, http: httpx.AsyncClient) -> None:
         """Run generations until stop(): READY once the parts are ready; a reload is

@@ -43,7 +43,7 @@ from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, HttpRefused, LinkError, ProtocolError
 from agent.links.registry import LinkDeps
-from agent.links.runner import History, Outcome, Runner, attention, retry
+from agent.links.runner import History, Outcome, Runner, attention, remote_of, retry
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
 from agent.links.transport import closed, host_of, link_error, retry_after
 from agent.links.videosdk_auth import SessionError, TokenSource, session_target
@@ -206,6 +206,7 @@ class VideoSDKLink:
             heartbeat=self._hb,
             clock=clock,
         )
+        self.runner.remote = remote_of(cfg.session_url or cfg.api_base)  # see network_changed
 
     # -- public API ------------------------------------------------------------------
     async def run(self) -> None:
