@@ -46,7 +46,7 @@ from agent.links.registry import LinkDeps, LinkPolicies
 from agent.links.registry import build as build_links
 from agent.links.tls import httpx_verify
 from agent.metrics import Metrics
-from agent.netwatch import watch_network
+from agent.netwatch import NetWatch, Route
 from agent.secrets import Credentials
 from agent.service import Heartbeats, Notifier, run_watchdog, watchdog_interval
 from agent.status import Led, LinkState, StatusBoard
@@ -160,7 +160,7 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._report_status(), name="status")
-                tg.create_task(watch_network(), name="network")  # says when a network appears
+                tg.create_task(NetWatch(self._on_route).run(), name="network")
                 if self.cfg.metrics.listen:
                     tg.create_task(self._observe(self.cfg.metrics.listen), name="observe")
                 interval = watchdog_interval()
@@ -180,6 +180,15 @@ class Agent:
                 await self._http_now.aclose()
         logger.info("stopped")
         return 0
+
+    def _on_route(self, old: Route, new: Route) -> None:
+        """The default route came, went or moved: links whose connection went out
+        through a lost interface drop it at once; a waiting link retries now."""
+        self.metrics.inc("network_changes_total", route="up" if new.present else "down")
+        lost = old.lost(new)
+        links = self.generation.links if self.generation is not None else {}
+        for link in links.values():
+            link.runner.network_changed(new.present, lost=lost)
 
     async def _generations(self, http: httpx.AsyncClient) -> None:
         """Run generations until stop(): READY once the parts are ready; a reload is

@@ -56,6 +56,11 @@ class Reconnector:
         """Call when a connection is up and healthy."""
         self._up_since = self._clock()
 
+    def reset(self) -> None:
+        """Start the sequence again (conditions changed: the network came back)."""
+        self._delays = backoff(self.policy, self._rng)
+        self._up_since = None
+
     def next_delay(self, *, slow: bool = False, at_least_s: float = 0.0) -> float:
         """Delay before the next attempt after a failure or a drop.
 

@@ -38,7 +38,7 @@ from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, FastRTCConfig, SecurityConfig
 from agent.errors import HttpRefused, LinkError, PeerClosed, TlsUntrusted, Unreachable
 from agent.links.registry import LinkDeps
-from agent.links.runner import History, Outcome, Runner, attention, retry
+from agent.links.runner import History, Outcome, Runner, attention, remote_of, retry
 from agent.links.tls import client_context
 from agent.links.transport import shown_url
 from agent.links.wire import MalformedNotes, wire_logger
@@ -229,6 +229,7 @@ class FastRTCLink:
             clock=clock,
             rng=rng,
         )
+        self.runner.remote = remote_of(cfg.url)  # a lost route ends its connection
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:

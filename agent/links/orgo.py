@@ -37,7 +37,7 @@ from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, OrgoConfig, SecurityConfig
 from agent.errors import AuthRefused, CredentialError, HttpRefused, LinkError, PeerClosed
 from agent.links.registry import LinkDeps
-from agent.links.runner import History, Outcome, Runner, attention, retry
+from agent.links.runner import History, Outcome, Runner, attention, remote_of, retry
 from agent.links.tls import client_context
 from agent.links.transport import host_of, link_error
 from agent.links.wire import MalformedNotes, wire_logger
@@ -192,6 +192,7 @@ class OrgoLink:
             connecting=self._who,
             clock=clock,
         )
+        self.runner.remote = remote_of(cfg.api_base)  # a lost route ends its connection
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:

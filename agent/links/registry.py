@@ -20,6 +20,7 @@ import httpx
 
 from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, DeviceConfig, SecurityConfig
+from agent.links.runner import Runner
 from agent.metrics import Metrics
 from agent.pcm import Frame, SourceFactory
 from agent.proto.videosdk import TopicMessage
@@ -29,9 +30,11 @@ from agent.status import StatusBoard
 
 
 class Link(Protocol):
-    """What the agent runs: a name (status, metrics, logs) and ``run()`` until cancelled."""
+    """What the agent runs: a name (status, metrics, logs) and ``run()`` until cancelled,
+    on its :class:`~agent.links.runner.Runner` (the agent tells it of network changes)."""
 
     name: str
+    runner: Runner
 
     async def run(self) -> None: ...
 

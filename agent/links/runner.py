@@ -25,6 +25,18 @@ One wording and one level per kind of event (rate-limited when it repeats)::
 
 The same down line again within :attr:`Runner.repeat_s` goes to DEBUG; the next one
 shown says how many were held back ("(3 repeats not shown)").
+
+Two things outside the link cut a wait short or end a connection at once:
+
+- the network (:meth:`Runner.network_changed`, fed by :mod:`agent.netwatch`): when the
+  default route goes away, a connection to a non-loopback :attr:`Runner.remote` is
+  ended at once ("no network") instead of riding a dead socket until its keepalive
+  gives up; when a route is back, a link waiting to retry tries now, with its backoff
+  started again;
+- the wall clock (:class:`agent.clock.StepDetector`): while a link waits out a slow
+  (ATTENTION) delay, a step of the clock (NTP syncing after a boot without a real-time
+  clock) ends the wait: credentials refused because of the wrong time are tried again
+  at once with the right one.
 """
 
 from __future__ import annotations
@@ -38,10 +50,13 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.exceptions import WebSocketException
 
 from agent.backoff import Reconnector
+from agent.clock import StepDetector
+from agent.config import is_loopback_host
 from agent.errors import AgentError, LinkError
 from agent.links.wire import mask_query
 from agent.metrics import Metrics
@@ -55,6 +70,19 @@ AT_LEAST_JITTER = 0.2  # a wait the peer asked for is stretched by up to this (d
 DOWN_LINE = "%s down: %s; retry in %s%s"
 ATTENTION_LINE = "%s needs attention: %s; retry in %s%s"
 EXPECTED = (AgentError, OSError, TimeoutError, WebSocketException)
+CLOCK_CHECK_S = 5.0  # during a slow wait: how often the wall clock is checked for a step
+
+
+class NetworkLost(LinkError):
+    """The default route went away under a live connection."""
+
+
+def remote_of(url: str) -> str:
+    """The host a link dials (for :meth:`Runner.network_changed`); "" if none."""
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
 
 
 def seconds(delay: float) -> str:
@@ -126,7 +154,7 @@ class Runner:
     def __init__(
         self,
         name: str,
-        attempt: Callable[[], Awaitable[None]],
+        attempt: Callable[[], Coroutine[Any, Any, None]],
         decide: Decide,
         *,
         status: StatusBoard,
@@ -148,6 +176,13 @@ class Runner:
         self._sleep = sleep
         self._extra = {"LINK": name}
         self._log = logging.getLogger(f"agent.links.{name}")  # the link's own logger
+        # the host this link dials, for network changes ("": none, e.g. a server)
+        self.remote = ""
+        self.steps = StepDetector()
+        self._wake = asyncio.Event()
+        self._current: asyncio.Task[None] | None = None  # the attempt under way
+        self._lost_why = ""  # set when a network change ends the attempt under way
+        self._slow = False  # the last outcome asked for the slow delay
         self.refusals = 0  # refusal outcomes in a row
         self.attempts = 0
         self._last_line: tuple[LinkState, str] | None = None
@@ -186,7 +221,7 @@ class Runner:
                 delay = await self.once()
                 if self._heartbeat is not None:
                     self._heartbeat.pause()
-                await self._sleep(delay)
+                await self._pause(delay)
         finally:
             self._status.set_link(self.name, LinkState.STOPPED)
             self._log.info("%s stopped", self.name, extra=self._extra)
@@ -197,13 +232,24 @@ class Runner:
         self._status.set_link(self.name, LinkState.CONNECTING, self.connecting)
         attempts = self.attempts
         self.attempts += 1
+        # The attempt runs as a task of its own so that a lost route can end it (see
+        # network_changed); cancelling the runner cancels it too, and waits for its goodbye.
+        self._wake.clear()
+        self._current = asyncio.create_task(self._attempt(), name=f"{self.name}-attempt")
         try:
-            await self._attempt()
+            await self._current
             exc: BaseException = LinkError("connection ended")
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if (me is not None and me.cancelling()) or not self._lost_why:
+                raise
+            exc = NetworkLost(self._lost_why)
         except EXPECTED as e:
             exc = e
         except Exception as e:  # a bug: show it, but keep the other links and sources alive
             exc = e
+        finally:
+            self._current, self._lost_why = None, ""
         # after the attempt: an up during it has started the refusal count again
         outcome = self.outcome(exc, History(self.refusals, attempts))
         return self.report(outcome, exc)
@@ -211,11 +257,68 @@ class Runner:
     def outcome(self, exc: BaseException, history: History) -> Outcome:
         if not isinstance(exc, EXPECTED):
             return Outcome(LinkState.RETRY, f"unexpected error ({type(exc).__name__})", bug=True)
+        if isinstance(exc, NetworkLost):
+            return retry(str(exc))
         return self._decide(exc, history)
+
+    # -- what the agent calls --------------------------------------------------------------
+    def network_changed(self, present: bool, *, lost: tuple[str, ...] = ()) -> None:
+        """The default route changed: ``present`` now or not; ``lost``: interfaces that
+        carried it and no longer do.
+
+        A connection under way to a non-loopback :attr:`remote` ends now when an
+        interface was lost (its socket went out through it); when a route is there, a
+        wait for the next attempt ends now and the backoff starts again. Links without a
+        remote (a server) and loopback links are not affected.
+        """
+        if not self.remote or is_loopback_host(self.remote):
+            return
+        live = self._current is not None and not self._current.done()
+        if lost and self._current is not None and live:
+            live = False
+            gone = ", ".join(lost)
+            self._lost_why = (
+                f"network changed (default route via {gone} gone)"
+                if present
+                else f"no network (default route via {gone} gone)"
+            )
+            self._current.cancel()
+        if present and not live:  # a connection that still works is left alone
+            self.reconnector.reset()
+            self._wake.set()
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` before the next attempt, unless woken (network back, clock step;
+        a wake that came while the last attempt was ending counts)."""
+        slow = self._slow
+        if slow:
+            self.steps.stepped()  # steps count from here on
+        left = delay
+        while left > 0:
+            step = min(left, CLOCK_CHECK_S) if slow else left
+            left -= step
+            sleeper = asyncio.ensure_future(self._sleep(step))
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                woken.cancel()
+            if self._wake.is_set():
+                self._log.info("%s: network back, retrying now", self.name, extra=self._extra)
+                return
+            jump = self.steps.stepped() if slow else 0.0
+            if jump:
+                self._log.info(
+                    "%s: the clock stepped by %+.0f s; retrying now", self.name, jump,
+                    extra=self._extra,
+                )  # fmt: skip
+                return
 
     def report(self, outcome: Outcome, exc: BaseException | None = None) -> float:
         """Apply ``outcome``: count, pick the delay, show it, log it; return the delay."""
         self.refusals = self.refusals + 1 if outcome.refusal else 0
+        self._slow = outcome.delay is Delay.SLOW
         at_least = outcome.at_least_s
         if at_least:
             at_least *= 1.0 + AT_LEAST_JITTER * self._rng()

@@ -43,10 +43,10 @@ from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config, DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, HttpRefused, LinkError, ProtocolError
 from agent.links.registry import LinkDeps
-from agent.links.runner import History, Outcome, Runner, attention, retry
+from agent.links.runner import History, Outcome, Runner, attention, remote_of, retry
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
 from agent.links.transport import closed, host_of, link_error, retry_after
-from agent.links.videosdk_auth import SessionError, TokenSource, session_target
+from agent.links.videosdk_auth import ClockRefused, SessionError, TokenSource, session_target
 from agent.links.videosdk_room import Limiter, RoomEvents
 from agent.links.wire import wire_logger
 from agent.links.wsclient import STOP_TIMEOUT_S, WatchedConnection, send_media, speaking
@@ -84,6 +84,8 @@ Connect = Callable[..., AbstractAsyncContextManager[ClientConnection]]
 def decide(exc: BaseException, history: History) -> Outcome:
     """The one place that decides retry-or-attention for a failed attempt (pure)."""
     match exc:
+        case ClockRefused() if not history.refusals:  # the next JWT has the server's time
+            return retry(str(exc), refusal=True)
         case CredentialError() | InsecureTransport() | AuthRefused():
             return attention(str(exc))
         case SessionError(status=429, retry_after_s=wait):
@@ -164,7 +166,7 @@ class VideoSDKLink:
         (``ca_file``) and whether a ws:// ``wsUrl`` to a non-loopback host is allowed."""
         self._cfg = cfg
         self._device = device
-        self._tokens = TokenSource(creds, wall_clock=wall_clock)
+        self._tokens, self._wall = TokenSource(creds, wall_clock=wall_clock), wall_clock
         self._uplink = uplink
         self._mixer = mixer
         self._status = status
@@ -206,6 +208,7 @@ class VideoSDKLink:
             heartbeat=self._hb,
             clock=clock,
         )
+        self.runner.remote = remote_of(cfg.session_url or cfg.api_base)  # see network_changed
 
     # -- public API ------------------------------------------------------------------
     async def run(self) -> None:
@@ -266,7 +269,7 @@ class VideoSDKLink:
             device_id=self._device.id,
             region=self._cfg.region,
         )
-        asked_at = self._clock()  # the URL's age counts from the request: a slow reply ages it
+        asked_at, sent_at = self._clock(), self._wall()  # the URL ages from the request
         host = host_of(target.url)
         try:
             async with asyncio.timeout(self._open_timeout_s):  # whatever the client's timeout
@@ -278,8 +281,9 @@ class VideoSDKLink:
         except httpx.HTTPError as e:
             raise LinkError(f"session request failed: {link_error(e, target.url)}") from None
         status = reply.status_code
-        if status in (401, 403):  # a broker's refusal says "not enrolled or revoked"
-            raise target.refused(status, reply.content)
+        self._tokens.saw_reply(reply.headers.get("date"), host, sent_at)
+        if status in (401, 403):  # a broker's: "not enrolled"; a wrong clock, said so
+            raise self._tokens.refused(target, status, reply.content)
         if not 200 <= status < 300:
             wait = retry_after(reply.headers.get("retry-after"))
             raise SessionError(

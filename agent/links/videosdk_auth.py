@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from agent.clock import ServerClock
 from agent.config import VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, HttpRefused
 from agent.proto.videosdk import SESSIONS_PATH, jwt_claims
@@ -129,8 +130,29 @@ class TokenSource:
     ) -> None:
         self._creds = creds
         self._ttl_s = ttl_s
-        self._wall = wall_clock
+        self.clock = ServerClock(wall_clock)  # JWTs are stamped with the servers' time
+        self._wall = self.clock.now
         self._minted: tuple[str, float, int] | None = None  # (jwt, exp, hash of inputs)
+
+    def saw_reply(self, date: str | None, host: str, sent_at: float) -> None:
+        """Learn the server's time from a reply's ``Date`` (sent at local ``sent_at``);
+        say once when the local clock is found off (JWTs then use the server's time)."""
+        was = self.clock.offset
+        offset = self.clock.observe(date, host, sent_at=sent_at)
+        if offset is not None and offset.large and (was is None or not was.large):
+            logger.warning("videosdk: %s: minting credentials with its time", offset.message())
+            self._minted = None
+
+    def refused(self, target: SessionTarget, status: int, body: bytes) -> AuthRefused:
+        """The error for a 401/403 session reply: the cached JWT is dropped, and a wrong
+        clock is named as the likely cause when the device mints its tokens."""
+        self._minted = None
+        offset = self.clock.offset
+        if target.via_broker or offset is None or not offset.large:
+            return target.refused(status, body)
+        if self.mode() is not Mode.KEYS:
+            return AuthRefused(f"VideoSDK refused the token (HTTP {status}); {offset.message()}")
+        return ClockRefused(f"VideoSDK refused the credentials (HTTP {status}): {offset.message()}")
 
     def mode(self, session_url: str | None = None) -> Mode:
         """The credential set on disk now (see :func:`credential_mode`); none at all
@@ -164,6 +186,11 @@ class TokenSource:
 
 
 # --- where the session request goes -------------------------------------------------
+
+
+class ClockRefused(AuthRefused):
+    """Credentials minted by this device were refused while its clock is off: the next
+    JWT, stamped with the server's time, may well be accepted."""
 
 
 class SessionError(HttpRefused):
