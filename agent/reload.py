@@ -17,16 +17,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agent import config as config_mod
 from agent.config import Config
+from agent.links.registry import REGISTRY
 
-LINKS = ("videosdk", "orgo", "pbx", "fastrtc")  # link names = their config sections
+LINKS = tuple(name for name, _module in REGISTRY)  # link names = their config sections
 
 # What a reload restarts (everything else is applied in place, or at the next start):
 # the config sections each link is built from: a change there restarts that link only
+# (its own, [security] for every link, and what else it reads: VideoSDK joins as [device])
+ALSO_BUILT_FROM: dict[str, frozenset[str]] = {"videosdk": frozenset({"device"})}
 LINK_SECTIONS: dict[str, frozenset[str]] = {
-    "videosdk": frozenset({"videosdk", "device", "security"}),
-    "orgo": frozenset({"orgo", "security"}),
-    "pbx": frozenset({"pbx", "security"}),
-    "fastrtc": frozenset({"fastrtc", "security"}),
+    name: frozenset({name, "security"}) | ALSO_BUILT_FROM.get(name, frozenset()) for name in LINKS
 }
 # credentials a link reads once, when it starts (the others read theirs at each attempt)
 READ_AT_START: dict[str, tuple[str, ...]] = {"pbx": ("pbx-secret",)}
