@@ -301,6 +301,8 @@ class Runner:
             woken = asyncio.ensure_future(self._wake.wait())
             try:
                 await asyncio.wait((sleeper, woken), return_when=asyncio.FIRST_COMPLETED)
+                if sleeper.done():
+                    sleeper.result()  # what the sleep raised, raised here
             finally:
                 sleeper.cancel()
                 woken.cancel()
