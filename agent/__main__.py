@@ -154,7 +154,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent import service
-    from agent.demo.bench import check_real_audio, format_summary, run_demo
+    from agent.demo.bench import format_summary, run_demo
+    from agent.demo.devices import check_real_audio
     from agent.errors import AudioError
 
     if args.real_audio and (args.mic or args.speaker_out):
