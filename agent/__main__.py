@@ -22,9 +22,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import __version__, config
-from agent.errors import AgentError, ConfigError, CredentialError
-from agent.secrets import DEFAULT_DIR, Credentials, denied
+from agent import __version__, checkconfig, config
+from agent.errors import AgentError, ConfigError
+from agent.secrets import DEFAULT_DIR
 
 EX_CONFIG = 78
 EX_NOPERM = 77
@@ -122,97 +122,7 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = args.config or config.default_path()
-    try:
-        cfg = config.load(path)
-    except ConfigError as e:
-        for line in e.problems:
-            print(line)
-        return EX_CONFIG
-    for example in config.example_values(cfg):
-        print(f"{path}: warning: {example} is the example value: edit it")
-    from agent import service
-
-    service.setup_logging(args.log_level, journal=False)  # credential warnings on stderr
-    creds = Credentials(args.credentials)
-    if cfg.videosdk.enabled:
-        line, ok = videosdk_credentials(cfg, creds)
-        if line:
-            print(f"{path}: {line}")
-        if not ok:
-            return EX_CONFIG
-    for line in check_credentials(creds, needed_credentials(cfg)):
-        print(f"{path}: {line}")
-    print(f"{path}: OK")
-    return 0
-
-
-def videosdk_credentials(cfg: config.Config, creds: Credentials) -> tuple[str, bool]:
-    """Which VideoSDK credential set is on disk ("" when none is: the per-file check
-    says what is missing), and False for a refused mix (exit 78)."""
-    from agent.links.videosdk_auth import CredentialConflict, credential_mode, present_credentials
-
-    present = present_credentials(creds)
-    if not present:
-        return "", True
-    try:
-        mode = credential_mode(present, cfg.videosdk.session_url)
-    except CredentialConflict as e:
-        return f"videosdk.session_url: {e}", False
-    except CredentialError as e:
-        return f"warning: {e}", True
-    return f"videosdk credentials: {mode.value}", True
-
-
-def check_credentials(creds: Credentials, needed: list[str]) -> list[str]:
-    """One line per credential the enabled links need: read and checked as the agent
-    reads it, or why it cannot be checked from here. Never raises.
-
-    ``needed`` as :func:`needed_credentials` gives it: ``a|b+c`` = a, or b and c."""
-    lines: list[str] = []
-    for spec in needed:
-        options = [option.split("+") for option in spec.split("|")]
-        shown = " or ".join(" and ".join(option) for option in options)
-        # the first option whose first file is there (a token beats a key pair)
-        chosen = next((option for option in options if creds.has(option[0])), None)
-        if chosen is None:
-            if creds.denied:
-                where = ", ".join(f"{d} is {denied(d)}" for d in sorted(creds.denied))
-                lines.append(
-                    f"credentials: cannot check {shown}: {where}: "
-                    "run with sudo to check credentials"
-                )
-            else:
-                dirs = " or ".join(str(d) for d in creds.dirs)
-                firsts = " or ".join(option[0] for option in options)
-                pairs = "".join(
-                    f" ({option[0]} with {' and '.join(option[1:])})"
-                    for option in options
-                    if len(option) > 1
-                )
-                lines.append(f"warning: credential {firsts} not found in {dirs}{pairs}")
-            continue
-        for name in chosen:
-            try:
-                creds.get(name)
-            except CredentialError as e:
-                lines.append(f"warning: {e}")
-            else:
-                lines.append(f"credentials: {name}: ok ({creds.path_of(name)})")
-    return lines
-
-
-def needed_credentials(cfg: config.Config) -> list[str]:
-    """Credentials the enabled links need; ``a|b+c`` means a, or b and c."""
-    out = []
-    if cfg.videosdk.enabled and cfg.videosdk.session_url:
-        out.append("device-token")  # a session broker's device
-    elif cfg.videosdk.enabled:
-        out.append("videosdk-token|videosdk-api-key+videosdk-secret")
-    if cfg.orgo.enabled:
-        out.append("orgo-api-key")
-    if cfg.pbx.enabled:
-        out.append("pbx-secret")
-    return out
+    return 0 if checkconfig.check(path, args.credentials, args.log_level) else EX_CONFIG
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -244,7 +154,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent import service
-    from agent.demo.bench import check_real_audio, format_summary, run_demo
+    from agent.demo.bench import format_summary, run_demo
+    from agent.demo.devices import check_real_audio
     from agent.errors import AudioError
 
     if args.real_audio and (args.mic or args.speaker_out):

@@ -6,16 +6,15 @@ too (device rates in whole 20 ms periods, the formats the mixer accepts), so a
 config that passes ``check-config`` never fails to build (docs/architecture.md).
 Loading reports *every* problem, one line each, as
 ``PATH: section.key: reason``, and raises :class:`~agent.errors.ConfigError`
-(the CLI turns that into exit code 78, EX_CONFIG).
+(the CLI turns that into exit code 78, EX_CONFIG). Per-key checks: :mod:`agent.config_checks`;
+the cross-key rules (required when enabled, a pin used twice, cleartext) are here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tomllib
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,198 +22,96 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.config_checks import (
+    abspath,
+    build_section,
+    ca_bundle,
+    device_rate,
+    doc,
+    gpio_pin,
+    host_port,
+    in_range,
+    is_loopback_host,
+    message_bytes,
+    one_of,
+    rate_hz,
+    sender_ids,
+    topic_length,
+    url_with,
+)
 from agent.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/field-agent/agent.toml")
 CONFIG_ENV = "FIELD_AGENT_CONFIG"
-
-# A validator returns None when the value is fine, else the reason.
-Check = Callable[[Any], str | None]
-
-
-def _doc(text: str, check: Check | None = None) -> Any:
-    return {"doc": text, "check": check}
-
-
-def _range(lo: float, hi: float, unit: str = "") -> Check:
-    def check(v: Any) -> str | None:
-        return None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}{unit}, not {v!r}"
-
-    return check
-
-
-def _one_of(*allowed: Any) -> Check:
-    def check(v: Any) -> str | None:
-        if v in allowed:
-            return None
-        return f"must be one of {', '.join(repr(a) for a in allowed)}, not {v!r}"
-
-    return check
-
-
-def _rate(v: int) -> str | None:
-    return _range(8000, 192000, " Hz")(v)
-
-
-FRAMES_PER_S = 50  # agent.pcm: the audio engine works in 20 ms periods
-
-
-def _device_rate(v: int) -> str | None:
-    """A device rate the audio engine can use: whole 20 ms periods (agent.audio.mixer
-    refuses another output rate; the ALSA and simulated ports open rate/50-frame periods)."""
-    if reason := _rate(v):
-        return reason
-    if v % FRAMES_PER_S:
-        nearest = round(v / FRAMES_PER_S) * FRAMES_PER_S
-        return (
-            f"must be a multiple of {FRAMES_PER_S} Hz (the audio engine works in 20 ms "
-            f"periods), not {v!r}; the nearest is {nearest}"
-        )
-    return None
-
-
-def _pin(v: int | None) -> str | None:
-    return None if v is None else _range(0, 27, " (BCM GPIO number)")(v)
-
-
-def _host_port(v: str, *, allow_empty: bool) -> str | None:
-    if v == "" and allow_empty:
-        return None
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        return f"must be HOST:PORT (e.g. 127.0.0.1:9464), not {v!r}"
-    if not host.isprintable() or " " in host or not host.isascii():
-        return f"HOST must be an address or an ASCII host name, not {host!r}"
-    return None
-
-
-def _url(*schemes: str, empty_ok: bool = False) -> Check:
-    def check(v: str) -> str | None:
-        if v == "" and empty_ok:
-            return None
-        try:
-            parts = urlsplit(v.replace("{computer_id}", "x"))
-        except ValueError:  # e.g. "http://[::1": an unclosed IPv6 bracket
-            parts = urlsplit("")
-        if parts.scheme not in schemes or not parts.netloc:
-            return f"must be a {'/'.join(s + '://' for s in schemes)} URL, not {v!r}"
-        return None
-
-    return check
-
-
-def _abspath(v: str) -> str | None:
-    if v == "":
-        return None
-    if not v.startswith("/"):
-        return f"must be an absolute path, not {v!r}"
-    if "\x00" in v or not _encodable(v):
-        return f"not a usable path: {v!r}"
-    return None
-
-
-def _encodable(v: str) -> bool:
-    try:
-        os.fsencode(v)
-    except UnicodeError:
-        return False
-    return True
-
-
-def _message_bytes(v: int) -> str | None:
-    # _range's %g would print 1 MiB as 1.04858e+06
-    return None if 4096 <= v <= 1 << 20 else f"must be between 4096 and 1048576 bytes, not {v!r}"
-
-
-def _ca_file(v: str) -> str | None:
-    """A readable PEM file of CA certificates (loaded once here to prove it)."""
-    if v == "":
-        return None
-    if not os.path.isabs(v):
-        return f"must be an absolute path, not {v!r}"
-    import ssl
-
-    try:
-        ssl.create_default_context().load_verify_locations(cafile=v)
-    except FileNotFoundError:
-        return f"file {v} not found"
-    except ssl.SSLError:
-        return f"{v} holds no PEM CA certificate"
-    except OSError as e:
-        return f"cannot read {v}: {e.strerror or type(e).__name__}"
-    except ValueError:  # a NUL in the path
-        return f"not a usable path: {v!r}"
-    return None
-
-
-def _topic(v: str) -> str | None:
-    return None if len(v) <= 128 else f"must be at most 128 characters, not {len(v)}"
-
 
 # --- sections ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    id: str = field(default="", metadata=_doc("Participant id and metadata.deviceId. Required."))
-    name: str = field(default="", metadata=_doc("Display name in the room; defaults to the id."))
+    id: str = field(default="", metadata=doc("Participant id and metadata.deviceId. Required."))
+    name: str = field(default="", metadata=doc("Display name in the room; defaults to the id."))
 
 
 @dataclass(frozen=True)
 class AudioConfig:
-    capture_device: str = field(default="default", metadata=_doc("ALSA capture PCM."))
+    capture_device: str = field(default="default", metadata=doc("ALSA capture PCM."))
     capture_rate: int = field(
-        default=8000, metadata=_doc("Hz asked of the mic (a multiple of 50).", _device_rate)
+        default=8000, metadata=doc("Hz asked of the mic (a multiple of 50).", device_rate)
     )
-    playback_device: str = field(default="default", metadata=_doc("ALSA playback PCM."))
+    playback_device: str = field(default="default", metadata=doc("ALSA playback PCM."))
     playback_rate: int = field(
-        default=48000, metadata=_doc("Hz of the speaker (a multiple of 50).", _device_rate)
+        default=48000, metadata=doc("Hz of the speaker (a multiple of 50).", device_rate)
     )
-    volume: float = field(default=0.8, metadata=_doc("Speaker volume 0.0..1.0.", _range(0, 1)))
+    volume: float = field(default=0.8, metadata=doc("Speaker volume 0.0..1.0.", in_range(0, 1)))
     mic_gain_db: float = field(
-        default=0.0, metadata=_doc("Mic gain in dB, saturating.", _range(-40, 40, " dB"))
+        default=0.0, metadata=doc("Mic gain in dB, saturating.", in_range(-40, 40, " dB"))
     )
 
 
 @dataclass(frozen=True)
 class PttConfig:
     mode: str = field(
-        default="hold", metadata=_doc("PTT mode.", _one_of("hold", "toggle", "open", "vox"))
+        default="hold", metadata=doc("PTT mode.", one_of("hold", "toggle", "open", "vox"))
     )
     idle: str = field(
-        default="silence", metadata=_doc("Uplink while not talking.", _one_of("silence", "none"))
+        default="silence", metadata=doc("Uplink while not talking.", one_of("silence", "none"))
     )
     vox_threshold_dbfs: float = field(
-        default=-40.0, metadata=_doc("VOX opens above this level.", _range(-100, 0, " dBFS"))
+        default=-40.0, metadata=doc("VOX opens above this level.", in_range(-100, 0, " dBFS"))
     )
     vox_hangover_ms: int = field(
         default=600,
-        metadata=_doc("VOX stays open this long after speech.", _range(0, 10000, " ms")),
+        metadata=doc("VOX stays open this long after speech.", in_range(0, 10000, " ms")),
     )
     duck_while_talking_db: float = field(
-        default=0.0, metadata=_doc("Speaker attenuation while transmitting.", _range(0, 60, " dB"))
+        default=0.0, metadata=doc("Speaker attenuation while transmitting.", in_range(0, 60, " dB"))
     )
 
 
 @dataclass(frozen=True)
 class GpioConfig:
-    ptt_button: int | None = field(default=None, metadata=_doc("BCM pin of the PTT button.", _pin))
+    ptt_button: int | None = field(
+        default=None, metadata=doc("BCM pin of the PTT button.", gpio_pin)
+    )
     mute_button: int | None = field(
-        default=None, metadata=_doc("BCM pin of the mute button.", _pin)
+        default=None, metadata=doc("BCM pin of the mute button.", gpio_pin)
     )
     volume_up_button: int | None = field(
-        default=None, metadata=_doc("BCM pin, volume +10 %.", _pin)
+        default=None, metadata=doc("BCM pin, volume +10 %.", gpio_pin)
     )
     volume_down_button: int | None = field(
-        default=None, metadata=_doc("BCM pin, volume -10 %.", _pin)
+        default=None, metadata=doc("BCM pin, volume -10 %.", gpio_pin)
     )
-    status_led: int | None = field(default=None, metadata=_doc("BCM pin of the status LED.", _pin))
-    talk_led: int | None = field(default=None, metadata=_doc("BCM pin of the talk LED.", _pin))
+    status_led: int | None = field(
+        default=None, metadata=doc("BCM pin of the status LED.", gpio_pin)
+    )
+    talk_led: int | None = field(default=None, metadata=doc("BCM pin of the talk LED.", gpio_pin))
     pin_factory: str = field(
         default="",
-        metadata=_doc(
+        metadata=doc(
             "gpiozero pin factory ('' = gpiozero's choice).",
-            _one_of("", "lgpio", "rpigpio", "pigpio", "native", "mock"),
+            one_of("", "lgpio", "rpigpio", "pigpio", "native", "mock"),
         ),
     )
 
@@ -229,87 +126,92 @@ class GpioConfig:
 
 @dataclass(frozen=True)
 class VideoSDKConfig:
-    enabled: bool = field(default=True, metadata=_doc("Stream into a VideoSDK room."))
-    room_id: str = field(default="", metadata=_doc("Room to join. Required when enabled."))
+    enabled: bool = field(default=True, metadata=doc("Stream into a VideoSDK room."))
+    room_id: str = field(default="", metadata=doc("Room to join. Required when enabled."))
     api_base: str = field(
-        default="https://api.videosdk.live", metadata=_doc("REST base URL.", _url("https", "http"))
+        default="https://api.videosdk.live",
+        metadata=doc("REST base URL.", url_with("https", "http")),
     )
     session_url: str = field(
         default="",
-        metadata=_doc(
+        metadata=doc(
             "Session broker URL ('' = ask VideoSDK at api_base); needs the device-token.",
-            _url("https", "http", empty_ok=True),
+            url_with("https", "http", empty_ok=True),
         ),
     )
-    region: str = field(default="", metadata=_doc("Ingest region ('' = VideoSDK's choice)."))
-    topics: tuple[str, ...] = field(default=("CHAT",), metadata=_doc("Subscribed topics."))
-    status_topic: str = field(default="DEVICE_STATUS", metadata=_doc("Status JSON topic.", _topic))
-    command_topic: str = field(default="DEVICE_CMD", metadata=_doc("Remote command topic.", _topic))
+    region: str = field(default="", metadata=doc("Ingest region ('' = VideoSDK's choice)."))
+    topics: tuple[str, ...] = field(default=("CHAT",), metadata=doc("Subscribed topics."))
+    status_topic: str = field(
+        default="DEVICE_STATUS", metadata=doc("Status JSON topic.", topic_length)
+    )
+    command_topic: str = field(
+        default="DEVICE_CMD", metadata=doc("Remote command topic.", topic_length)
+    )
 
 
 @dataclass(frozen=True)
 class OrgoConfig:
-    enabled: bool = field(default=False, metadata=_doc("Play an Orgo computer's audio."))
-    computer_id: str = field(default="", metadata=_doc("Computer id. Required when enabled."))
+    enabled: bool = field(default=False, metadata=doc("Play an Orgo computer's audio."))
+    computer_id: str = field(default="", metadata=doc("Computer id. Required when enabled."))
     api_base: str = field(
-        default="https://www.orgo.ai/api", metadata=_doc("REST base URL.", _url("https", "http"))
+        default="https://www.orgo.ai/api", metadata=doc("REST base URL.", url_with("https", "http"))
     )
     audio_url: str = field(
         default="wss://{computer_id}.orgo.dev/audio",
-        metadata=_doc("Audio WebSocket URL template.", _url("wss", "ws")),
+        metadata=doc("Audio WebSocket URL template.", url_with("wss", "ws")),
     )
     sample_rate: int = field(
-        default=24000, metadata=_doc("Hz asked for.", _one_of(8000, 16000, 24000, 44100, 48000))
+        default=24000, metadata=doc("Hz asked for.", one_of(8000, 16000, 24000, 44100, 48000))
     )
-    channels: int = field(default=1, metadata=_doc("Channels asked for.", _one_of(1, 2)))
+    channels: int = field(default=1, metadata=doc("Channels asked for.", one_of(1, 2)))
 
 
 @dataclass(frozen=True)
 class FastRTCConfig:
-    enabled: bool = field(default=False, metadata=_doc("Talk to a FastRTC voice app."))
+    enabled: bool = field(default=False, metadata=doc("Talk to a FastRTC voice app."))
     url: str = field(
-        default="", metadata=_doc("The app's WebSocket URL.", _url("wss", "ws", empty_ok=True))
+        default="", metadata=doc("The app's WebSocket URL.", url_with("wss", "ws", empty_ok=True))
     )
-    input_rate: int = field(default=48000, metadata=_doc("The handler's input rate, Hz.", _rate))
-    output_rate: int = field(default=24000, metadata=_doc("The handler's output rate, Hz.", _rate))
+    input_rate: int = field(default=48000, metadata=doc("The handler's input rate, Hz.", rate_hz))
+    output_rate: int = field(default=24000, metadata=doc("The handler's output rate, Hz.", rate_hz))
 
 
 @dataclass(frozen=True)
 class PbxConfig:
-    enabled: bool = field(default=False, metadata=_doc("Receive Yeastar PBX call audio."))
+    enabled: bool = field(default=False, metadata=doc("Receive Yeastar PBX call audio."))
     listen: str = field(
         default="0.0.0.0:8765",
-        metadata=_doc(
-            "HOST:PORT of the WebSocket server.", lambda v: _host_port(v, allow_empty=False)
+        metadata=doc(
+            "HOST:PORT of the WebSocket server.", lambda v: host_port(v, allow_empty=False)
         ),
     )
     sample_rate: int = field(
-        default=8000, metadata=_doc("Hz, as set on the PBX.", _one_of(8000, 16000))
+        default=8000, metadata=doc("Hz, as set on the PBX.", one_of(8000, 16000))
     )
     secret_header: str = field(
         default="Secret",
-        metadata=_doc(
+        metadata=doc(
             "Request header carrying the secret.",
             lambda v: None if v and v.replace("-", "").isalnum() else "must be an HTTP header name",
         ),
     )
     tls_cert: str = field(
         default="",
-        metadata=_doc("PEM certificate (chain) for wss:// ('' = ws://); with tls_key.", _abspath),
+        metadata=doc("PEM certificate (chain) for wss:// ('' = ws://); with tls_key.", abspath),
     )
     tls_key: str = field(
-        default="", metadata=_doc("PEM private key of tls_cert ('' = ws://).", _abspath)
+        default="", metadata=doc("PEM private key of tls_cert ('' = ws://).", abspath)
     )
     max_calls: int = field(
-        default=4, metadata=_doc("Concurrent calls (connections) accepted.", _range(1, 64))
+        default=4, metadata=doc("Concurrent calls (connections) accepted.", in_range(1, 64))
     )
     idle_timeout_s: float = field(
         default=30.0,
-        metadata=_doc("A call silent this long is closed, s.", _range(1, 3600, " s")),
+        metadata=doc("A call silent this long is closed, s.", in_range(1, 3600, " s")),
     )
     max_message_bytes: int = field(
         default=65536,
-        metadata=_doc("Largest message accepted, bytes.", _message_bytes),
+        metadata=doc("Largest message accepted, bytes.", message_bytes),
     )
 
 
@@ -317,9 +219,9 @@ class PbxConfig:
 class MetricsConfig:
     listen: str = field(
         default="127.0.0.1:9464",
-        metadata=_doc(
+        metadata=doc(
             "HOST:PORT for /metrics and /status ('' = off).",
-            lambda v: _host_port(v, allow_empty=True),
+            lambda v: host_port(v, allow_empty=True),
         ),
     )
 
@@ -327,44 +229,37 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class SecurityConfig:
     allow_insecure: bool = field(
-        default=False, metadata=_doc("Allow ws:// and http:// to hosts other than loopback.")
+        default=False, metadata=doc("Allow ws:// and http:// to hosts other than loopback.")
     )
     ca_file: str = field(
         default="",
-        metadata=_doc(
+        metadata=doc(
             "PEM file of CAs trusted for https:// and wss:// besides the system's ('' = none).",
-            _ca_file,
+            ca_bundle,
         ),
     )
-
-
-def _senders(v: tuple[str, ...]) -> str | None:
-    for s in v:
-        if not s or len(s) > 128 or not s.isprintable():
-            return f"a sender id must be 1 to 128 printable characters, not {s!r}"
-    return None
 
 
 @dataclass(frozen=True)
 class CommandsConfig:
     allow_mic_control: bool = field(
         default=False,
-        metadata=_doc("Signed remote commands may change what the mic sends (ptt)."),
+        metadata=doc("Signed remote commands may change what the mic sends (ptt)."),
     )
     allowed_senders: tuple[str, ...] = field(
         default=(),
-        metadata=_doc("Sender ids whose commands are considered ([] = any).", _senders),
+        metadata=doc("Sender ids whose commands are considered ([] = any).", sender_ids),
     )
     window_s: float = field(
         default=60.0,
-        metadata=_doc("Replay window of signed commands, s.", _range(5, 3600, " s")),
+        metadata=doc("Replay window of signed commands, s.", in_range(5, 3600, " s")),
     )
     rate_per_s: float = field(
         default=2.0,
-        metadata=_doc("Commands per second per sender (token bucket).", _range(0.1, 100, "/s")),
+        metadata=doc("Commands per second per sender (token bucket).", in_range(0.1, 100, "/s")),
     )
     burst: int = field(
-        default=10, metadata=_doc("Commands a sender may send at once.", _range(1, 1000))
+        default=10, metadata=doc("Commands a sender may send at once.", in_range(1, 1000))
     )
 
 
@@ -451,7 +346,7 @@ def from_dict(raw: dict[str, Any], *, path: str = "<dict>") -> Config:
             bad(name, "must be a table ([" + name + "])")
     for name, cls in SECTIONS.items():
         table = raw.get(name, {})
-        sections[name] = _build_section(name, cls, table if isinstance(table, dict) else {}, bad)
+        sections[name] = build_section(name, cls, table if isinstance(table, dict) else {}, bad)
 
     cfg = Config(**sections, path=path)
     refused = {p.removeprefix(f"{path}: ").split(": ", 1)[0] for p in problems}
@@ -465,82 +360,6 @@ def from_dict(raw: dict[str, Any], *, path: str = "<dict>") -> Config:
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def _build_section(
-    name: str, cls: type, table: dict[str, Any], bad: Callable[[str, str], None]
-) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in known:
-            bad(f"{name}.{key}", f"unknown key (known: {', '.join(known)})")
-            continue
-        converted, reason = _convert(value, hints[key])
-        if reason is None:
-            check = known[key].metadata.get("check")
-            reason = check(converted) if check else None
-        if reason is not None:
-            bad(f"{name}.{key}", reason)
-        else:
-            values[key] = converted
-    return cls(**values)
-
-
-def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
-    """Check ``value`` against a field's type; ints are accepted where floats are."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _convert(value, options[0])
-    if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return None, f"must be a list of strings, not {_tname(value)}"
-        return tuple(value), None
-    if hint is bool:
-        return (
-            (value, None)
-            if isinstance(value, bool)
-            else (None, f"must be true or false, not {_tname(value)}")
-        )
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value, None
-        return None, f"must be an integer, not {_tname(value)}"
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value), None
-        return None, f"must be a number, not {_tname(value)}"
-    if hint is str:
-        return (
-            (value, None)
-            if isinstance(value, str)
-            else (None, f"must be a string, not {_tname(value)}")
-        )
-    raise TypeError(f"unsupported config type {hint!r}")  # a programming error, not user input
-
-
-def _tname(value: Any) -> str:
-    names = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }
-    return f"{names.get(type(value), type(value).__name__)} ({value!r})"
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:

@@ -39,7 +39,7 @@ from agent.status import LinkState
 
 if TYPE_CHECKING:
     from agent.app import Agent
-    from agent.audio.engine import Capture
+    from agent.audio.capture import Capture
     from agent.audio.mixer import Mixer
 
 logger = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class Generation:
                 await asyncio.sleep(delay)
 
     def _capture(self) -> Runner:
-        from agent.audio.engine import Capture
+        from agent.audio.capture import Capture
 
         agent, cfg = self.agent, self.cfg
         capture = Capture(
@@ -327,7 +327,7 @@ class Generation:
         return run
 
     def _playback(self) -> Runner:
-        from agent.audio.engine import Playback
+        from agent.audio.playback import Playback
 
         agent, cfg = self.agent, self.cfg
         assert self.mixer is not None

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.audio.engine import CaptureProcessor
+from agent.audio.capture import CaptureProcessor
 from agent.audio.mixer import Mixer
 from agent.hw.sim import ToneSource
 from agent.metrics import Metrics

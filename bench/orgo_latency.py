@@ -2,7 +2,7 @@
 
 A fake Orgo computer on loopback streams a tone (paced at 20 ms per frame); the
 real OrgoLink feeds the real Mixer (48 kHz); the real playback pipeline
-(:class:`agent.audio.engine.Playback`) renders it and writes each period to a
+(:class:`agent.audio.playback.Playback`) renders it and writes each period to a
 simulated speaker paced at 20 ms per period (this machine has no sound card; the
 write follows the render within microseconds, so render time is write time).
 The mixer's jitter buffer records, for each rendered period, how long ago its
@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from agent.audio.engine import Playback
 from agent.audio.jitter import JitterPolicy
 from agent.audio.mixer import Mixer
+from agent.audio.playback import Playback
 from agent.config import OrgoConfig
 from agent.hw.sim import RecordingSink
 from agent.links.orgo import OrgoLink

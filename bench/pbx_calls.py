@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.audio.engine import Playback
 from agent.audio.jitter import JitterPolicy
 from agent.audio.mixer import Mixer
+from agent.audio.playback import Playback
 from agent.config import PbxConfig
 from agent.hw.sim import RecordingSink
 from agent.links.pbx import PbxLink

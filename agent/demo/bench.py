@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import shutil
 import signal
 import sys
@@ -36,11 +35,10 @@ from agent import config
 from agent.app import Agent, Hardware, alsa_mic, alsa_speaker
 from agent.controls import StateStore
 from agent.demo import DOWN_PIN, MUTE_PIN, PTT_PIN, STATUS_LED, TALK_LED, UP_PIN
-from agent.errors import AudioError
-from agent.hw.ports import AudioSink, AudioSource, device_name
+from agent.demo.devices import MeteredSink, rms_dbfs, voice_like
+from agent.hw.ports import AudioSink, AudioSource
 from agent.hw.sim import RecordingSink, WavSource, write_wav
 from agent.metrics import Metrics
-from agent.pcm import SILENCE_DBFS, Pcm, dbfs
 from agent.sandbox.orgo import FakeOrgo, tone
 from agent.sandbox.videosdk import FakeVideoSDK
 from agent.secrets import Credentials
@@ -89,82 +87,6 @@ def _config(fake_vs: FakeVideoSDK, fake_orgo: FakeOrgo) -> config.Config:
         },
         path="<demo>",
     )
-
-
-def _voice_like(rate: int, seconds: float = 4.0) -> np.ndarray:
-    """A test 'voice': a 300-900 Hz warble, loud enough to see on a meter."""
-    t = np.arange(int(rate * seconds)) / rate
-    f = 600 + 300 * np.sin(2 * math.pi * 0.5 * t)
-    phase = 2 * math.pi * np.cumsum(f) / rate
-    return (0.3 * 32767 * np.sin(phase)).astype(np.int16)
-
-
-def _rms_dbfs(pcm: np.ndarray) -> float:
-    if pcm.size == 0:
-        return -math.inf
-    rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
-    return 20 * math.log10(rms / 32768) if rms > 0 else -math.inf
-
-
-class MeteredSink:
-    """A speaker that remembers the level of the last period it played (the view's meter)."""
-
-    def __init__(self, sink: AudioSink) -> None:
-        self.sink = sink
-        self.name = device_name(sink)
-        self.dbfs = SILENCE_DBFS
-
-    @property
-    def rate(self) -> int:
-        return self.sink.rate
-
-    @rate.setter
-    def rate(self, value: int) -> None:
-        self.sink.rate = value
-
-    @property
-    def channels(self) -> int:
-        return self.sink.channels
-
-    @channels.setter
-    def channels(self, value: int) -> None:
-        self.sink.channels = value
-
-    def open(self) -> None:
-        self.sink.open()
-
-    def write(self, pcm: Pcm) -> None:
-        self.dbfs = dbfs(pcm)
-        self.sink.write(pcm)
-
-    def close(self) -> None:
-        self.dbfs = SILENCE_DBFS
-        self.sink.close()
-
-
-def check_real_audio(audio: config.AudioConfig) -> None:
-    """Open and close the ALSA mic and speaker once; raise AudioError saying which is missing.
-
-    Done before anything starts, so ``--real-audio`` on a machine without a sound
-    card fails at once with one clear line instead of a retrying agent.
-    """
-    from agent.hw.alsa import AlsaSink, AlsaSource
-
-    metrics = Metrics()
-    ports: list[tuple[str, AudioSource | AudioSink]] = [
-        ("mic", AlsaSource(audio.capture_device, audio.capture_rate, metrics=metrics)),
-        ("speaker", AlsaSink(audio.playback_device, audio.playback_rate, metrics=metrics)),
-    ]
-    for role, port in ports:
-        try:
-            port.open()
-        except AudioError as e:
-            raise AudioError(
-                f"--real-audio: no usable ALSA {role} ({e}). `field-agent devices` lists the "
-                "sound cards; without --real-audio the demo uses a simulated mic and speaker"
-            ) from None
-        finally:
-            port.close()
 
 
 class DemoBench:
@@ -244,7 +166,7 @@ class DemoBench:
 
         if self.real_audio:
             return Hardware(mic=alsa_mic, speaker=make_speaker, pin_factory=self.pins)
-        mic_file = self._mic or write_wav(self.work / "voice.wav", _voice_like(8000), 8000)
+        mic_file = self._mic or write_wav(self.work / "voice.wav", voice_like(8000), 8000)
 
         def make_mic(a: config.AudioConfig, _m: Metrics) -> AudioSource:
             return WavSource(mic_file, 8000, loop=True, paced=True)
@@ -334,7 +256,7 @@ class DemoBench:
                 else str(self.speaker_path) if self.speaker_path
                 else "(not saved: --speaker-out FILE.wav keeps it)"
             ),
-            "speaker_rms_dbfs": round(_rms_dbfs(samples), 1) if self._recorder else None,
+            "speaker_rms_dbfs": round(rms_dbfs(samples), 1) if self._recorder else None,
             "led_status_final": self.agent.status.led.value,
             "uplink_frames_dropped": int(metrics.total("frames_dropped_total", link="videosdk")),
         }

@@ -56,7 +56,7 @@ from websockets.exceptions import WebSocketException
 
 from agent.backoff import Reconnector
 from agent.clock import StepDetector
-from agent.config import is_loopback_host
+from agent.config_checks import is_loopback_host
 from agent.errors import AgentError, LinkError
 from agent.links.wire import mask_query
 from agent.metrics import Metrics

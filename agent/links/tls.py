@@ -16,7 +16,8 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config import SecurityConfig, is_loopback_host
+from agent.config import SecurityConfig
+from agent.config_checks import is_loopback_host
 from agent.errors import LinkError
 
 

@@ -59,7 +59,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 
-from agent.config import is_loopback_host
+from agent.config_checks import is_loopback_host
 from agent.sandbox.rest import Reply, Request, RestServer
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from agent.audio.engine import Capture, CaptureProcessor, Playback
+from agent.audio.capture import Capture, CaptureProcessor
 from agent.audio.jitter import JitterPolicy
 from agent.audio.mixer import Mixer
+from agent.audio.playback import Playback
 from agent.backoff import BackoffPolicy
 from agent.hw.alsa import AlsaSink, AlsaSource
 from agent.hw.sim import RecordingSink, SilenceSource, ToneSource
@@ -128,7 +129,7 @@ async def test_mic_gain_saturates_instead_of_wrapping(
 async def test_a_mic_of_exact_zeros_is_reported_once(
     metrics: Metrics, status: StatusBoard, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="agent.audio.engine"):
+    with caplog.at_level(logging.WARNING, logger="agent.audio.capture"):
         frames = await first_frames(
             Capture(SilenceSource(8000), metrics=metrics, status=status), 1500
         )

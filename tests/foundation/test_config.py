@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
+from agent import config, config_checks
 from agent.errors import ConfigError
 from tests.conftest import REPO, agent_cmd, subprocess_env
 
@@ -254,9 +254,9 @@ def test_every_rate_and_format_the_config_passes_the_engine_builds() -> None:
     from agent.pcm import FRAMES_PER_S
     from agent.ptt import MODES
 
-    assert config.FRAMES_PER_S == FRAMES_PER_S
+    assert config_checks.FRAMES_PER_S == FRAMES_PER_S
     for rate in (8000, 11025 - 25, 22050, 44100, 48000, 96000, 192000):
-        assert config._device_rate(rate) is None
+        assert config_checks.device_rate(rate) is None
         Mixer(rate, metrics=Metrics())  # would raise for a rate the engine refuses
     mode_check = dataclasses.fields(config.PttConfig)[0].metadata["check"]
     assert all(mode_check(m) is None for m in MODES) and mode_check("x") is not None

@@ -17,7 +17,7 @@ from agent.links.videosdk_auth import (
 )
 from tests.conftest import agent_cmd, subprocess_env
 
-BASE = '[device]\nid = "dev_12"\n[videosdk]\nroom_id = "abcd-efgh-ijkl"\n'
+BASE = '[device]\nid = "dev_fleet_7"\n[videosdk]\nroom_id = "room-fleet"\n'  # not the shipped examples
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.audio.engine import Capture
+from agent.audio.capture import Capture
 from agent.hw.alsa import AlsaSink, AlsaSource
 from agent.metrics import Metrics
 from agent.pcm import Frame
@@ -123,7 +123,7 @@ async def test_a_mic_stuck_on_one_buffer_is_reported_like_a_silent_one(
         AlsaSource("testmic", 8000, metrics=metrics),
         metrics=metrics, status=status, silence_alarm_s=1.0, queue_frames=500,
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="agent.audio.engine"):
+    with caplog.at_level(logging.WARNING, logger="agent.audio.capture"):
         frames = await _frames(capture, 50 * 3)
     reports = [r.getMessage() for r in caplog.records if "repeating buffer" in r.getMessage()]
     assert reports == [

@@ -14,8 +14,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from agent.audio.engine import Playback
 from agent.audio.mixer import Mixer
+from agent.audio.playback import Playback
 from agent.hw.sim import RecordingSink
 from agent.pcm import Pcm
 from agent.sandbox.orgo import tone

@@ -17,8 +17,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import CloseCode
 
-from agent.audio.engine import Playback
 from agent.audio.mixer import Mixer
+from agent.audio.playback import Playback
 from agent.hw.sim import RecordingSink
 from agent.proto.yeastar import encode_frame
 from agent.sandbox.pbx import PbxCall, PbxChannel, tone

@@ -1,19 +1,11 @@
-"""Capture and playback pipelines: blocking device I/O in threads, asyncio at the edges.
+"""The capture pipeline: the mic read in its own thread, uplink frames on the event loop.
 
 :class:`Capture` reads the mic in its own thread, converts to the uplink format
-(mono, 8 kHz, gain with saturation, exactly 160-sample frames) and hands frames
-to the event loop with ``loop.call_soon_threadsafe`` through a bounded queue
-(oldest dropped and counted when the consumer falls behind).
-
-:class:`Playback` runs ``sink.write(mixer.render())`` in its own thread; the
-device paces it.
-
-Both survive their device: when it cannot be opened or vanishes, the status
-board shows ``ATTENTION`` for "mic"/"speaker", the thread waits (delays from
-:class:`agent.backoff.Reconnector`) and reopens, and the status returns to
-``UP``. The status board is only touched on the event loop; heartbeats are
-called from the audio threads (they must be thread-safe, as
-``agent.service.Heartbeat.beat`` is).
+(mono, 8 kHz, gain with saturation, exactly 160-sample frames; the conversion
+itself is :class:`CaptureProcessor`, which does no I/O) and hands frames to the
+event loop with ``loop.call_soon_threadsafe`` through a bounded queue (oldest
+dropped and counted when the consumer falls behind). It survives its device
+(see :mod:`agent.audio.device`).
 """
 
 from __future__ import annotations
@@ -24,129 +16,25 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
 
 import numpy as np
 
-from agent.audio.mixer import Mixer
+from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
 from agent.audio.resample import StreamResampler
-from agent.backoff import BackoffPolicy, Reconnector
-from agent.errors import AudioError, DeviceBusy, DeviceUnavailable
-from agent.hw.ports import AudioSink, AudioSource, device_name
+from agent.backoff import BackoffPolicy
+from agent.errors import AudioError
+from agent.hw.ports import AudioSource, device_name
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, dbfs, downmix, to_int16
-from agent.status import LinkState, StatusBoard
+from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
 
 SILENCE_ALARM_S = 10.0  # a mic delivering only exact zeros this long is reported
-DEVICE_BACKOFF = BackoffPolicy(initial_s=0.5, factor=2.0, cap_s=10.0, jitter=0.2)
-_WAIT_TICK_S = 0.5  # heartbeat interval while waiting to reopen
-_STOP_TIMEOUT_S = 1.0  # how long a stopping pipeline waits for its thread
 
 
 def _gain_factor(gain_db: float) -> float:
     return float(10.0 ** (gain_db / 20.0))
-
-
-class _Loop:
-    """Thread-side handle on the event loop: schedule calls, survive its closing."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
-        self.loop = loop
-        self.stop = stop
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.stop.set()
-
-
-def _finish(done: asyncio.Future[None], exc: BaseException | None) -> None:
-    if done.done():
-        return
-    if exc is None:
-        done.set_result(None)
-    else:
-        done.set_exception(exc)
-
-
-class _Device:
-    """Open / report / back off, shared by both pipelines (runs in the audio thread)."""
-
-    def __init__(
-        self,
-        role: str,
-        port: AudioSource | AudioSink,
-        status: StatusBoard,
-        policy: BackoffPolicy,
-        heartbeat: Callable[[], None] | None,
-        on_first_report: Callable[[], None] | None = None,
-    ) -> None:
-        self.role = role  # "mic" | "speaker"
-        self.port = port
-        self.status = status
-        self.reconnector = Reconnector(policy)
-        self.heartbeat = heartbeat
-        self.down_since: float | None = None
-        self.kind = "capture" if role == "mic" else "playback"
-        self._first_report = on_first_report
-
-    def _reported(self, loop: _Loop) -> None:
-        if self._first_report is not None:
-            loop.call(self._first_report)
-            self._first_report = None
-
-    def opened(self, loop: _Loop) -> None:
-        self.reconnector.connected()
-        if self.down_since is not None:
-            logger.info(
-                "%s device %s is back after %.1f s",
-                self.kind,
-                device_name(self.port),
-                time.monotonic() - self.down_since,
-            )
-            self.down_since = None
-        loop.call(self.status.set_device, self.role, LinkState.UP, device_name(self.port))
-        self._reported(loop)
-
-    def failed(self, loop: _Loop, exc: AudioError) -> float:
-        """Report the failure; return the delay before the next attempt."""
-        name = device_name(self.port)
-        if isinstance(exc, DeviceBusy):
-            detail = f"{self.kind} device busy: {name}"
-        elif isinstance(exc, DeviceUnavailable):
-            detail = f"{self.kind} device missing: {name}"
-        else:
-            detail = f"{self.kind} device error: {name}"
-        delay = self.reconnector.next_delay()
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            logger.warning("%s; retrying (%s)", detail, exc)
-        else:
-            logger.debug("%s: still failing (%s), next try in %.1f s", name, exc, delay)
-        loop.call(self.status.set_device, self.role, LinkState.ATTENTION, detail)
-        self._reported(loop)
-        return delay
-
-    def wait(
-        self, stop: threading.Event, delay: float, tick: Callable[[], None] | None = None
-    ) -> None:
-        """Sleep ``delay`` (until stopped), beating the heartbeat; ``tick`` every 20 ms if given."""
-        deadline = time.monotonic() + delay
-        step = 0.02 if tick is not None else _WAIT_TICK_S
-        last_beat = 0.0
-        while not stop.is_set():
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            if self.heartbeat is not None and now - last_beat >= _WAIT_TICK_S:
-                self.heartbeat()
-                last_beat = now
-            if tick is not None:
-                tick()
-            stop.wait(min(step, deadline - now))
 
 
 class CaptureProcessor:
@@ -293,7 +181,7 @@ class Capture:
 
         thread = threading.Thread(
             target=self._thread_main,
-            args=(_Loop(loop, stop), deliver, done),
+            args=(ThreadLoop(loop, stop), deliver, done),
             name="audio-capture",
             daemon=True,
         )
@@ -308,7 +196,7 @@ class Capture:
             stop.set()
             if not done.done():
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([done], timeout=_STOP_TIMEOUT_S)
+                    await asyncio.wait([done], timeout=STOP_TIMEOUT_S)
             if done.done() and not done.cancelled():
                 done.exception()  # a thread failure was raised through the queue already
             self._running = False
@@ -316,7 +204,7 @@ class Capture:
     # -- the capture thread ----------------------------------------------------------
     def _thread_main(
         self,
-        loop: _Loop,
+        loop: ThreadLoop,
         deliver: Callable[[Frame | BaseException], None],
         done: asyncio.Future[None],
     ) -> None:
@@ -330,10 +218,10 @@ class Capture:
         finally:
             with contextlib.suppress(AudioError):
                 self.source.close()
-            loop.call(_finish, done, error)
+            loop.call(settle, done, error)
 
-    def _capture(self, loop: _Loop, deliver: Callable[[Frame | BaseException], None]) -> None:
-        device = _Device(
+    def _capture(self, loop: ThreadLoop, deliver: Callable[[Frame | BaseException], None]) -> None:
+        device = DeviceRetry(
             "mic", self.source, self._status, self._policy, self._heartbeat, self.on_ready
         )
         stop = loop.stop
@@ -353,7 +241,7 @@ class Capture:
                 self.source.close()
 
     def _read_until_stopped(
-        self, loop: _Loop, deliver: Callable[[Frame | BaseException], None]
+        self, loop: ThreadLoop, deliver: Callable[[Frame | BaseException], None]
     ) -> None:
         source = self.source
         processor = CaptureProcessor(
@@ -387,7 +275,7 @@ class Capture:
                 processor.stuck_alarm = False
                 self._report_stuck(loop, pcm.size // max(1, source.channels))
 
-    def _report_silence(self, loop: _Loop) -> None:
+    def _report_silence(self, loop: ThreadLoop) -> None:
         logger.warning(
             "mic delivers silence: only exact zeros from %s for %.0f s (muted, unplugged?)",
             device_name(self.source),
@@ -396,7 +284,7 @@ class Capture:
         self._metrics.inc("mic_silence_alarms_total")
         loop.call(self._status.set_error, "mic delivers silence")
 
-    def _report_stuck(self, loop: _Loop, period: int) -> None:
+    def _report_stuck(self, loop: ThreadLoop, period: int) -> None:
         logger.warning(
             "mic delivers one repeating buffer: the same %d samples from %s again and again "
             "for %.0f s (sound driver stuck? unplug and replug the card)",
@@ -406,103 +294,3 @@ class Capture:
         )
         self._metrics.inc("mic_stuck_alarms_total")
         loop.call(self._status.set_error, "mic delivers one repeating buffer")
-
-
-class Playback:
-    """Feeds the speaker from the mixer, one period per device period, until cancelled."""
-
-    def __init__(
-        self,
-        sink: AudioSink,
-        mixer: Mixer,
-        *,
-        metrics: Metrics,
-        status: StatusBoard,
-        heartbeat: Callable[[], None] | None = None,
-        reopen_backoff: BackoffPolicy = DEVICE_BACKOFF,
-    ) -> None:
-        self.sink = sink
-        self.mixer = mixer
-        self.periods_written = 0
-        self._metrics = metrics
-        self._status = status
-        self._heartbeat = heartbeat
-        self._policy = reopen_backoff
-        # called once (on the event loop) after the first open attempt, opened or failed
-        self.on_ready: Callable[[], None] | None = None
-
-    async def run(self) -> None:
-        """Play until cancelled; on cancellation the thread stops and closes the device."""
-        loop = asyncio.get_running_loop()
-        stop = threading.Event()
-        done: asyncio.Future[None] = loop.create_future()
-        thread = threading.Thread(
-            target=self._thread_main,
-            args=(_Loop(loop, stop), done),
-            name="audio-playback",
-            daemon=True,
-        )
-        thread.start()
-        try:
-            await asyncio.shield(done)
-        finally:
-            stop.set()
-            if not done.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([done], timeout=_STOP_TIMEOUT_S)
-
-    def _thread_main(self, loop: _Loop, done: asyncio.Future[None]) -> None:
-        error: BaseException | None = None
-        try:
-            self._play(loop)
-        except BaseException as exc:
-            logger.exception("playback thread failed")
-            error = exc
-        finally:
-            with contextlib.suppress(AudioError):
-                self.sink.close()
-            loop.call(_finish, done, error)
-
-    def _play(self, loop: _Loop) -> None:
-        device = _Device(
-            "speaker", self.sink, self._status, self._policy, self._heartbeat, self.on_ready
-        )
-        stop = loop.stop
-
-        def discard() -> None:  # keep the sources' buffers moving while there is no speaker
-            self.mixer.render()
-
-        while not stop.is_set():
-            try:
-                self.sink.open()
-            except AudioError as exc:
-                device.wait(stop, device.failed(loop, exc), tick=discard)
-                continue
-            device.opened(loop)
-            try:
-                self._write_until_stopped(stop)
-            except AudioError as exc:
-                self.sink.close()
-                device.wait(stop, device.failed(loop, exc), tick=discard)
-            else:
-                self.sink.close()
-
-    def _write_until_stopped(self, stop: threading.Event) -> None:
-        sink, mixer = self.sink, self.mixer
-        if sink.channels != mixer.channels:
-            raise AudioError(
-                f"{device_name(sink)}: {sink.channels} channels, the mixer makes {mixer.channels}"
-            )
-        resampler = None
-        if sink.rate != mixer.out_rate:  # the device settled on another rate
-            resampler = StreamResampler(mixer.out_rate, sink.rate, mixer.channels)
-        heartbeat = self._heartbeat
-        while not stop.is_set():
-            pcm = mixer.render()
-            if resampler is not None:
-                pcm = resampler.process(pcm)
-            sink.write(pcm)
-            self.periods_written += 1
-            self._metrics.inc("playback_periods_total")
-            if heartbeat is not None:
-                heartbeat()
