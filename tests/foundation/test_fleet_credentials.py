@@ -17,7 +17,8 @@ from agent.links.videosdk_auth import (
 )
 from tests.conftest import agent_cmd, subprocess_env
 
-BASE = '[device]\nid = "dev_fleet_7"\n[videosdk]\nroom_id = "room-fleet"\n'  # not the shipped examples
+# a device id and room that are not the shipped examples (check-config warns about those)
+BASE = '[device]\nid = "dev_fleet_7"\n[videosdk]\nroom_id = "room-fleet"\n'
 
 
 @pytest.mark.parametrize(
