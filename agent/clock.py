@@ -47,8 +47,9 @@ def describe_offset(offset_s: float) -> str:
     s = abs(offset_s)
     if s >= 86400 * 2:
         amount = f"{s / 86400:.0f} days"
-    elif s >= 3600:
-        amount = f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+    elif s >= 3600 - 30:  # to the nearest minute: Date headers have 1 s resolution
+        minutes = round(s / 60)
+        amount = f"{minutes // 60} h {minutes % 60} min"
     elif s >= 60:
         amount = f"{s / 60:.0f} min"
     else:

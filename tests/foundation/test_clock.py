@@ -46,7 +46,7 @@ def test_a_device_that_booted_in_1970_mints_with_the_servers_time() -> None:
 
 @pytest.mark.parametrize(
     ("offset", "text"),
-    [(3 * 3600 + 125, "3 h 2 min"), (-720, "12 min"), (45, "45 s")],
+    [(3 * 3600 + 125, "3 h 2 min"), (3 * 3600 - 0.4, "3 h 0 min"), (-720, "12 min"), (45, "45 s")],
 )
 def test_offsets_read_as_a_person_says_them(offset: float, text: str) -> None:
     assert describe_offset(offset) == text
