@@ -18,7 +18,12 @@ a stale password (4401), FastRTC app busy (concurrency refusals), mic unplugged,
 speaker unplugged, and on the PBX side: the PBX vanishes mid-call (reset), stops
 sending (half-open: the idle timeout ends the call), sends a wrong secret for a while
 (401 storm), dials 20 calls at once (503 beyond ``max_calls``), slowloris handshakes,
-garbage frames. Reported:
+garbage frames; and the field faults (issue 17): strangers flood the command topic
+with unsigned, forged-signature and malformed commands (``ptt hold``, ``mute``, ...),
+a valid signed command is replayed (at once, or the run's first one much later), ~200
+slowloris connections hold the /status endpoint, the config file is hand-broken
+(garbage, truncated, a bad value, gone) and reloaded, then restored and reloaded, and
+``state.json`` is corrupted under the running agent. Reported:
 
 - per scenario: cycles, crashes, max recovery time (fault cleared -> audio flowing);
 - RSS growth after a warm-up, open fds, asyncio tasks, threads (first/last/max);
@@ -31,6 +36,15 @@ garbage frames. Reported:
 - counters against what the other side saw: the PBX link's calls, refusals by reason
   (401, 503, slowloris timeouts, non-HTTP) and malformed frames against what the fake
   PBX did; FastRTC's refusals against the app's;
+- the field faults' own checks: no stranger's or replayed command executes (PTT mode,
+  volume and mute unchanged; the mic runs open and allow_mic_control is on, so a
+  ``ptt hold`` that got through would also lose uplink frames), every one is refused
+  and counted, a flood costs at most a fixed number of journal lines (counted after
+  the agent's own RateLimitFilter); /status answers after a flood and the agent shed
+  the connections over its cap; a refused reload and the good reload after it restart
+  no link (same VideoSDK session, no reconnects) and leave no "reload refused" error;
+  a corrupt state.json reads as defaults and the next save replaces it atomically
+  (valid JSON, no temp file left);
 - the unit's ``systemd-analyze security --offline=true`` exposure (if available).
 
 Timers: backoff as shipped except ``slow_s`` = 5 s (a refused credential is retried
@@ -40,9 +54,9 @@ FastRTC) instead of 20/15, 30/10 and 20/10, so a half-open connection costs ~10 
 timeout is 5 s, not 30 s; ``--production-timers`` keeps everything as shipped. Exit
 status 1 on a crash, a fault not recovered within 90 s, a lost frame during up-time,
 a secret hit, a PBX or FastRTC counter that does not match what the PBX side / the
-app saw, or growth beyond the limits printed.
+app saw, a failed field-fault check, or growth beyond the limits printed.
 
-CI short mode: ``.venv/bin/python bench/soak.py --minutes 2.5``.
+CI short mode: ``.venv/bin/python bench/soak.py --minutes 5``.
 """
 
 from __future__ import annotations
@@ -79,13 +93,14 @@ sys.path.insert(0, str(REPO))
 from agent import config  # noqa: E402
 from agent.app import Agent, Hardware  # noqa: E402
 from agent.backoff import BackoffPolicy  # noqa: E402
+from agent.commands import sign_command  # noqa: E402
 from agent.controls import StateStore  # noqa: E402
 from agent.hw.sim import RecordingSink, ToneSource  # noqa: E402
 from agent.links.registry import LinkPolicies  # noqa: E402
 from agent.pcm import Pcm  # noqa: E402
 from agent.sandbox.faultproxy import FaultProxy, Resolver  # noqa: E402
 from agent.secrets import Credentials  # noqa: E402
-from agent.service import Notifier  # noqa: E402
+from agent.service import Notifier, RateLimitFilter  # noqa: E402
 
 HOST = "agent-soak.invalid"  # RFC 6761: only our Resolver shim makes it resolve
 VSDK_API_KEY = "soak-vsdk-apikey-6f1d3b8a2c"
@@ -94,6 +109,15 @@ ORGO_KEY = "sk_orgo_soak_9c7e5a3b1d2f4e6a"
 PBX_SECRET = "soak-pbx-secret-3f8a6c1e9b2d"
 PBX_WRONG = "soak-pbx-secret-3f8a6c1e9b2e"  # a misconfigured PBX: a near miss
 RTC_QUERY_TOKEN = "soak-rtc-sign-8b4e2a6c0d1f"  # a token in the FastRTC app's URL query
+COMMAND_KEY = "soak-command-key-5e3c1a9f7d2b4e6a"  # the operator console's (command-key)
+FORGED_KEY = "soak-stranger-guess-0000000000000"  # a stranger's guess: wrong signatures
+COMMAND_TOPIC = "DEVICE_CMD"
+DEVICE_ID = "dev_soak"
+FLOOD_MESSAGES = 120  # forged/unsigned commands per flood, from FLOOD_SENDERS strangers
+FLOOD_SENDERS = 6
+FLOOD_SECONDS = 3.0  # the flood is paced over this long
+FLOOD_LOG_LINES = 40  # journal lines (after the agent's rate limit) one flood may cause
+STATUS_FLOOD = 200  # slowloris connections to /status
 RECOVERY_LIMIT_S = 90.0
 LINKS = ("videosdk", "orgo", "fastrtc", "pbx")
 OUTGOING = ("videosdk", "orgo", "fastrtc")  # links that connect out (by the name HOST)
@@ -208,6 +232,16 @@ async def _child(conn: Connection, seed: int) -> None:
                     result = await pbx.garbage()
                 case "orgo_restart":
                     await orgo.restart_computer(stale_fetches=1)
+                case "vsdk_publish":  # ([(message, sender_id), ...],): how many delivered
+                    result = 0
+                    for message, sender in args[0]:
+                        result += await vsdk.send_message(
+                            COMMAND_TOPIC, message, sender_id=sender, sender_name=sender
+                        )
+                case "vsdk_sessions":
+                    result = len(vsdk.sessions)
+                case "status_flood":  # (port, connections, hold_s)
+                    result = await status_flood(*args)
                 case "received":
                     collect()
                     result = sorted(received)
@@ -246,6 +280,52 @@ async def _child(conn: Connection, seed: int) -> None:
     await rtc.stop()
     await orgo.__aexit__(None, None, None)
     await vsdk.stop()
+
+
+async def status_flood(port: int, n: int, hold_s: float) -> dict[str, Any]:
+    """``n`` slowloris connections to the agent's /status endpoint, held ``hold_s``
+    (a header byte every 0.5 s, the request never finished); then one real GET."""
+    closed = 0
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def one() -> None:
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                conns.append(await asyncio.open_connection("127.0.0.1", port))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    opened = len(conns)
+    for _, w in conns:
+        with contextlib.suppress(OSError):
+            w.write(b"GET /status HTTP/1.1\r\nHost: soak\r\nX-Slow: ")
+    answers = [asyncio.ensure_future(r.read(4096)) for r, _ in conns]  # a reply, b"", a reset
+    deadline = time.monotonic() + hold_s
+    while time.monotonic() < deadline:
+        for answer, (_, w) in zip(answers, conns, strict=True):
+            if not answer.done() and not w.is_closing():
+                with contextlib.suppress(OSError):
+                    w.write(b"a")
+        await asyncio.sleep(0.5)
+    for answer, (_, w) in zip(answers, conns, strict=True):
+        closed += answer.done()  # the agent answered or closed it (busy, evicted, timeout)
+        answer.cancel()
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            await answer
+        w.close()
+    await asyncio.sleep(0.2)
+    status, body = 0, b""
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(5.0):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /status HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")
+            raw = await r.read()
+            w.close()
+            head, _, body = raw.partition(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    ok_json = False
+    with contextlib.suppress(ValueError):
+        ok_json = isinstance(json.loads(body), dict)
+    return {"opened": opened, "closed_by_agent": closed, "status": status, "json": ok_json}
 
 
 class FakePbx:
@@ -441,6 +521,12 @@ class Soak:
         self.pbx_slowloris: list[float] = []  # seconds until the agent closed them all
         self.pbx_garbage = 0  # malformed frames sent in live calls
         self.pbx_port = _free_port()
+        self.metrics_port = _free_port()
+        self.journal = _JournalLines()
+        self.checks: dict[str, list[str]] = defaultdict(list)  # per new kind: failures
+        self.notes: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.first_signed: str | None = None  # an old valid command, replayed later
+        self.volume_step = 0
 
     # -- setup ------------------------------------------------------------------------
     def build_agent(self) -> Agent:
@@ -451,12 +537,12 @@ class Soak:
             ("videosdk-secret", VSDK_SECRET),
             ("orgo-api-key", ORGO_KEY),
             ("pbx-secret", PBX_SECRET),
+            ("command-key", COMMAND_KEY),
         ):
             (creds / name).write_text(value + "\n")
             os.chmod(creds / name, 0o600)
-        cfg = config.from_dict(
-            {
-                "device": {"id": "dev_soak", "name": "Soak"},
+        self.config_doc = {
+                "device": {"id": DEVICE_ID, "name": "Soak"},
                 "ptt": {"mode": "open"},
                 "videosdk": {"room_id": "soak-room", "api_base": self.urls["vsdk_api"]},
                 "orgo": {
@@ -476,12 +562,18 @@ class Soak:
                     "listen": f"127.0.0.1:{self.pbx_port}",
                     "idle_timeout_s": 30.0 if self.args.production_timers else 5.0,
                 },
-                "metrics": {"listen": ""},
+                "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
                 # the fault proxies are reached by a name under .invalid (so DNS can fail)
                 "security": {"allow_insecure": True},
-            },
-            path="<soak>",
-        )
+                # the riskiest setting: a signed ptt command may change what the mic sends
+                "commands": {"allow_mic_control": True, "window_s": 60.0},
+        }  # fmt: skip
+        self.config_file = self.tmp / "agent.toml"
+        self.config_text = _toml(self.config_doc)
+        self.config_file.write_text(self.config_text)
+        cfg = config.load(self.config_file)
+        self.state_dir = self.tmp / "state"
+        self.state_dir.mkdir()
         self.mic = NumberedMic()
         self.speaker = RecordingSink(48000, paced=True, keep_s=1.0)
         self.notify_log = self.tmp / "status-lines.txt"
@@ -489,8 +581,9 @@ class Soak:
             cfg,
             credentials=Credentials(creds, env={}),
             hardware=Hardware(mic=lambda _c, _m: self.mic, speaker=lambda _c, _m: self.speaker),
-            state=StateStore(None),
+            state=StateStore(self.state_dir),
             notifier=_FileNotifier(self.notify_log),
+            reload_config=lambda: config.load(self.config_file),
             link_policies=self.link_timers(),
         )
 
@@ -656,6 +749,21 @@ class Soak:
             case "pbx_garbage":
                 self.pbx_garbage += await c.call("pbx_garbage")
                 rec.t_clear = time.monotonic()
+            case "command_flood":
+                await self.command_flood()
+                rec.t_clear = time.monotonic()
+            case "command_replay":
+                await self.command_replay()
+                rec.t_clear = time.monotonic()
+            case "status_flood":
+                await self.status_flood()
+                rec.t_clear = time.monotonic()
+            case "reload_refused":
+                await self.reload_refused()
+                rec.t_clear = time.monotonic()
+            case "state_corrupt":
+                await self.state_corrupt()
+                rec.t_clear = time.monotonic()
         self.faults.append(rec)
         rec.t_ok = await self.healthy(parts, RECOVERY_LIMIT_S)
         stats = self.stats[scenario]
@@ -693,8 +801,219 @@ class Soak:
         "server_killed", "reset_mid_frame", "half_open", "accept_no_answer",
         "handshake_then_silence", "slow_rest", "dns_failure", "auth_storm", "orgo_restart",
         "fastrtc_busy", "mic_unplug", "speaker_unplug", "pbx_client_reset", "pbx_half_open",
-        "pbx_401_storm", "pbx_storm", "pbx_slowloris", "pbx_garbage",
+        "pbx_401_storm", "pbx_storm", "pbx_slowloris", "pbx_garbage", "command_flood",
+        "command_replay", "status_flood", "reload_refused", "state_corrupt",
     )  # fmt: skip
+
+    # -- the field faults (issue 17): strangers, floods, broken files ---------------------
+    def fail(self, kind: str, why: str) -> None:
+        self.checks[kind].append(why)
+        print(f"  {kind}: {why}", flush=True)
+
+    def refused(self) -> float:
+        return self.agent.metrics.total("commands_refused_total")
+
+    def accepted(self) -> float:
+        return self.agent.metrics.total("commands_accepted_total")
+
+    def controls_state(self) -> tuple[str, float, bool]:
+        st = self.agent.status
+        return st.ptt_mode, st.volume, st.muted
+
+    def signed(self, cmd: str, value: Any = None, *, key: str = COMMAND_KEY,
+               device: str = DEVICE_ID, ts: int | None = None) -> str:  # fmt: skip
+        return sign_command(key, topic=COMMAND_TOPIC, device=device, cmd=cmd, value=value, ts=ts)
+
+    async def until(self, cond: Any, within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
+        while not cond():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def videosdk_went_down(self, since: float) -> bool:
+        return any(t >= since and n == "videosdk" and st != "up" for t, n, st in self.transitions)
+
+    async def command_flood(self) -> None:
+        """Strangers flood the command topic with unsigned, forged (wrong key), other
+        device's and stale commands that would close the mic or mute the speaker: none
+        executes, each is refused and counted, the journal stays within its budget."""
+        kind = "command_flood"
+        await self.healthy(("videosdk",), 30.0)
+        rng, now = self.rng, int(time.time())
+        forms = [
+            lambda: '{"cmd":"ptt","value":"hold"}',
+            lambda: '{"cmd":"mute"}',
+            lambda: json.dumps({"cmd": "volume", "value": 0.05}),
+            lambda: self.signed("ptt", "hold", key=FORGED_KEY),
+            lambda: self.signed("mute", key=FORGED_KEY),
+            lambda: self.signed("ptt", "hold", device="dev_other", key=FORGED_KEY),
+            lambda: self.signed("volume", 0.0, key=FORGED_KEY, ts=now - 86400),
+            lambda: '{"v":1,"body":"{}","sig":"' + "0" * 64 + '"}',
+            lambda: "not json \u0000\n FAKE LOG LINE",
+        ]
+        batch = [(rng.choice(forms)(), f"stranger-{rng.randrange(FLOOD_SENDERS)}")
+                 for _ in range(FLOOD_MESSAGES)]  # fmt: skip
+        before, refused0, accepted0 = self.controls_state(), self.refused(), self.accepted()
+        t0 = time.monotonic()
+        delivered, chunk = 0, 20
+        for i in range(0, len(batch), chunk):
+            delivered += await self.child.call("vsdk_publish", batch[i : i + chunk])
+            await asyncio.sleep(FLOOD_SECONDS * chunk / len(batch))
+        await self.until(lambda: self.refused() - refused0 >= delivered, 10.0)
+        t1 = time.monotonic()
+        await asyncio.sleep(1.0)  # late lines count too
+        lines = self.journal.between(t0, t1 + 1.0)
+        rate = lines / (t1 + 1.0 - t0)
+        n = self.notes[kind]
+        n["messages"] += delivered
+        n["refused"] += self.refused() - refused0
+        n["accepted"] += self.accepted() - accepted0
+        n["max_log_lines_per_s"] = max(n["max_log_lines_per_s"], rate)
+        n["max_log_lines"] = max(n["max_log_lines"], lines)
+        if self.accepted() != accepted0:
+            self.fail(kind, f"{self.accepted() - accepted0:.0f} stranger commands executed")
+        if self.controls_state() != before:
+            self.fail(kind, f"controls changed: {before} -> {self.controls_state()}")
+        if self.refused() - refused0 != delivered and not self.videosdk_went_down(t0):
+            self.fail(kind, f"{delivered} delivered, {self.refused() - refused0:.0f} refused")
+        if lines > FLOOD_LOG_LINES:
+            top = self.journal.templates(t0, t1 + 1.0)
+            self.fail(kind, f"{lines} journal lines in {t1 + 1 - t0:.1f} s ({rate:.1f}/s): {top}")
+
+    async def command_replay(self) -> None:
+        """A valid signed ``ptt open`` from the console is executed once; the same text
+        published again (just now, or the run's first one, long after) is refused."""
+        kind = "command_replay"
+        await self.healthy(("videosdk",), 30.0)
+        fresh = self.signed("ptt", "open")
+        old = self.first_signed or fresh
+        if self.first_signed is None:
+            self.first_signed = fresh
+        before, refused0, accepted0 = self.controls_state(), self.refused(), self.accepted()
+        t0 = time.monotonic()
+        got = await self.child.call("vsdk_publish", [(fresh, "console")])
+        if not await self.until(lambda: self.accepted() - accepted0 >= got, 5.0):
+            self.fail(kind, "the console's valid signed command was not executed")
+        await asyncio.sleep(self.rng.uniform(0.2, 2.0))
+        replay = self.rng.choice([fresh, old])
+        accepted1 = self.accepted()
+        again = await self.child.call("vsdk_publish", [(replay, "stranger-replay")])
+        ok = await self.until(lambda: self.refused() - refused0 >= again, 5.0)
+        n = self.notes[kind]
+        n["replays"] += again
+        n["refused"] += self.refused() - refused0
+        for reason in ("replayed", "stale"):
+            n[reason] = self.agent.metrics.total("commands_refused_total", reason=reason)
+        if self.accepted() != accepted1:
+            self.fail(kind, "a replayed command was executed")
+        if not ok and not self.videosdk_went_down(t0):
+            self.fail(kind, "a replayed command was not refused")
+        if self.controls_state() != before:
+            self.fail(kind, f"controls changed: {before} -> {self.controls_state()}")
+
+    async def status_flood(self) -> None:
+        """~200 slowloris connections to /status for a few seconds: the uplink flows (the
+        lost-frames check), the agent sheds them, /status answers afterwards."""
+        kind = "status_flood"
+        m = self.agent.metrics
+        shed0 = m.total("http_connections_refused_total")
+        hold = self.rng.uniform(2.0, 6.0)
+        got = await self.child.call("status_flood", self.metrics_port, STATUS_FLOOD, hold)
+        n = self.notes[kind]
+        n["connections"] += got["opened"]
+        n["closed_by_agent"] += got["closed_by_agent"]
+        n["shed"] += m.total("http_connections_refused_total") - shed0
+        if got["status"] != 200 or not got["json"]:
+            self.fail(kind, f"/status after the flood: HTTP {got['status']}, json {got['json']}")
+        if got["opened"] > 16 and got["closed_by_agent"] == 0:
+            self.fail(kind, f"{got['opened']} connections held, none shed")
+
+    async def reload_refused(self) -> None:
+        """A hand-edit gone wrong (garbage, truncated, a bad value, the file gone), then a
+        reload: refused, nothing restarts (the VideoSDK session stays); the good file
+        back and a reload: applied as "unchanged", still nothing restarts."""
+        kind = "reload_refused"
+        await self.healthy(LINKS, 30.0)
+        m, rng = self.agent.metrics, self.rng
+        how = rng.choice(["garbage", "truncated", "bad_value", "missing"])
+        sessions0 = await self.child.call("vsdk_sessions")
+        refused0 = m.total("reloads_total", result="refused")
+        good0 = m.total("reloads_total", result="unchanged")
+        t0 = time.monotonic()
+        match how:
+            case "garbage":
+                self.config_file.write_bytes(bytes(rng.randrange(256) for _ in range(600)))
+            case "truncated":
+                self.config_file.write_text(self.config_text[: rng.randrange(20, 400)])
+            case "bad_value":
+                self.config_file.write_text(
+                    self.config_text.replace("window_s = 60.0", "window_s = 1")
+                )
+            case "missing":
+                self.config_file.unlink()
+        self.agent.reload()
+        if not await self.until(lambda: m.total("reloads_total", result="refused") > refused0,
+                                15.0):  # fmt: skip
+            self.fail(kind, f"a {how} config was not refused")
+        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        self.config_file.write_text(self.config_text)
+        self.agent.reload()
+        if not await self.until(lambda: m.total("reloads_total", result="unchanged") > good0,
+                                15.0):  # fmt: skip
+            self.fail(kind, "the good config back was not reloaded as unchanged")
+        await asyncio.sleep(0.5)
+        self.notes[kind][how] += 1
+        sessions = await self.child.call("vsdk_sessions")
+        if not self.videosdk_went_down(t0) and sessions != sessions0:
+            self.fail(kind, f"{how}: the VideoSDK session changed ({sessions0} -> {sessions})")
+        restarted = [k for k in self.journal.templates(t0, time.monotonic())
+                     if k.startswith("agent.generation: reload: restarted")]  # fmt: skip
+        stopped = [n for t, n, st in self.transitions if t >= t0 and st == "stopped"]
+        if restarted or stopped:
+            self.fail(kind, f"{how}: parts restarted ({restarted or stopped})")
+        if self.agent.status.last_error.startswith("reload refused"):
+            self.fail(kind, f"status still says {self.agent.status.last_error!r}")
+
+    async def state_corrupt(self) -> None:
+        """state.json turned to garbage (a power cut, a worn card): a fresh read gives
+        the defaults, the running agent goes on, and its next save (a signed volume
+        command) replaces the file atomically: valid JSON, no temp file left."""
+        kind = "state_corrupt"
+        await self.healthy(("videosdk",), 30.0)
+        rng = self.rng
+        path = self.state_dir / "state.json"
+        junk = rng.choice([b"", b"{", b'{"volume": true}', b"\x00" * 512, b"[" * 100_000,
+                           bytes(rng.randrange(256) for _ in range(300))])  # fmt: skip
+        path.write_bytes(junk)
+        try:
+            fresh = StateStore(self.state_dir).load()
+        except Exception as e:  # what a restart would meet
+            self.fail(kind, f"reading a corrupt state.json raised {type(e).__name__}")
+            fresh = {}
+        if "volume" in fresh and not isinstance(fresh["volume"], float | int):
+            self.fail(kind, f"a corrupt state.json gave volume {fresh['volume']!r}")
+        self.volume_step += 1
+        volume = (0.6, 0.7)[self.volume_step % 2]
+        accepted0 = self.accepted()
+        got = await self.child.call("vsdk_publish", [(self.signed("volume", volume), "console")])
+        if not await self.until(lambda: self.accepted() - accepted0 >= got, 5.0):
+            self.fail(kind, "the console's volume command was not executed")
+
+        def saved() -> bool:
+            try:
+                return json.loads(path.read_bytes()).get("volume") == volume
+            except (OSError, ValueError, AttributeError):
+                return False
+
+        ok = await self.until(saved, 15.0)  # writes are coalesced (5 s)
+        self.notes[kind]["corrupted"] += 1
+        if got and not ok:
+            self.fail(kind, f"state.json not rewritten with volume {volume}")
+        leftovers = [p.name for p in self.state_dir.iterdir() if p.name != "state.json"]
+        if leftovers:
+            self.fail(kind, f"left behind in the state directory: {leftovers}")
 
     # -- the run --------------------------------------------------------------------------
     async def run(self) -> int:
@@ -706,6 +1025,7 @@ class Soak:
         self.resolver.install(loop)
         handler = _FileHandler(self.log_path)
         _route_logs(handler, self.args.log_level)
+        logging.getLogger().addHandler(self.journal)
         self.agent.status.add_listener(self.on_status)
         agent_task = asyncio.create_task(self.agent.run(), name="agent")
         duration = self.args.minutes * 60
@@ -742,6 +1062,7 @@ class Soak:
                 async with asyncio.timeout(5):
                     await agent_task
             logging.getLogger().removeHandler(handler)
+            logging.getLogger().removeHandler(self.journal)
             handler.close()
         self.resolver.uninstall()
         return self.report(crashed, end_sample, metrics, received, secrets)
@@ -795,6 +1116,41 @@ class Soak:
         for line in bad:
             print("   mismatch:", line)
         return bad
+
+    def field_checks(self) -> list[str]:
+        """Print what the field faults (issue 17) saw; return their failed checks."""
+        m, n = self.agent.metrics, self.notes
+        fl, rp, sf = n["command_flood"], n["command_replay"], n["status_flood"]
+        reasons = {labels.get("reason", "?"): int(v)
+                   for labels, v in m.snapshot().get("commands_refused_total", [])}  # fmt: skip
+        cycles = {k: self.stats[k].cycles for k in ("command_flood", "command_replay",
+                                                   "status_flood")}  # fmt: skip
+        print(f"commands      {cycles['command_flood']} floods: {fl['messages']:.0f} stranger "
+              f"messages, "
+              f"{fl['refused']:.0f} refused, {fl['accepted']:.0f} executed, journal at most "
+              f"{fl['max_log_lines']:.0f} lines a flood (limit {FLOOD_LOG_LINES}), "
+              f"{fl['max_log_lines_per_s']:.1f} lines/s; "
+              f"{cycles['command_replay']} replays: {rp['replays']:.0f} replayed, "
+              f"{rp['refused']:.0f} refused "
+              f"(replayed {rp['replayed']:.0f}, stale {rp['stale']:.0f} in all); "
+              f"accepted {self.accepted():.0f}, refused {self.refused():.0f} "
+              f"{reasons}")  # fmt: skip
+        print(f"status flood  {cycles['status_flood']} floods: {sf['connections']:.0f} "
+              f"slowloris connections held, "
+              f"{sf['closed_by_agent']:.0f} closed by the agent, "
+              f"{sf['shed']:.0f} counted shed; /status answered after each: "
+              f"{'yes' if not self.checks['status_flood'] else 'NO'}")  # fmt: skip
+        rl, sc = n["reload_refused"], n["state_corrupt"]
+        print(f"reloads       refused {m.total('reloads_total', result='refused'):.0f} "
+              f"({', '.join(f'{k} {v:.0f}' for k, v in sorted(rl.items())) or 'none'}), "
+              f"unchanged {m.total('reloads_total', result='unchanged'):.0f}, applied "
+              f"{m.total('reloads_total', result='applied'):.0f}; state.json corrupted "
+              f"{sc['corrupted']:.0f} times, rewritten each time: "
+              f"{'yes' if not self.checks['state_corrupt'] else 'NO'}")  # fmt: skip
+        out = [f"{kind}: {why}" for kind, whys in sorted(self.checks.items()) for why in whys]
+        for line in out:
+            print("   check failed:", line)
+        return out
 
     def lost_frames(self, received: set[int]) -> tuple[int, int, int]:
         """(lost during up-time, frames during up-time, frames captured in all)."""
@@ -907,9 +1263,10 @@ class Soak:
               f"{self.child_report['fastrtc_refusals']}); reconnects fastrtc "
               f"{reconnects['fastrtc']:.0f}")  # fmt: skip
         mismatches = self.pbx_counters()
+        field_failures = self.field_checks()
         over = {k: v for k, v in growth.items() if v > LIMITS[k]}
         failed = crashes or any(s.not_recovered for s in self.stats.values()) or lost or hits
-        failed = failed or mismatches
+        failed = failed or mismatches or field_failures
         if rtc["refusals_total"] != self.child_report["fastrtc_refusals"]:
             print("fastrtc refusals counted != refusals the app sent")
             failed = True
@@ -933,6 +1290,8 @@ class Soak:
                         "counted": counted,
                         "secret_hits": hits,
                         "counter_mismatches": mismatches,
+                        "field_checks": {k: dict(v) for k, v in self.notes.items()},
+                        "field_failures": field_failures,
                         "exposure": exposure,
                     },
                     indent=1,
@@ -947,7 +1306,56 @@ class Soak:
 
 # === helpers =============================================================================
 
-FIXED_SECRETS = (VSDK_API_KEY, VSDK_SECRET, ORGO_KEY, PBX_SECRET, PBX_WRONG, RTC_QUERY_TOKEN)
+FIXED_SECRETS = (VSDK_API_KEY, VSDK_SECRET, ORGO_KEY, PBX_SECRET, PBX_WRONG, RTC_QUERY_TOKEN,
+                 COMMAND_KEY)  # fmt: skip
+
+
+def _toml(doc: dict[str, dict[str, Any]]) -> str:
+    """The soak's config as a TOML file (sections of scalars; enough for it)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    return "".join(
+        f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in section.items()) + "\n"
+        for name, section in doc.items()
+    )
+
+
+class _JournalLines(logging.Handler):
+    """When each ``agent`` record at INFO or above would reach the journal (after the
+    agent's own :class:`RateLimitFilter`, as :func:`agent.service.setup_logging` sets it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.addFilter(RateLimitFilter())
+        self.times = array.array("d")
+        self.names: list[str] = []  # logger: template, one per time
+
+    def filter(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        if not record.name.startswith("agent.") or record.name.startswith("agent.sandbox"):
+            return False
+        return bool(super().filter(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.times.append(time.monotonic())
+        self.names.append(f"{record.name}: {str(record.msg)[:40]}")
+
+    def between(self, a: float, b: float) -> int:
+        return sum(1 for t in self.times if a <= t <= b)
+
+    def templates(self, a: float, b: float) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for t, name in zip(self.times, self.names, strict=True):
+            if a <= t <= b:
+                out[name] += 1
+        return dict(out)
 
 
 def _free_port() -> int:
