@@ -252,7 +252,9 @@ async def test_tls_to_the_broker_is_verified_with_security_ca_file(
                 async with running(h, security=security):
                     await h.wait_state(expect)
                     if expect == "retry":  # the private CA is not trusted without ca_file
-                        assert "session request failed (ConnectError)" in h.detail()
+                        detail = h.detail()  # names the TLS problem and the fix
+                        assert "session request failed: cannot connect to 127.0.0.1" in detail
+                        assert "a private CA? set security.ca_file" in detail
     assert len(fake.started_sessions) == 1
 
 
