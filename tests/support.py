@@ -7,9 +7,12 @@ is about what a link delivers (formats, exact samples), not about mixing.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -125,3 +128,39 @@ def toml_text(raw: dict[str, dict[str, Any]]) -> str:
         lines.append(f"[{section}]")
         lines += [f"{key} = {value(v)}" for key, v in table.items()]
     return "\n".join(lines) + "\n"
+
+
+JOURNAL_PROBE = """\
+import os, socket, logging, subprocess, sys
+subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', '/run'], check=True)
+os.makedirs('/run/systemd/journal')
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('/run/systemd/journal/socket')
+from agent.service import setup_logging
+setup_logging('INFO', env={'INVOCATION_ID': 'x'})
+"""
+
+
+def journal_datagram(tmp_path: Path, log_code: str) -> bytes:
+    """Run ``log_code`` (Python that logs one record) with the agent's logging set up as
+    under systemd, against a journald socket bound in a private mount namespace
+    (docs/testing.md); return the one native-protocol datagram the agent sent.
+    Skips where ``unshare --mount`` is not permitted."""
+    import pytest
+
+    from tests.conftest import subprocess_env
+
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare --mount not permitted here")
+    script = tmp_path / "journal_probe.py"
+    script.write_text(
+        JOURNAL_PROBE + log_code + "\ns.settimeout(5)\nsys.stdout.buffer.write(s.recv(65536))\n"
+    )
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, str(script)],
+        capture_output=True,
+        env=subprocess_env(),
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from agent.secrets import RedactingFilter
 from agent.service import RateLimitFilter, escape, setup_logging
 from agent.status import LinkState, StatusBoard
+from tests.support import journal_datagram
 
 EVIL = "evil\nINFO    links.videosdk: fake line\r\x1b[2J\u2028\u202e"
 
@@ -95,38 +94,17 @@ def test_after_the_interval_the_next_line_says_how_many_were_suppressed() -> Non
 def test_journal_fields_carry_no_raw_line_breaks(tmp_path: Path) -> None:
     """journald's native protocol: a value with a newline would be sent length-prefixed
     (binary); escaped, every field is one KEY=value line of the datagram."""
-    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("unshare --mount not permitted here")
-    script = tmp_path / "journal_probe.py"
-    script.write_text(
-        "import os, socket, logging, subprocess\n"
-        "subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', '/run'], check=True)\n"
-        "os.makedirs('/run/systemd/journal')\n"
-        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
-        "s.bind('/run/systemd/journal/socket')\n"
-        "from agent.service import setup_logging\n"
-        "setup_logging('INFO', env={'INVOCATION_ID': 'x'})\n"
+    datagram = journal_datagram(
+        tmp_path,
         f"evil = {EVIL!r}\n"
         "logging.getLogger('agent.links.videosdk').info(\n"
         "    'videosdk: command from %s: %s', evil, 'x',\n"
-        "    extra={'LINK': 'videosdk', 'SENDER': evil})\n"
-        "s.settimeout(5)\n"
-        "import sys; sys.stdout.buffer.write(s.recv(65536))\n"
+        "    extra={'LINK': 'videosdk', 'SENDER': evil})",
     )
-    from tests.conftest import subprocess_env
-
-    out = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, str(script)],
-        capture_output=True,
-        env=subprocess_env(),
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.decode().split("\n")
+    lines = datagram.decode().split("\n")
     assert all("=" in line for line in lines if line), lines  # no binary-framed field
     assert "MESSAGE=videosdk: command from evil\\nINFO    links.videosdk: fake line" in (
-        out.stdout.decode()
+        datagram.decode()
     )
     assert any(line.startswith("SENDER=evil\\nINFO") for line in lines)
     assert not any(line.startswith("CODE_ARGS=") for line in lines)  # raw args not sent

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from agent.service import (
     watchdog_interval,
 )
 from tests.conftest import NotifyRecorder
+from tests.support import journal_datagram
 
 
 def test_notifier_sends_states_and_dedups_status(
@@ -126,34 +125,11 @@ def test_terminal_lines_carry_journal_fields() -> None:
 def test_under_systemd_records_go_to_journald_with_fields(tmp_path: Path) -> None:
     """JournalHandler talks to /run/systemd/journal/socket: bind one in a private mount
     namespace (docs/testing.md) and read the datagrams the agent's logging sends."""
-    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("unshare --mount not permitted here")
-    script = tmp_path / "journal_probe.py"
-    script.write_text(
-        "import os, socket, logging, subprocess\n"
-        "subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', '/run'], check=True)\n"
-        "os.makedirs('/run/systemd/journal')\n"
-        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
-        "s.bind('/run/systemd/journal/socket')\n"
-        "from agent.service import setup_logging\n"
-        "setup_logging('INFO', env={'INVOCATION_ID': 'x'})\n"
+    fields = journal_datagram(
+        tmp_path,
         "logging.getLogger('agent.links.orgo').warning(\n"
-        "    'password refused for %s', 'computer c1', extra={'LINK': 'orgo'})\n"
-        "s.settimeout(5)\n"
-        "print(s.recv(65536).decode(errors='replace'))\n"
-    )
-    from tests.conftest import subprocess_env
-
-    out = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    fields = out.stdout
+        "    'password refused for %s', 'computer c1', extra={'LINK': 'orgo'})",
+    ).decode(errors="replace")
     assert "MESSAGE=password refused for computer c1" in fields
     assert "LINK=orgo" in fields
     assert "SYSLOG_IDENTIFIER=field-agent" in fields
