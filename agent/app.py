@@ -37,6 +37,7 @@ import httpx
 
 from agent import config as config_mod
 from agent.backoff import BackoffPolicy, Reconnector
+from agent.channels import Channels
 from agent.config import AudioConfig, Config, SecurityConfig
 from agent.controls import Controls, StateStore
 from agent.errors import ConfigError, GpioUnavailable
@@ -133,6 +134,10 @@ class Agent:
             metrics=self.metrics,
             wall_clock=wall_clock or time.time,
         )
+        # the VideoSDK room the device is in; on_channel_changed(number, room): the cue hook
+        self.channels = Channels(cfg.videosdk.channels(), store=self.controls.store)
+        self.controls.channels = self.channels
+        self.status.channel = self.channels.to_json
 
     # -- control -------------------------------------------------------------------
     def stop(self) -> None:
@@ -255,6 +260,7 @@ class Agent:
 
     async def _apply(self, gen: Generation, new: Config) -> None:
         old, self.cfg = self.cfg, new
+        self.channels.configure(new.videosdk.channels())  # before the link is rebuilt
         stale: httpx.AsyncClient | None = None
         if old.security != new.security and self._http is None:
             # REST trust (security.ca_file) too: a new client for the links restarted below
@@ -292,6 +298,7 @@ class Agent:
             heartbeat=lambda name: self.heartbeats.register(f"link-{name}", 30.0),
             on_command=self.controls.on_command,
             connect=self._connect,
+            channels=self.channels,
             policies=self.link_policies,
         )
         links: dict[str, Any] = dict(build_links(cfg, deps))

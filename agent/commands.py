@@ -62,7 +62,8 @@ PERSISTED_NONCES = 64  # of which the newest are kept in the state file
 OPEN_COMMANDS = frozenset({"status"})  # read-only: unsigned is fine
 SPEAKER_COMMANDS = frozenset({"mute", "unmute", "volume"})  # needs a valid signature
 MIC_COMMANDS = frozenset({"ptt"})  # needs a valid signature and commands.allow_mic_control
-KNOWN_COMMANDS = OPEN_COMMANDS | SPEAKER_COMMANDS | MIC_COMMANDS
+CHANNEL_COMMANDS = frozenset({"room"})  # needs a valid signature (videosdk.rooms)
+KNOWN_COMMANDS = OPEN_COMMANDS | SPEAKER_COMMANDS | MIC_COMMANDS | CHANNEL_COMMANDS
 PTT_VALUES = ("open", "hold")
 
 
@@ -77,7 +78,7 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    cmd: str  # mute | unmute | volume | ptt | status
+    cmd: str  # mute | unmute | volume | ptt | room | status
     value: Any = None
 
 
@@ -114,6 +115,15 @@ def parse_payload(doc: Any) -> Command:
         case "ptt":
             if value not in PTT_VALUES:
                 raise CommandError('ptt needs value "open" or "hold"')
+            return Command(cmd, value)
+        case "room":
+            if (
+                not isinstance(value, str)
+                or not 0 < len(value) <= 128
+                or not value.isprintable()
+                or " " in value
+            ):
+                raise CommandError("room needs a room id value (one of videosdk.rooms)")
             return Command(cmd, value)
         case _:
             raise CommandError(f"unknown command {cmd[:40]!r}", "unknown")

@@ -35,6 +35,7 @@ from agent.config_checks import (
     message_bytes,
     one_of,
     rate_hz,
+    rooms,
     sender_ids,
     topic_length,
     url_with,
@@ -107,6 +108,12 @@ class GpioConfig:
         default=None, metadata=doc("BCM pin of the status LED.", gpio_pin)
     )
     talk_led: int | None = field(default=None, metadata=doc("BCM pin of the talk LED.", gpio_pin))
+    channel_up_button: int | None = field(
+        default=None, metadata=doc("BCM pin, next channel (videosdk.rooms; wraps).", gpio_pin)
+    )
+    channel_down_button: int | None = field(
+        default=None, metadata=doc("BCM pin, previous channel (wraps).", gpio_pin)
+    )
     pin_factory: str = field(
         default="",
         metadata=doc(
@@ -125,9 +132,60 @@ class GpioConfig:
 
 
 @dataclass(frozen=True)
+class RoomConfig:
+    """One channel of ``videosdk.rooms``: a VideoSDK room and the name people know it by."""
+
+    id: str
+    name: str = ""  # "" = the id
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id
+
+
+PIXEL_ROLES = ("status_led", "talk_led", "")
+
+
+def pixel_roles(v: tuple[str, ...]) -> str | None:
+    bad = [r for r in v if r not in PIXEL_ROLES]
+    return f"each entry must be one of {list(PIXEL_ROLES)}, not {bad[0]!r}" if bad else None
+
+
+@dataclass(frozen=True)
+class PixelsConfig:
+    enabled: bool = field(
+        default=False, metadata=doc("Drive APA102 RGB LEDs over SPI (e.g. the ReSpeaker HAT's).")
+    )
+    spi_bus: int = field(default=0, metadata=doc("SPI bus: /dev/spidevBUS.DEVICE.", in_range(0, 6)))
+    spi_device: int = field(
+        default=0, metadata=doc("SPI chip select (the ReSpeaker 2-Mic HAT: 1).", in_range(0, 3))
+    )
+    speed_hz: int = field(
+        default=8_000_000,
+        metadata=doc("SPI clock, Hz.", in_range(100_000, 32_000_000, " Hz")),
+    )
+    count: int = field(default=3, metadata=doc("LEDs on the chain.", in_range(1, 64)))
+    brightness: float = field(
+        default=0.25, metadata=doc("0.0..1.0 of the LEDs' full brightness.", in_range(0, 1))
+    )
+    leds: tuple[str, ...] = field(
+        default=("status_led", "talk_led", "status_led"),
+        metadata=doc(
+            "What each LED shows, first to last: status_led, talk_led or '' (off).", pixel_roles
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class VideoSDKConfig:
     enabled: bool = field(default=True, metadata=doc("Stream into a VideoSDK room."))
-    room_id: str = field(default="", metadata=doc("Room to join. Required when enabled."))
+    room_id: str = field(
+        default="", metadata=doc("Room to join (the one-room form of rooms; not with rooms).")
+    )
+    rooms: tuple[RoomConfig, ...] = field(
+        default=(),
+        metadata=doc("Channels: [{ id = ROOM, name = NAME }, ...]; the device is in one.", rooms),
+    )
     api_base: str = field(
         default="https://api.videosdk.live",
         metadata=doc("REST base URL.", url_with("https", "http")),
@@ -147,6 +205,12 @@ class VideoSDKConfig:
     command_topic: str = field(
         default="DEVICE_CMD", metadata=doc("Remote command topic.", topic_length)
     )
+
+    def channels(self) -> tuple[RoomConfig, ...]:
+        """The channels: ``rooms``, else the one ``room_id`` (none when neither is set)."""
+        if self.rooms:
+            return self.rooms
+        return (RoomConfig(self.room_id),) if self.room_id else ()
 
 
 @dataclass(frozen=True)
@@ -271,6 +335,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     ptt: PttConfig = field(default_factory=PttConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    pixels: PixelsConfig = field(default_factory=PixelsConfig)
     videosdk: VideoSDKConfig = field(default_factory=VideoSDKConfig)
     orgo: OrgoConfig = field(default_factory=OrgoConfig)
     fastrtc: FastRTCConfig = field(default_factory=FastRTCConfig)
@@ -356,6 +421,8 @@ def from_dict(raw: dict[str, Any], *, path: str = "<dict>") -> Config:
         if key not in refused:
             bad(key, reason)
 
+    if "videosdk.rooms" in refused:  # a refused rooms list is not also "room_id required"
+        refused.add("videosdk.room_id")
     _cross_checks(cfg, bad_unless_refused)
     if problems:
         raise ConfigError(problems)
@@ -365,8 +432,10 @@ def from_dict(raw: dict[str, Any], *, path: str = "<dict>") -> Config:
 def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
     if not cfg.device.id:
         bad("device.id", 'required (the participant id, e.g. "dev_12")')
-    if cfg.videosdk.enabled and not cfg.videosdk.room_id:
-        bad("videosdk.room_id", "required when videosdk.enabled = true")
+    if cfg.videosdk.room_id and cfg.videosdk.rooms:
+        bad("videosdk.rooms", "set either videosdk.room_id (one room) or videosdk.rooms, not both")
+    elif cfg.videosdk.enabled and not cfg.videosdk.channels():
+        bad("videosdk.room_id", "required when videosdk.enabled = true (or videosdk.rooms)")
     for i, topic in enumerate(cfg.videosdk.topics):
         if not topic or len(topic) > 128:
             bad(f"videosdk.topics[{i}]", "a topic must be 1 to 128 characters")
@@ -390,6 +459,9 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
             f"ws:// on {pbx_host} would carry the PBX's secret in clear; set pbx.tls_cert and "
             "pbx.tls_key (wss://), or security.allow_insecure = true",
         )
+
+    if len(cfg.pixels.leds) > cfg.pixels.count:
+        bad("pixels.leds", f"lists {len(cfg.pixels.leds)} LEDs, pixels.count is {cfg.pixels.count}")
 
     seen: dict[int, str] = {}
     for key, pin in cfg.gpio.pins().items():

@@ -151,6 +151,49 @@ def sender_ids(v: tuple[str, ...]) -> str | None:
     return None
 
 
+MAX_ROOMS = 99  # channels a device can step through (a channel cue beeps its number)
+
+
+def tables(value: Any, cls: Any) -> tuple[Any, str | None]:
+    """A list of tables of string keys, each one ``cls`` (e.g. ``videosdk.rooms``)."""
+    if not isinstance(value, list):
+        return None, f"must be a list of tables ([{{ ... }}, ...]), not {_tname(value)}"
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    required = [n for n, f in known.items() if f.default is dataclasses.MISSING]
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            return None, f"[{i}] must be a table ({{ {', '.join(known)} }}), not {_tname(item)}"
+        unknown = [k for k in item if k not in known]
+        if unknown:
+            return None, f"[{i}]: unknown key {unknown[0]!r} (known: {', '.join(known)})"
+        missing = [k for k in required if k not in item]
+        if missing:
+            return None, f"[{i}]: {missing[0]} is required"
+        for k, v in item.items():
+            if not isinstance(v, str):
+                return None, f"[{i}].{k} must be a string, not {_tname(v)}"
+        out.append(cls(**item))
+    return tuple(out), None
+
+
+def rooms(v: tuple[Any, ...]) -> str | None:
+    """``videosdk.rooms``: ids 1..128 printable characters without spaces, each once."""
+    if len(v) > MAX_ROOMS:
+        return f"at most {MAX_ROOMS} rooms, not {len(v)}"
+    seen: set[str] = set()
+    for i, room in enumerate(v):
+        rid, name = room.id, room.name
+        if not rid or len(rid) > 128 or not rid.isprintable() or " " in rid:
+            return f"[{i}].id must be 1 to 128 printable characters without spaces, not {rid!r}"
+        if rid in seen:
+            return f"[{i}].id {rid!r} is listed twice"
+        seen.add(rid)
+        if len(name) > 64 or not name.isprintable():
+            return f"[{i}].name must be at most 64 printable characters, not {name[:80]!r}"
+    return None
+
+
 def build_section(
     name: str, cls: type, table: dict[str, Any], bad: Callable[[str, str], None]
 ) -> Any:
@@ -178,6 +221,8 @@ def convert(value: Any, hint: Any) -> tuple[Any, str | None]:
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         return convert(value, options[0])
+    if origin is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        return tables(value, typing.get_args(hint)[0])
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return None, f"must be a list of strings, not {_tname(value)}"

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from agent.channels import Channels
 from agent.commands import (
     MIC_COMMANDS,
     MIN_KEY_CHARS,
@@ -97,6 +98,7 @@ class Controls:
         self.set_leds = set_leds
         self.gate: PttGate | None = None
         self.mixer: Any = None
+        self.channels: Channels | None = None  # set by the agent: channel buttons, "room"
         self._config = config or Config
         self._credentials = credentials
         self.metrics = metrics or Metrics()
@@ -177,6 +179,10 @@ class Controls:
                     self.set_volume(self.status.volume + VOLUME_STEP)
                 case "volume_down_button":
                     self.set_volume(self.status.volume - VOLUME_STEP)
+                case "channel_up_button" if self.channels is not None:
+                    self.channels.step(+1)
+                case "channel_down_button" if self.channels is not None:
+                    self.channels.step(-1)
 
     # -- actions -------------------------------------------------------------------
     def set_volume(self, volume: float) -> None:
@@ -208,6 +214,10 @@ class Controls:
         except CommandError as e:
             self._refuse(e, sender, event)
             return
+        if command.cmd == "room" and not self._has_room(command.value):
+            self._refuse(CommandError(f"room {command.value!r} is not one of videosdk.rooms",
+                                      "unknown_room"), sender, event)  # fmt: skip
+            return
         logger.info("remote command %s from %s", command.cmd, sender, extra=_extra(event))
         self.metrics.inc("commands_accepted_total", cmd=command.cmd)
         match command:
@@ -221,7 +231,12 @@ class Controls:
                 if self.gate is not None:
                     self.gate.set_mode(mode)
                 self.status.set_ptt(mode=mode)
+            case Command(cmd="room", value=room) if self.channels is not None:
+                self.channels.select_id(room, why=f"remote command from {sender}")
         self._reply({"ok": command.cmd, "id": event.id[:64], "status": self.status.to_json()})
+
+    def _has_room(self, room: str) -> bool:
+        return self.channels is not None and any(r.id == room for r in self.channels.rooms)
 
     def _admit(self, sender: str, now: float, event: CommandEvent) -> bool:
         """The per-sender and overall token buckets; drops are counted, reported once

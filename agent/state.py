@@ -48,8 +48,18 @@ def _replay(v: Any) -> str | None:
     return None if ReplayGuard(60.0).restore(v) else "is malformed"
 
 
+def _channel(v: Any) -> str | None:
+    if not isinstance(v, str) or not v or len(v) > 128 or not v.isprintable():
+        return f"must be a room id, not {_short(v)}"
+    return None
+
+
 # key -> validator (None when fine, else the reason). Unknown keys are dropped.
-SCHEMA: dict[str, Callable[[Any], str | None]] = {"volume": _volume, "commands": _replay}
+SCHEMA: dict[str, Callable[[Any], str | None]] = {
+    "volume": _volume,
+    "commands": _replay,
+    "channel": _channel,
+}
 
 
 def _short(v: Any) -> str:

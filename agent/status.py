@@ -71,6 +71,7 @@ class StatusBoard:
     muted: bool = False
     mic_dbfs: float | None = None
     last_error: str = ""
+    channel: Callable[[], dict[str, Any] | None] | None = None  # agent.channels: the room
     started_at: float = field(default_factory=time.monotonic)
     _listeners: list[Callable[[StatusBoard], None]] = field(default_factory=list, repr=False)
 
@@ -164,6 +165,9 @@ class StatusBoard:
         items.append(
             f"ptt: {self.ptt_state}" + ("" if self.ptt_mode == "hold" else f" ({self.ptt_mode})")
         )
+        room = self.channel() if self.channel is not None else None
+        if room is not None and room["count"] > 1:
+            items.append(f"channel {room['number']} {room['name'] or room['id']}")
         if self.muted:
             items.append("muted")
         if self.mic_dbfs is not None:
@@ -190,6 +194,7 @@ class StatusBoard:
             "led": self.led.value,
             "uptime_s": round(now - self.started_at, 1),
             "last_error": self.last_error,
+            "channel": self.channel() if self.channel is not None else None,
         }
 
     # -- internals -----------------------------------------------------------------

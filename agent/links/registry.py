@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import httpx
 
 from agent.backoff import BackoffPolicy, Reconnector
+from agent.channels import Channels
 from agent.config import Config, DeviceConfig, SecurityConfig
 from agent.links.runner import Runner
 from agent.metrics import Metrics
@@ -69,6 +70,7 @@ class LinkDeps:
     heartbeat: Callable[[str], Heartbeat]  # a registered watchdog heartbeat for a link
     on_command: Callable[[TopicMessage], None] | None = None  # VideoSDK command topic
     connect: Callable[..., Any] | None = None  # websockets connect() (tests: a proxy)
+    channels: Channels | None = None  # the VideoSDK rooms and the current one (agent.channels)
     policies: LinkPolicies = field(default_factory=LinkPolicies)
 
     def common(self, name: str) -> dict[str, Any]:

@@ -182,6 +182,8 @@ class Runner:
         self._wake = asyncio.Event()
         self._current: asyncio.Task[None] | None = None  # the attempt under way
         self._lost_why = ""  # set when a network change ends the attempt under way
+        self._restart_why = ""  # set by restart(): the next attempt at once, no failure
+        self._restarted = False  # the last attempt ended by restart(): not a reconnect
         self._slow = False  # the last outcome asked for the slow delay
         self.refusals = 0  # refusal outcomes in a row
         self.attempts = 0
@@ -216,7 +218,7 @@ class Runner:
     async def run(self) -> None:
         try:
             while True:
-                if self.attempts:
+                if self.attempts and not self._restarted:
                     self._metrics.inc("reconnects_total", link=self.name)
                 delay = await self.once()
                 if self._heartbeat is not None:
@@ -232,6 +234,7 @@ class Runner:
         self._status.set_link(self.name, LinkState.CONNECTING, self.connecting)
         attempts = self.attempts
         self.attempts += 1
+        self._restart_why, self._restarted = "", False
         # The attempt runs as a task of its own so that a lost route can end it (see
         # network_changed); cancelling the runner cancels it too, and waits for its goodbye.
         self._wake.clear()
@@ -241,8 +244,10 @@ class Runner:
             exc: BaseException = LinkError("connection ended")
         except asyncio.CancelledError:
             me = asyncio.current_task()
-            if (me is not None and me.cancelling()) or not self._lost_why:
+            if (me is not None and me.cancelling()) or not (self._lost_why or self._restart_why):
                 raise
+            if self._restart_why and not self._lost_why:
+                return self._restarting()
             exc = NetworkLost(self._lost_why)
         except EXPECTED as e:
             exc = e
@@ -261,7 +266,22 @@ class Runner:
             return retry(str(exc))
         return self._decide(exc, history)
 
+    def _restarting(self) -> float:
+        self._log.info("%s: %s", self.name, self._restart_why, extra=self._extra)
+        self._restart_why, self._restarted = "", True
+        return 0.0
+
     # -- what the agent calls --------------------------------------------------------------
+    def restart(self, why: str) -> None:
+        """End the attempt under way and start the next one at once (a room switch):
+        not a failure, so no down line, no backoff, no reconnect counted. A link waiting
+        to retry tries now. ``why`` is logged (INFO)."""
+        self._restart_why = why
+        if self._current is not None and not self._current.done():
+            self._current.cancel()
+        else:
+            self._wake.set()
+
     def network_changed(self, present: bool, *, lost: tuple[str, ...] = ()) -> None:
         """The default route changed: ``present`` now or not; ``lost``: interfaces that
         carried it and no longer do.
@@ -307,7 +327,10 @@ class Runner:
                 sleeper.cancel()
                 woken.cancel()
             if self._wake.is_set():
-                self._log.info("%s: network back, retrying now", self.name, extra=self._extra)
+                if self._restart_why:
+                    self._log.info("%s: %s", self.name, self._restart_why, extra=self._extra)
+                else:
+                    self._log.info("%s: network back, retrying now", self.name, extra=self._extra)
                 return
             jump = self.steps.stepped() if slow else 0.0
             if jump:

@@ -2,25 +2,23 @@
 
 One :class:`VideoSDKLink` per agent. :meth:`VideoSDKLink.run` loops until cancelled:
 
-1. create an ingest session (``POST {api_base}/v2/ingest/sessions``) with the
-   provisioned token or a freshly minted JWT;
-2. connect to the returned ``wsUrl`` unmodified (it is single-use and expires 90 s
-   after creation: every connect uses a brand-new session, never one older than
-   80 s), send ``start`` at once, subscribe to the configured topics;
-3. send one ``media`` frame per uplink :class:`~agent.pcm.Frame` (the queue
-   is paced by the capture clock), play received room audio through the mixer
-   source ``"videosdk"``, deliver command-topic messages to ``on_command`` and log
-   the others, publish the status JSON on ``status_topic`` (coalesced);
-4. on any drop, wait what the :class:`~agent.backoff.Reconnector` says and
-   start over. Refused credentials put the link in ATTENTION and retry slowly.
+1. create an ingest session (``POST {api_base}/v2/ingest/sessions``) in the current
+   channel's room with the provisioned token or a freshly minted JWT;
+2. connect to the returned ``wsUrl`` unmodified (single-use, expires 90 s after
+   creation: every connect uses a brand-new session, never one older than 80 s),
+   send ``start`` at once, subscribe to the configured topics;
+3. send one ``media`` frame per uplink :class:`~agent.pcm.Frame` (paced by the
+   capture clock), play room audio through the mixer source ``"videosdk"``, deliver
+   command-topic messages to ``on_command``, log the others, publish the status JSON
+   on ``status_topic`` (coalesced);
+4. on any drop, wait what the :class:`~agent.backoff.Reconnector` says and start
+   over (refused credentials: ATTENTION, retried slowly); a channel switch ends the
+   session and starts one in the new room at once (:mod:`.videosdk_channel`).
 
-While the link is down the uplink queue is still drained (frames counted as
-dropped), so memory stays bounded and the capture side never blocks.
-
-The wire codec is :mod:`agent.proto.videosdk`; this module only moves its strings.
-Secrets never reach a log line: the token and JWT are only put in a header, and
-``wsUrl`` is logged with its ``ref`` redacted (websockets' own debug lines go
-through a redacting logger).
+While down, the uplink queue is still drained (frames counted as dropped). The wire
+codec is :mod:`agent.proto.videosdk`; this module only moves its strings. Secrets
+never reach a log line: the token and JWT are only put in a header, and ``wsUrl`` is
+logged with its ``ref`` redacted (websockets' own debug lines are redacted too).
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from agent.backoff import BackoffPolicy, Reconnector
+from agent.channels import Channels
 from agent.config import Config, DeviceConfig, SecurityConfig, VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, HttpRefused, LinkError, ProtocolError
 from agent.links.registry import LinkDeps
@@ -47,6 +46,7 @@ from agent.links.runner import History, Outcome, Runner, attention, remote_of, r
 from agent.links.tls import InsecureTransport, client_context, plaintext_refusal, ws_tls
 from agent.links.transport import closed, host_of, link_error, retry_after
 from agent.links.videosdk_auth import ClockRefused, SessionError, TokenSource, session_target
+from agent.links.videosdk_channel import RoomSwitch
 from agent.links.videosdk_room import Limiter, RoomEvents
 from agent.links.wire import wire_logger
 from agent.links.wsclient import STOP_TIMEOUT_S, WatchedConnection, send_media, speaking
@@ -118,6 +118,7 @@ def create(cfg: Config, deps: LinkDeps) -> VideoSDKLink:
         connect=deps.connect or ws_connect,
         reconnector=deps.reconnector(BackoffPolicy()),
         on_command=deps.on_command,
+        channels=deps.channels,
         ping_interval_s=p.ws_ping_interval_s or 20.0,
         ping_timeout_s=p.ws_ping_timeout_s or 15.0,
         security=cfg.security,
@@ -154,6 +155,7 @@ class VideoSDKLink:
         status_interval_s: float = 0.25,
         outbox_size: int = 32,
         security: SecurityConfig | None = None,
+        channels: Channels | None = None,
     ) -> None:
         """Tuning, all optional: ``ping_*``: our keepalive (a missed pong drops the link;
         interval + timeout + the 1 s close wait stay within two intervals, so a half-open
@@ -162,8 +164,8 @@ class VideoSDKLink:
         30 s pings + 5 s); ``open_timeout_s``: bound on the session request and on the
         WebSocket handshake, each; ``status_interval_s``: status publications are at most
         this frequent; ``outbox_size``: unsent topic messages kept while down;
-        ``wall_clock``: epoch seconds for JWT ``exp``; ``security``: TLS trust
-        (``ca_file``) and whether a ws:// ``wsUrl`` to a non-loopback host is allowed."""
+        ``wall_clock``: epoch seconds for JWT ``exp``; ``security``: TLS trust (``ca_file``),
+        ws:// to non-loopback hosts; ``channels``: the agent's (None: cfg's, not saved)."""
         self._cfg = cfg
         self._device = device
         self._tokens, self._wall = TokenSource(creds, wall_clock=wall_clock), wall_clock
@@ -209,14 +211,17 @@ class VideoSDKLink:
             clock=clock,
         )
         self.runner.remote = remote_of(cfg.session_url or cfg.api_base)  # see network_changed
+        self.rooms = RoomSwitch(channels or Channels(cfg.channels()), self.runner, metrics, status)
 
     # -- public API ------------------------------------------------------------------
     async def run(self) -> None:
         """Stream until cancelled; on cancellation send ``stop`` and close 1000 (≤ 1 s)."""
         self._status.add_listener(self._on_status)
+        self.rooms.attach()  # a channel switch restarts the session in the new room
         try:
             await self.runner.run_with(self._pump_uplink)
         finally:
+            self.rooms.detach()
             self._live = None
             self._status.remove_listener(self._on_status)
 
@@ -234,12 +239,8 @@ class VideoSDKLink:
             return False
         if not self._flow.queue(text):
             self._metrics.inc("messages_dropped_total", link=LINK, reason="queue_full")
-            logger.warning(
-                "videosdk: message on %r refused: %d messages already wait for the link",
-                topic,
-                self._flow.waiting,
-                extra=extra,
-            )
+            why = f"{self._flow.waiting} messages already wait for the link"
+            logger.warning("videosdk: message on %r refused: %s", topic, why, extra=extra)
             return False
         self._wake.set()
         return True
@@ -250,7 +251,7 @@ class VideoSDKLink:
         self._silence_note = ""
         token = self._tokens.token()
         self._hb.beat()
-        session = await self._create_session(token)
+        session = await self.rooms.session(self._create_session(token))
         self._hb.beat()
         if not session.fresh(self._clock()):
             raise LinkError("session URL too old to use; creating another")
@@ -263,7 +264,7 @@ class VideoSDKLink:
         # fleet: VideoSDK itself, or the session broker (session_url + Bearer device-token)
         target = session_target(self._cfg, self._tokens, token)
         body = session_request(
-            self._cfg.room_id,
+            self.rooms.room_id,
             participant_id=self._device.id,
             participant_name=self._device.name or self._device.id,
             device_id=self._device.id,
@@ -299,19 +300,16 @@ class VideoSDKLink:
             raise ProtocolError("session reply is not JSON") from None
         session = parse_session_response(payload, now=asked_at)
         self._metrics.inc("sessions_created_total", link=LINK)
-        logger.info(
-            "videosdk session created for room %s (call %s)",
-            self._cfg.room_id,
-            session.call_id,
-            extra={"LINK": LINK, "CALL_ID": session.call_id, "ROOM_ID": self._cfg.room_id},
-        )
+        room, call = self.rooms.room_id, session.call_id
+        extra = {"LINK": LINK, "CALL_ID": call, "ROOM_ID": room}
+        logger.info("videosdk session created for room %s (call %s)", room, call, extra=extra)
         refusal = plaintext_refusal(session.ws_url, allow_insecure=self._security.allow_insecure)
         if refusal is not None:
             raise InsecureTransport(f"session wsUrl refused: {refusal}")
         return session
 
     async def _stream(self, session: IngestSession) -> None:
-        room = self._cfg.room_id
+        room = self.rooms.room_id
         extra = {"LINK": LINK, "CALL_ID": session.call_id, "ROOM_ID": room}
         logger.debug("videosdk connecting to %s", redact_url(session.ws_url), extra=extra)
         async with self._connect(

@@ -115,7 +115,12 @@ def format_status(doc: dict[str, Any]) -> str:
     ]
     if doc.get("mic_dbfs") is not None:
         head.append(f"mic {float(doc['mic_dbfs']):.0f} dBFS")
-    lines = [" · ".join(head), ""]
+    lines = [" · ".join(head)]
+    room = doc.get("channel")
+    if isinstance(room, dict) and room.get("id"):
+        name = f"{room['name']} ({room['id']})" if room.get("name") else str(room["id"])
+        lines.append(f"channel {room.get('number', '?')}/{room.get('count', '?')}: {name}")
+    lines.append("")
 
     links = doc.get("links", {})
     if links:

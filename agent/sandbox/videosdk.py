@@ -162,6 +162,7 @@ class FakeVideoSDK:
         self.clock = clock
         self.rest_delay_s = 0.0  # answer session requests this late
         self.rest_status: int | None = None  # force this status on session requests
+        self.refused_rooms: set[str] = set()  # session requests for these: 404 room not found
         self.on_session_created: Callable[[FakeSession], None] | None = None  # REST thread
         # "scheme://host:port" put in wsUrl instead of the server's own address (a proxy
         # or TLS terminator in front of it, or a name the test resolves).
@@ -371,6 +372,8 @@ class FakeVideoSDK:
         problem = _check_session_body(body)
         if problem:
             return Reply(400, {"message": problem})
+        if body["roomId"] in self.refused_rooms:
+            return Reply(404, {"message": f"room {body['roomId']} not found"})
         participant = body.get("participant") or {}
         ref = "vs_" + secrets.token_hex(10)
         s = FakeSession(
