@@ -38,9 +38,9 @@ import httpx
 from agent import config as config_mod
 from agent.backoff import BackoffPolicy, Reconnector
 from agent.channels import Channels
-from agent.config import AudioConfig, Config, SecurityConfig
+from agent.config import AudioConfig, Config, PixelsConfig, SecurityConfig
 from agent.controls import Controls, StateStore
-from agent.errors import ConfigError, GpioUnavailable
+from agent.errors import ConfigError, GpioUnavailable, PixelsUnavailable
 from agent.generation import Generation
 from agent.hw.ports import AudioSink, AudioSource
 from agent.links.registry import LinkDeps, LinkPolicies
@@ -81,6 +81,7 @@ class Hardware:
     mic: MicFactory = alsa_mic
     speaker: SpeakerFactory = alsa_speaker
     pin_factory: Any = None  # a gpiozero pin factory object; None = from gpio.pin_factory
+    spi: Callable[[PixelsConfig], Any] | None = None  # the pixels' SpiBus; None = spidev
 
 
 class Agent:
@@ -122,6 +123,7 @@ class Agent:
         self._wake = asyncio.Event()  # stop, reload, or a part became ready or failed
         self.generation: Generation | None = None
         self._panel: Any = None
+        self._pixels: Any = None  # agent.hw.pixels.PixelLeds when pixels.enabled
         self._http_now: httpx.AsyncClient | None = None  # the links' REST client right now
         self.controls = Controls(
             self.status,
@@ -181,6 +183,8 @@ class Agent:
             self.controls.close()  # pending state written
             if self._panel is not None:
                 self._panel.close()  # LEDs off on a clean stop
+            if self._pixels is not None:
+                self._pixels.close()
             if own_http and self._http_now is not None:
                 await self._http_now.aclose()
         logger.info("stopped")
@@ -276,10 +280,13 @@ class Agent:
         if not changes:
             logger.info("reload: no change in %s", new.path)
         self.metrics.inc("reloads_total", result="applied" if changes else "unchanged")
-        if old.gpio != new.gpio:
+        if old.gpio != new.gpio or old.pixels != new.pixels:
             if self._panel is not None:
                 self._panel.close()
                 self._panel = None
+            if self._pixels is not None:
+                self._pixels.close()
+                self._pixels = None
             self._open_gpio()
 
     def _build_links(
@@ -315,7 +322,23 @@ class Agent:
             mixer.set_duck_db(self.cfg.ptt.duck_while_talking_db if transmitting else 0.0)
 
     # -- GPIO and remote replies ---------------------------------------------------
+    def _open_pixels(self) -> None:
+        """The APA102 LEDs (``[pixels]``); none there: one line, the agent goes on."""
+        if not self.cfg.pixels.enabled:
+            return
+        from agent.hw.pixels import PixelLeds, open_bus
+
+        try:
+            bus = (self.hardware.spi or open_bus)(self.cfg.pixels)
+        except PixelsUnavailable as e:
+            logger.error("%s; the pixel LEDs are off, audio goes on", e)
+            self.status.set_device("pixels", LinkState.ATTENTION, "pixel LEDs unavailable")
+            return
+        self._pixels = PixelLeds(self.cfg.pixels, bus, loop=asyncio.get_running_loop())
+        self.controls.refresh_leds()
+
     def _open_gpio(self) -> None:
+        self._open_pixels()
         if not self.cfg.gpio.pins():
             return
         from agent.hw.gpio import GpioPanel
@@ -343,6 +366,8 @@ class Agent:
     def _set_led(self, key: str, pattern: Led) -> None:
         if self._panel is not None:
             self._panel.set_led(key, pattern)
+        if self._pixels is not None:
+            self._pixels.set_led(key, pattern)
 
     def _publish_reply(self, doc: dict[str, Any]) -> None:
         link = self.generation.links.get("videosdk") if self.generation else None

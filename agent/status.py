@@ -40,6 +40,7 @@ class Led(enum.Enum):
     BLINK_1HZ = "blink-1hz"  # connecting or reconnecting
     ON = "on"  # every enabled link up
     BLINK_4HZ = "blink-4hz"  # needs attention
+    BLINK_FAST = "blink-fast"  # 10 Hz: emergency (the talk LED at its fastest)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from agent.status import Led
 
 logger = logging.getLogger(__name__)
 
-BLINK = {Led.BLINK_1HZ: 0.5, Led.BLINK_4HZ: 0.125}  # seconds on (= seconds off)
+BLINK = {Led.BLINK_1HZ: 0.5, Led.BLINK_4HZ: 0.125, Led.BLINK_FAST: 0.05}  # s on (= s off)
 
 
 class ButtonEvent(enum.Enum):
