@@ -96,6 +96,8 @@ if ! id field-agent >/dev/null 2>&1; then
   useradd --system --user-group --home-dir /var/lib/field-agent --no-create-home \
     --shell /usr/sbin/nologin --groups audio,gpio --comment "field-agent service" field-agent
 fi
+# Raspberry Pi OS gives /dev/spidev* to its group spi (the pixel LEDs)
+if getent group spi >/dev/null; then usermod -a -G spi field-agent; fi
 install -D -m 0644 "$src/image/files/60-field-agent-gpio.rules" \
   /etc/udev/rules.d/60-field-agent-gpio.rules
 

@@ -34,7 +34,17 @@ import numpy as np
 from agent import config
 from agent.app import Agent, Hardware, alsa_mic, alsa_speaker
 from agent.controls import StateStore
-from agent.demo import DOWN_PIN, MUTE_PIN, PTT_PIN, STATUS_LED, TALK_LED, UP_PIN
+from agent.demo import (
+    CHANNEL_DOWN_PIN,
+    CHANNEL_UP_PIN,
+    DEMO_ROOMS,
+    DOWN_PIN,
+    MUTE_PIN,
+    PTT_PIN,
+    STATUS_LED,
+    TALK_LED,
+    UP_PIN,
+)
 from agent.demo.devices import MeteredSink, rms_dbfs, voice_like
 from agent.hw.ports import AudioSink, AudioSource
 from agent.hw.sim import RecordingSink, WavSource, write_wav
@@ -75,8 +85,13 @@ def _config(fake_vs: FakeVideoSDK, fake_orgo: FakeOrgo) -> config.Config:
                 "volume_down_button": DOWN_PIN,
                 "status_led": STATUS_LED,
                 "talk_led": TALK_LED,
+                "channel_up_button": CHANNEL_UP_PIN,
+                "channel_down_button": CHANNEL_DOWN_PIN,
             },
-            "videosdk": {"room_id": "demo-room", "api_base": fake_vs.api_base},
+            "videosdk": {
+                "rooms": [{"id": i, "name": n} for i, n in DEMO_ROOMS],
+                "api_base": fake_vs.api_base,
+            },
             "orgo": {
                 "enabled": True,
                 "computer_id": fake_orgo.computer_id,
@@ -307,6 +322,8 @@ async def run_live(bench: DemoBench, duration_s: float | None, logs: LogRing) ->
         "=": lambda: bench.tap(UP_PIN),
         "-": lambda: bench.tap(DOWN_PIN),
         "k": kill_room,
+        "]": lambda: bench.tap(CHANNEL_UP_PIN),
+        "[": lambda: bench.tap(CHANNEL_DOWN_PIN),
         "q": quit_.set,
     }
     view = DemoView(bench, ptt, logs)

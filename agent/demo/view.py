@@ -41,7 +41,7 @@ STATE_WIDTH = 30
 METER_CELLS = 30
 METER_FLOOR_DBFS = -60.0
 LINKS = ("videosdk", "orgo")  # the room link, the computer link
-KEYS_HELP = "hold space: talk · t: latch · m: mute · +/-: vol · k: kill room · q: quit"
+KEYS_HELP = "space: talk · t: latch · m: mute · +/-: vol · [/]: channel · k: kill room · q: quit"
 
 _STATE_STYLE = {
     LinkState.UP: "green",

@@ -21,10 +21,10 @@ frame of at least half a clock per LED (:func:`end_frame_bytes` zero bytes, at l
 (a blink is two writes per period).
 
 The bus is one typed interface, :class:`SpiBus`: :class:`SpidevBus` on a device
-(``spidev``, the kernel's ``/dev/spidevB.D``; Raspberry Pi OS ships it as
-``python3-spidev``) and :class:`MemoryBus`, the simulated twin, which keeps every frame
-so tests and the demo can decode what a person would see. No SPI device, or no
-``spidev``: :class:`~agent.errors.PixelsUnavailable` with a one-line reason.
+(``spidev`` over the kernel's ``/dev/spidevB.D``; the extra ``field-agent[pixels]``)
+and :class:`MemoryBus`, the simulated twin, which keeps every frame so tests can
+decode what a person would see. No SPI device, or no ``spidev``:
+:class:`~agent.errors.PixelsUnavailable` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class SpidevBus:
         except ImportError:
             raise PixelsUnavailable(
                 "pixel LEDs: the spidev module is not installed "
-                "(apt install python3-spidev, or pip install spidev)"
+                "(pip install spidev into the agent's venv)"
             ) from None
         dev: Any = spidev.SpiDev()
         try:

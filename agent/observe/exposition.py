@@ -54,6 +54,7 @@ HELP: dict[str, str] = {
     "mic_silence_alarms_total": "Times the mic delivered only exact zeros for 10 s.",
     "reconnects_total": "Reconnection attempts, per link.",
     "sessions_created_total": "Sessions created over REST, per link.",
+    "rooms_refused_total": "Channel switches VideoSDK refused (back to the last good room).",
     "password_fetches_total": "Audio passwords fetched over REST, per link.",
     "malformed_total": "Malformed messages from a server, per link and reason.",
     "unknown_events_total": "Well-formed events of an unknown kind, per link.",
