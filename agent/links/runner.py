@@ -37,6 +37,9 @@ Two things outside the link cut a wait short or end a connection at once:
   (ATTENTION) delay, a step of the clock (NTP syncing after a boot without a real-time
   clock) ends the wait: credentials refused because of the wrong time are tried again
   at once with the right one.
+
+A link may also end its own attempt on purpose: :meth:`Runner.restart` (a VideoSDK
+channel switch) cancels it and starts the next one at once, not as a failure.
 """
 
 from __future__ import annotations
