@@ -120,6 +120,9 @@ def show_value(v: Any) -> str:
         return "(unset)"
     if isinstance(v, tuple):
         return "[" + ", ".join(show_value(x) for x in v) + "]"
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):  # a table: videosdk.rooms
+        pairs = [f"{f.name} = {show_value(getattr(v, f.name))}" for f in dataclasses.fields(v)]
+        return "{ " + ", ".join(pairs) + " }"
     if isinstance(v, str):
         if "://" in v:
             parts = urlsplit(v)

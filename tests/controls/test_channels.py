@@ -181,3 +181,26 @@ def test_one_room_has_no_channel_to_step_to(tmp_path: Path) -> None:
     channels = Channels((RoomConfig("only"),), store=StateStore(tmp_path))
     assert channels.step(+1) is False and channels.room_id == "only"
     assert not (tmp_path / "state.json").exists()  # nothing to remember
+
+
+def test_a_reload_keeps_the_current_channel_while_it_is_listed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.reload import config_changes, show_value
+
+    channels = Channels(ROOMS, store=StateStore(tmp_path))
+    channels.select_id("room-med")
+    new = (RoomConfig("room-new", "New"), *ROOMS)  # a room added in front
+    channels.configure(new)
+    assert channels.current == ROOMS[1] and channels.number == 3
+    channels.configure((RoomConfig("room-new", "New"), ROOMS[0]))  # room-med removed
+    assert channels.current == RoomConfig("room-new", "New")
+    assert "room room-med is no longer in videosdk.rooms" in caplog.text
+    old_cfg = config.from_dict({"device": {"id": "d"}, "videosdk": {"rooms": [{"id": "a"}]}})
+    new_cfg = config.from_dict(
+        {"device": {"id": "d"}, "videosdk": {"rooms": [{"id": "a"}, {"id": "b", "name": "B"}]}}
+    )
+    (key, _, value), = config_changes(old_cfg, new_cfg)
+    assert (key, show_value(value)) == (
+        "videosdk.rooms", '[{ id = "a", name = "" }, { id = "b", name = "B" }]'
+    )
