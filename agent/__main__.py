@@ -266,6 +266,12 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         gpio_ok, gpio_report = asyncio.run(_selftest_gpio(cfg, args.ptt_timeout))
         print(gpio_report)
         ok = ok and gpio_ok
+    if cfg.pixels.enabled:
+        from agent.hw.pixels import selftest as selftest_pixels
+
+        pixels_ok, pixels_report = asyncio.run(selftest_pixels(cfg.pixels))
+        print(pixels_report)
+        ok = ok and pixels_ok
     print("selftest:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

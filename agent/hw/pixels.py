@@ -268,3 +268,25 @@ class PixelLeds:
             self._bus.close()
         except OSError:
             logger.debug("pixels: closing the bus failed", exc_info=True)
+
+
+async def selftest(
+    cfg: PixelsConfig, out: Any = print, *, bus: SpiBus | None = None, on_s: float = 0.5
+) -> tuple[bool, str]:
+    """``field-agent selftest``: each role's LEDs lit in its "on" colour for ``on_s``."""
+    try:
+        bus = bus or open_bus(cfg)
+    except PixelsUnavailable as e:
+        return False, str(e)
+    leds = PixelLeds(cfg, bus, loop=asyncio.get_running_loop())
+    names = {GREEN: "green", RED: "red"}
+    try:
+        for key in sorted(leds.leds):
+            where = ", ".join(str(i) for i, r in enumerate(leds.roles) if r == key)
+            out(f"pixels {key} (LED {where}) {names.get(COLOURS[key][Led.ON], 'on')}")
+            leds.set_led(key, Led.ON)
+            await asyncio.sleep(on_s)
+            leds.set_led(key, Led.OFF)
+    finally:
+        leds.close()
+    return True, f"pixels: {len(leds.roles)} LEDs walked"

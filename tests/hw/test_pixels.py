@@ -32,6 +32,9 @@ from agent.hw.pixels import (
     decode,
     encode,
 )
+from agent.hw.pixels import (
+    selftest as pixel_selftest,
+)
 from agent.hw.sim import RecordingSink, WavSource, write_wav
 from agent.ptt import PttGate
 from agent.sandbox.videosdk import FakeVideoSDK
@@ -197,3 +200,15 @@ async def test_without_an_spi_device_the_agent_goes_on(
     assert len(lines) == 1 and lines[0].levelno == logging.ERROR
     assert lines[0].getMessage().endswith("; the pixel LEDs are off, audio goes on")
     assert agent.status.devices["pixels"].state is LinkState.ATTENTION
+
+
+async def test_selftest_walks_each_role_in_its_colour() -> None:
+    bus, said = MemoryBus(), []
+    ok, report = await pixel_selftest(CFG, said.append, bus=bus, on_s=0.01)
+    assert ok and report == "pixels: 3 LEDs walked"
+    assert said == ["pixels status_led (LED 0, 2) green", "pixels talk_led (LED 1) red"]
+    shown = [seen(bus, i) for i in range(len(bus.frames))]
+    assert [GREEN, DARK, GREEN] in shown and [DARK, RED, DARK] in shown
+    assert shown[-1] == [DARK, DARK, DARK] and bus.closed
+    ok, report = await pixel_selftest(PixelsConfig(enabled=True, spi_bus=6, spi_device=3))
+    assert not ok and report.startswith("pixel LEDs: ")
