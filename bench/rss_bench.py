@@ -18,7 +18,10 @@ and the agent itself, started the way systemd starts it (``field-agent run --con
 ``MALLOC_ARENA_MAX=2``), except ``python=PATH``: the interpreter of a venv to run the
 agent with (default: this one), e.g. a venv with only what a device installs
 (``pip install '.[gpio]'``: no test extras, so no ``cryptography``, ``click``,
-``h2``...; the agent's code still comes from this checkout, via PYTHONPATH), so variants can be compared side by side in one run. All
+``h2``...; the agent's code still comes from this checkout, via PYTHONPATH), and
+``tracemalloc=N``: run the agent under :mod:`tracemalloc` (N frames; it costs memory
+itself, so that case's RSS is not comparable) and print its largest live allocations
+by line at the end, so variants can be compared side by side in one run. All
 cases run at the same time. Default: one case ``full``.
 
 Printed, per case: VmRSS, RssAnon / RssFile / RssShmem and VmHWM from
@@ -54,6 +57,33 @@ GOAL_MB = 45.0
 TESTBED = re.compile(r"libpulse|memfd:pulseaudio|libsndfile|libasound_module_pcm_pulse|libFLAC"
                      r"|libvorbis|libogg|libopus|libmp3lame|libmpg123|libdbus|libsystemd\.so"
                      r"|libapparmor|libwrap|libasyncns|libX|libxcb|libICE|libSM")  # fmt: skip
+
+
+# The agent's CLI under tracemalloc: argv = frames, output file, when (s), CLI arguments.
+TRACEMALLOC_RUN = """
+import sys, threading, time, tracemalloc
+frames, out, when = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+tracemalloc.start(frames)
+def dump():
+    time.sleep(when)
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    lines = []
+    total = sum(s.size for s in snap.statistics("filename"))
+    lines.append(f"    {total / 1024:8.0f} in all (traced by Python's allocators)")
+    for by in ("filename", "lineno"):
+        for s in snap.statistics(by)[:25]:
+            f = s.traceback[0]
+            where = f.filename.split("site-packages/")[-1].split("/lib/python3")[-1]
+            lines.append(f"    {s.size / 1024:8.0f} {s.count:7d}  {where}:{f.lineno if by == 'lineno' else ''}")
+        lines.append("    --")
+    with open(out + ".tmp", "w") as fh:
+        fh.write("\\n".join(lines) + "\\n")
+    import os
+    os.replace(out + ".tmp", out)
+threading.Thread(target=dump, name="tracemalloc-dump", daemon=True).start()
+from agent.__main__ import main
+sys.exit(main(sys.argv[4:]))
+"""
 
 
 def free_ports(n: int) -> int:
@@ -190,6 +220,7 @@ class Case:
     kind: str
     env: dict[str, str]
     python: Path = Path(sys.executable)
+    tracemalloc: int = 0
     base: int = 0
     work: Path = Path()
     serve: subprocess.Popen[bytes] | None = None
@@ -205,15 +236,18 @@ class Case:
             raise SystemExit(f"--case {spec}: the kind is full or vsdk")
         env = {}
         python = Path(sys.executable)
+        tm = 0
         for pair in pairs:
             k, sep, v = pair.partition("=")
             if not sep:
                 raise SystemExit(f"--case {spec}: {pair!r} is not KEY=VAL")
             if k == "python":
                 python = Path(v)
+            elif k == "tracemalloc":
+                tm = int(v)
             else:
                 env[k] = v
-        return Case(name, kind, env, python)
+        return Case(name, kind, env, python, tm)
 
 
 def wait_http(url: str, within_s: float) -> None:
@@ -269,9 +303,15 @@ def main() -> int:
             wait_http(f"http://127.0.0.1:{c.base}/state", 30)
             cfg = c.work / "agent.toml"
             cfg.write_text(agent_toml(c.name, f"mic{i}", c.base, c.base + 5, c.kind == "full"))
+            argv = ["--log-level", "WARNING", "run", "--config", str(cfg), "--credentials",
+                    str(creds)]  # fmt: skip
+            cmd = [str(c.python.parent / "field-agent"), *argv]
+            if c.tracemalloc:
+                out = c.work / "tracemalloc.txt"
+                cmd = [str(c.python), "-c", TRACEMALLOC_RUN, str(c.tracemalloc), str(out),
+                       str(max(args.seconds - 10, 1)), *argv]  # fmt: skip
             c.agent = subprocess.Popen(
-                [str(c.python.parent / "field-agent"), "--log-level", "WARNING", "run", "--config", str(cfg),
-                 "--credentials", str(creds)],
+                cmd,
                 env={**env0, "PYTHONPROFILEIMPORTTIME": "1", **c.env},
                 stdout=subprocess.DEVNULL, stderr=(c.work / "agent.log").open("wb"),
             )  # fmt: skip
@@ -303,6 +343,13 @@ def main() -> int:
                 "kind": c.kind, "env": c.env, "status_kb": st, "maps": maps, "threads": names,
                 "state": state,
             }  # fmt: skip
+        for c in cases:  # a tracemalloc snapshot takes a while
+            deadline = time.monotonic() + 60
+            while c.tracemalloc and not (c.work / "tracemalloc.txt").exists():
+                if time.monotonic() > deadline:
+                    print(f"{c.name}: no tracemalloc snapshot within 60 s", file=sys.stderr)
+                    break
+                time.sleep(0.5)
     finally:
         for c in cases:
             for p in (c.agent, c.serve):
@@ -363,6 +410,10 @@ def main() -> int:
         }  # fmt: skip
         if not isinstance(frames, dict | list):
             print(f"  the fake room received {frames} frames")
+        tm = c.work / "tracemalloc.txt"
+        if tm.exists():
+            print("  tracemalloc, largest live allocations (KiB, count, where):")
+            print(tm.read_text().rstrip())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         with args.json.open("a") as f:
