@@ -66,7 +66,8 @@ frames, out, when = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 tracemalloc.start(frames)
 def dump():
     time.sleep(when)
-    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    snap = tracemalloc.take_snapshot()
+    snap = snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
     lines = []
     total = sum(s.size for s in snap.statistics("filename"))
     lines.append(f"    {total / 1024:8.0f} in all (traced by Python's allocators)")
@@ -74,7 +75,8 @@ def dump():
         for s in snap.statistics(by)[:25]:
             f = s.traceback[0]
             where = f.filename.split("site-packages/")[-1].split("/lib/python3")[-1]
-            lines.append(f"    {s.size / 1024:8.0f} {s.count:7d}  {where}:{f.lineno if by == 'lineno' else ''}")
+            line = f.lineno if by == "lineno" else ""
+            lines.append(f"    {s.size / 1024:8.0f} {s.count:7d}  {where}:{line}")
         lines.append("    --")
     with open(out + ".tmp", "w") as fh:
         fh.write("\\n".join(lines) + "\\n")
@@ -143,9 +145,7 @@ def status(pid: int) -> dict[str, int]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         parts = value.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0])
-        elif key == "Threads":
+        if (len(parts) == 2 and parts[1] == "kB") or key == "Threads":
             out[key] = int(parts[0])
     return out
 
@@ -380,10 +380,12 @@ def main() -> int:
         print("   t (s)  VmRSS  RssAnon  RssFile  RssShmem  VmHWM   (MB)")
         for el, s in c.samples:
             print(f"  {el:6.0f} {mb(s['VmRSS']):6.1f} {mb(s['RssAnon']):8.1f} "
-                  f"{mb(s['RssFile']):8.1f} {mb(s['RssShmem']):9.1f} {mb(s['VmHWM']):6.1f}")  # fmt: skip
+                  f"{mb(s['RssFile']):8.1f} {mb(s['RssShmem']):9.1f} "
+                  f"{mb(s['VmHWM']):6.1f}")  # fmt: skip
         print(f"  RSS after {args.seconds:g} s: {mb(st['VmRSS']):.1f} MB "
               f"(of it the libpulse testbed plugin {mb(testbed):.1f} MB; "
-              f"without it {mb(st['VmRSS'] - testbed):.1f} MB); goal <= {GOAL_MB:g} MB")  # fmt: skip
+              f"without it {mb(st['VmRSS'] - testbed):.1f} MB); "
+              f"goal <= {GOAL_MB:g} MB")  # fmt: skip
         print("  largest mappings (MB):")
         for name, kb in list(files.items())[: args.top]:
             tag = "  [testbed]" if TESTBED.search(name) else ""
