@@ -24,7 +24,9 @@ itself, so that case's RSS is not comparable) and print its largest live allocat
 by line at the end, so variants can be compared side by side in one run. All
 cases run at the same time. Default: one case ``full``.
 
-Printed, per case: VmRSS, RssAnon / RssFile / RssShmem and VmHWM from
+Printed, per case: the library floor (the RSS of a process of the same venv that
+only imports the libraries the agent needs and makes one httpx client: what any agent
+on this stack pays before its own code), VmRSS, RssAnon / RssFile / RssShmem and VmHWM from
 ``/proc/<pid>/status`` every 10 s; at the end the largest mappings (``smaps``, by file;
 anonymous ones one by one, with their size: thread stacks are 8 MiB, glibc's per-thread
 malloc arenas 64 MiB reservations), the thread names, and the modules the agent
@@ -54,10 +56,41 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 ORGO_COMPUTER = "a3bb189e-8bf9-3888-9912-ace4e6543002"  # agent.sandbox.serve's default
 GOAL_MB = 45.0
-TESTBED = re.compile(r"libpulse|memfd:pulseaudio|libsndfile|libasound_module_pcm_pulse|libFLAC"
-                     r"|libvorbis|libogg|libopus|libmp3lame|libmpg123|libdbus|libsystemd\.so"
-                     r"|libapparmor|libwrap|libasyncns|libX|libxcb|libICE|libSM")  # fmt: skip
+PULSE_PLUGIN = "libasound_module_pcm_pulse.so"
+TESTBED = re.compile("libpulse|memfd:pulseaudio")  # main() sets the full list
+NOT_TESTBED = ("libasound.so", "libc.so", "libm.so", "libpthread.so", "ld-linux", "liblzma.so")
 
+
+def testbed_libraries() -> re.Pattern[str]:
+    """Mapped files that only the testbed's PulseAudio ALSA plugin brings: the plugins,
+    libpulse and what it links (``ldd``), the daemon's shared memory. Not libasound,
+    libc, ... nor liblzma (Python's own _lzma links it). libsystemd and its libraries
+    are counted here: the bench's agent logs to stderr; one that logs to the journal
+    (systemd-python) loads them too (about 0.5 MB)."""
+    names = ["libasound_module_", "memfd:pulseaudio"]
+    found = sorted(Path("/usr/lib").glob(f"*/alsa-lib/{PULSE_PLUGIN}"))
+    if found:
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            out = subprocess.run(["ldd", str(found[0])], capture_output=True, text=True,
+                                 check=True).stdout  # fmt: skip
+            for line in out.splitlines():
+                lib = line.split()[0] if line.split() else ""
+                if lib.startswith("lib") and not lib.startswith(NOT_TESTBED):
+                    names.append(lib.split(".so")[0] + ".so")
+    return re.compile("|".join(re.escape(n) for n in names))
+
+
+# What any agent on this stack pays before its own code: the libraries it needs, loaded.
+FLOOR = """
+import asyncio, ssl, time
+import numpy, soxr, alsaaudio
+import websockets.asyncio.client, websockets.asyncio.server
+import httpx
+async def main():
+    async with httpx.AsyncClient(verify=ssl.create_default_context()):
+        await asyncio.sleep(3600)
+asyncio.run(main())
+"""
 
 # The agent's CLI under tracemalloc: argv = frames, output file, when (s), CLI arguments.
 TRACEMALLOC_RUN = """
@@ -225,6 +258,8 @@ class Case:
     work: Path = Path()
     serve: subprocess.Popen[bytes] | None = None
     agent: subprocess.Popen[bytes] | None = None
+    floor: subprocess.Popen[bytes] | None = None
+    floor_kb: int = 0
     samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
     @staticmethod
@@ -315,6 +350,10 @@ def main() -> int:
                 env={**env0, "PYTHONPROFILEIMPORTTIME": "1", **c.env},
                 stdout=subprocess.DEVNULL, stderr=(c.work / "agent.log").open("wb"),
             )  # fmt: skip
+            c.floor = subprocess.Popen(
+                [str(c.python), "-c", FLOOR], env={**env0, **c.env},
+                stdout=subprocess.DEVNULL, stderr=(c.work / "floor.log").open("wb"),
+            )  # fmt: skip
         t0 = time.monotonic()
         print(f"{len(cases)} case(s), {args.seconds:g} s each, in {work}", file=sys.stderr)
         next_sample = 0.0
@@ -335,6 +374,9 @@ def main() -> int:
             assert c.agent is not None
             st = status(c.agent.pid)
             c.samples.append((args.seconds, st))
+            assert c.floor is not None
+            if c.floor.poll() is None:
+                c.floor_kb = status(c.floor.pid)["VmRSS"]
             maps = mappings(c.agent.pid)
             names = threads(c.agent.pid)
             with urllib.request.urlopen(f"http://127.0.0.1:{c.base}/state", timeout=5) as r:
@@ -352,7 +394,7 @@ def main() -> int:
                 time.sleep(0.5)
     finally:
         for c in cases:
-            for p in (c.agent, c.serve):
+            for p in (c.agent, c.floor, c.serve):
                 if p is not None and p.poll() is None:
                     p.terminate()
                     try:
@@ -362,6 +404,8 @@ def main() -> int:
                         p.wait()
         rig.stop()
 
+    global TESTBED
+    TESTBED = testbed_libraries()
     machine = f"{os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
     print(f"machine: {machine}; git {git_commit()}")
     out: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -386,7 +430,11 @@ def main() -> int:
               f"(of it the libpulse testbed plugin {mb(testbed):.1f} MB; "
               f"without it {mb(st['VmRSS'] - testbed):.1f} MB); "
               f"goal <= {GOAL_MB:g} MB")  # fmt: skip
-        print("  largest mappings (MB):")
+        if c.floor_kb:
+            print(f"  library floor: {mb(c.floor_kb):.1f} MB (a process that only imports what "
+                  "the agent needs: asyncio, ssl, numpy, soxr, alsaaudio, websockets, httpx, "
+                  "and makes one httpx client; no PCM opened)")  # fmt: skip
+        print("  largest mappings (MB; [testbed]: the PulseAudio plugin and what it links):")
         for name, kb in list(files.items())[: args.top]:
             tag = "  [testbed]" if TESTBED.search(name) else ""
             print(f"    {mb(kb):5.1f}  {name}{tag}")
@@ -405,7 +453,7 @@ def main() -> int:
         out["cases"][c.name] = {
             "kind": c.kind, "env": c.env, "python": str(c.python), "rss_mb": mb(st["VmRSS"]),
             "rss_anon_mb": mb(st["RssAnon"]), "rss_file_mb": mb(st["RssFile"]),
-            "hwm_mb": mb(st["VmHWM"]), "testbed_mb": mb(testbed),
+            "hwm_mb": mb(st["VmHWM"]), "testbed_mb": mb(testbed), "floor_mb": mb(c.floor_kb),
             "mappings_mb": {k: round(mb(v), 2) for k, v in list(files.items())[:24]},
             "threads": r["threads"], "modules": len(mods),
             "packages": {p: counts[p] for p in per_pkg},

@@ -1,13 +1,12 @@
 """Transport security shared by the outgoing links: TLS trust and the plaintext rule.
 
-- TLS is always verified (certificate chain and host name). With ``security.ca_file``
-  the CAs in that PEM file are trusted *in addition to* the system's store (a private
-  CA, a self-signed server); without it the libraries' defaults apply unchanged
-  (the system's store for wss://, httpx's certifi bundle for https://).
-  :func:`client_context` gives the one ``ssl.SSLContext`` the links share: every
-  wss:// connection, and httpx too when there is a ``ca_file``. One context, not one
-  per connection (what asyncio makes for ``ssl=True``): each holds its own parsed copy
-  of the CA store, about 0.8 MB RSS.
+- TLS is always verified (certificate chain and host name), against the system's CA
+  store (``ca-certificates``; what websockets and asyncio use by default), plus the CAs
+  in ``security.ca_file`` when it is set (a private CA, a self-signed server).
+  :func:`client_context` gives the one ``ssl.SSLContext`` httpx and every wss://
+  connection share: not one per connection (what asyncio makes for ``ssl=True``), nor
+  httpx's own from its certifi bundle. Each context holds its own parsed copy of the
+  CA store, about 0.9 MB RSS.
 - ``ws://`` and ``http://`` go only to loopback unless ``security.allow_insecure``.
   The configuration checks its own URLs when it is loaded; :func:`plaintext_refusal`
   is for URLs a server hands out at run time (VideoSDK's ``wsUrl``).
@@ -61,9 +60,9 @@ def client_context(security: SecurityConfig) -> ssl.SSLContext:
     return ctx
 
 
-def httpx_verify(security: SecurityConfig) -> ssl.SSLContext | bool:
-    """httpx's ``verify=``: the context with the extra CAs, or True (httpx's default)."""
-    return client_context(security) if security.ca_file else True
+def httpx_verify(security: SecurityConfig) -> ssl.SSLContext:
+    """httpx's ``verify=``: the shared context (the system's CAs, plus ``ca_file``'s)."""
+    return client_context(security)
 
 
 def ws_tls(url: str, ctx: ssl.SSLContext | None) -> dict[str, Any]:
