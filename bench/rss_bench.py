@@ -82,6 +82,8 @@ def testbed_libraries() -> re.Pattern[str]:
 
 # What any agent on this stack pays before its own code: the libraries it needs, loaded.
 FLOOR = """
+import sys
+sys.modules.setdefault("httpx._main", None)  # as agent/__init__.py does
 import asyncio, ssl, time
 import numpy, soxr, alsaaudio
 import websockets.asyncio.client, websockets.asyncio.server
