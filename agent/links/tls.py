@@ -1,10 +1,12 @@
 """Transport security shared by the outgoing links: TLS trust and the plaintext rule.
 
-- TLS is always verified (certificate chain and host name). With ``security.ca_file``
-  the CAs in that PEM file are trusted *in addition to* the system's store (a private
-  CA, a self-signed server); without it the libraries' defaults apply unchanged.
-  :func:`client_context` builds the one ``ssl.SSLContext`` that httpx and websockets
-  both use.
+- TLS is always verified (certificate chain and host name), against the system's CA
+  store (``ca-certificates``; what websockets and asyncio use by default), plus the CAs
+  in ``security.ca_file`` when it is set (a private CA, a self-signed server).
+  :func:`client_context` gives the one ``ssl.SSLContext`` httpx and every wss://
+  connection share: not one per connection (what asyncio makes for ``ssl=True``), nor
+  httpx's own from its certifi bundle. Each context holds its own parsed copy of the
+  CA store, about 0.9 MB RSS.
 - ``ws://`` and ``http://`` go only to loopback unless ``security.allow_insecure``.
   The configuration checks its own URLs when it is loaded; :func:`plaintext_refusal`
   is for URLs a server hands out at run time (VideoSDK's ``wsUrl``).
@@ -12,7 +14,9 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,23 +29,40 @@ class InsecureTransport(LinkError):
     """A URL would send credentials or audio in clear text to a non-loopback host."""
 
 
-def client_context(security: SecurityConfig) -> ssl.SSLContext | None:
-    """The verifying client context for ``security``; None = the libraries' defaults.
+_shared: dict[tuple[str, int, int], ssl.SSLContext] = {}
+_shared_lock = threading.Lock()
+
+
+def client_context(security: SecurityConfig) -> ssl.SSLContext:
+    """The verifying client context for ``security``: the system's CAs (what asyncio
+    uses for a wss:// connection without one), plus those of ``ca_file``.
+
+    Shared: the same object for the same ``ca_file`` while that file is unchanged (a
+    reload after editing it gets a new context with the new CAs).
 
     Raises OSError / ssl.SSLError if ``ca_file`` cannot be loaded (the configuration
     check already refused such a file, so this only happens if it changed since).
     """
-    if not security.ca_file:
-        return None
-    ctx = ssl.create_default_context()  # CERT_REQUIRED, check_hostname, the system's CAs
-    ctx.load_verify_locations(cafile=security.ca_file)
+    key = ("", 0, 0)
+    if security.ca_file:
+        st = os.stat(security.ca_file)
+        key = (security.ca_file, st.st_mtime_ns, st.st_size)
+    with _shared_lock:
+        ctx = _shared.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context()  # CERT_REQUIRED, check_hostname, system CAs
+            if security.ca_file:
+                ctx.load_verify_locations(cafile=security.ca_file)
+            # the default one, and the latest ca_file's: older ones go with their links
+            for old in [k for k in _shared if k[0]]:
+                del _shared[old]
+            _shared[key] = ctx
     return ctx
 
 
-def httpx_verify(security: SecurityConfig) -> ssl.SSLContext | bool:
-    """httpx's ``verify=``: the context with the extra CAs, or True (httpx's default)."""
-    ctx = client_context(security)
-    return True if ctx is None else ctx
+def httpx_verify(security: SecurityConfig) -> ssl.SSLContext:
+    """httpx's ``verify=``: the shared context (the system's CAs, plus ``ca_file``'s)."""
+    return client_context(security)
 
 
 def ws_tls(url: str, ctx: ssl.SSLContext | None) -> dict[str, Any]:

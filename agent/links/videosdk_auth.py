@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-import jwt
-
 from agent.clock import ServerClock
 from agent.config import VideoSDKConfig
 from agent.errors import AuthRefused, CredentialError, HttpRefused
@@ -106,7 +104,13 @@ def present_credentials(creds: Credentials) -> set[str]:
 
 
 def mint_jwt(api_key: str, secret: str, *, now: float, ttl_s: float = 300.0) -> str:
-    """An HS256 JWT with the crawler role (server-side ingest APIs need it)."""
+    """An HS256 JWT with the crawler role (server-side ingest APIs need it).
+
+    PyJWT is imported here, not at the top: only the api-key + secret credential set
+    mints tokens, and PyJWT loads ``cryptography`` (about 8 MB RSS) whenever that is
+    installed, though HS256 does not use it."""
+    import jwt
+
     return jwt.encode(jwt_claims(api_key, now=now, ttl_s=ttl_s), secret, algorithm="HS256")
 
 
