@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from agent import config as config_mod
+from agent.audio.cues import Cues
 from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import AudioConfig, Config, SecurityConfig
 from agent.controls import Controls, StateStore
@@ -132,6 +133,8 @@ class Agent:
             credentials=credentials,
             metrics=self.metrics,
             wall_clock=wall_clock or time.time,
+            cues=Cues(lambda: self.cfg.cues, metrics=self.metrics),
+            alert=self._publish_alert,
         )
 
     # -- control -------------------------------------------------------------------
@@ -342,6 +345,13 @@ class Agent:
         topic = self.cfg.videosdk.status_topic
         if link is not None and topic:
             link.publish(topic, doc)
+
+    def _publish_alert(self, doc: dict[str, Any]) -> bool:
+        """An emergency alert on ``videosdk.alert_topic``, the status topic's path (False:
+        no link or topic to take it now)."""
+        link = self.generation.links.get("videosdk") if self.generation else None
+        topic = self.cfg.videosdk.alert_topic
+        return link is not None and bool(topic) and bool(link.publish(topic, doc))
 
     async def _report_status(self) -> None:
         """STATUS= on every significant change and at least every second (countdowns)."""

@@ -62,7 +62,8 @@ PERSISTED_NONCES = 64  # of which the newest are kept in the state file
 OPEN_COMMANDS = frozenset({"status"})  # read-only: unsigned is fine
 SPEAKER_COMMANDS = frozenset({"mute", "unmute", "volume"})  # needs a valid signature
 MIC_COMMANDS = frozenset({"ptt"})  # needs a valid signature and commands.allow_mic_control
-KNOWN_COMMANDS = OPEN_COMMANDS | SPEAKER_COMMANDS | MIC_COMMANDS
+ALERT_COMMANDS = frozenset({"emergency"})  # cancel only (it closes the mic): a signature
+KNOWN_COMMANDS = OPEN_COMMANDS | SPEAKER_COMMANDS | MIC_COMMANDS | ALERT_COMMANDS
 PTT_VALUES = ("open", "hold")
 
 
@@ -77,7 +78,7 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    cmd: str  # mute | unmute | volume | ptt | status
+    cmd: str  # mute | unmute | volume | ptt | status | emergency
     value: Any = None
 
 
@@ -114,6 +115,10 @@ def parse_payload(doc: Any) -> Command:
         case "ptt":
             if value not in PTT_VALUES:
                 raise CommandError('ptt needs value "open" or "hold"')
+            return Command(cmd, value)
+        case "emergency":
+            if value != "cancel":  # an emergency is raised on the device, never remotely
+                raise CommandError('emergency needs value "cancel"')
             return Command(cmd, value)
         case _:
             raise CommandError(f"unknown command {cmd[:40]!r}", "unknown")

@@ -12,6 +12,7 @@ also from the built-in that best describes it, so callers may catch either::
     │   └── DeviceUnavailable               opening failed / device vanished (ENODEV)
     │       └── DeviceBusy                  another program, or a stuck handle, has it (EBUSY)
     ├── GpioUnavailable (OSError)           no GPIO chip or pin factory
+    ├── SoundFileError (ValueError)         a sound file (a cue's WAV) cannot be used
     └── LinkError (ConnectionError)         a link could not be (re)established
         ├── AuthRefused                     the service refused our credentials
         ├── Unreachable                     no connection to a host: DNS, refused, reset, timeout
@@ -66,6 +67,10 @@ class DeviceBusy(DeviceUnavailable):
 
 class GpioUnavailable(AgentError, OSError):
     """GPIO cannot be used on this machine (no gpiochip, no pin factory)."""
+
+
+class SoundFileError(AgentError, ValueError):
+    """A sound file (a cue's WAV) is missing, unreadable, or not a usable WAV."""
 
 
 class LinkError(AgentError, ConnectionError):

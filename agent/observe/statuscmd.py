@@ -116,6 +116,13 @@ def format_status(doc: dict[str, Any]) -> str:
     if doc.get("mic_dbfs") is not None:
         head.append(f"mic {float(doc['mic_dbfs']):.0f} dBFS")
     lines = [" · ".join(head), ""]
+    emergency = doc.get("emergency")
+    if isinstance(emergency, dict):
+        mic = "mic open" if emergency.get("mic_open") else "mic per PTT"
+        lines[1:1] = [
+            f"EMERGENCY since {emergency.get('since', '?')} "
+            f"({_n(emergency.get('active_s'))} s, by {emergency.get('by', '?')}, {mic})"
+        ]
 
     links = doc.get("links", {})
     if links:
