@@ -61,6 +61,8 @@ def read_wav(path: str | os.PathLike[str]) -> Clip:
                 w.getnframes(),
             )
             raw = w.readframes(frames)
+    except SoundFileError:
+        raise
     except FileNotFoundError:
         raise SoundFileError(f"file {p} not found") from None
     except PermissionError:
