@@ -18,8 +18,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from agent.audio.cues import ECHO_S, Cues
 from agent.commands import (
     MIC_COMMANDS,
     MIN_KEY_CHARS,
@@ -42,9 +43,6 @@ from agent.secrets import Credentials
 from agent.state import StateStore
 from agent.status import Led, StatusBoard
 
-if TYPE_CHECKING:
-    from agent.audio.cues import Cues
-
 __all__ = ["Command", "CommandError", "Controls", "StateStore", "parse_command"]
 
 logger = logging.getLogger(__name__)
@@ -54,7 +52,6 @@ KEY_NAME = "command-key"
 GLOBAL_SENDER = "*"  # every sender together: GLOBAL_FACTOR times one sender's budget
 GLOBAL_FACTOR = 4
 DROP_REPORT_S = 10.0  # rate-limit drops: one reply and one log line per sender and interval
-ECHO_S = 0.1  # after the talk-permit cue ends, the mic may still hear it this long
 
 
 class CommandEvent(Protocol):
@@ -234,7 +231,7 @@ class Controls:
             self._talk_cue = "talk_permit" if self.status.any_uplink_up else "refusal"
             end = self.play_cue(self._talk_cue)
             if end is not None:  # the room must not hear the chirp through the mic
-                gate.quiet_until(end + ECHO_S)
+                gate.duck_until(end + ECHO_S)
             return
         permitted, self._talk_cue = self._talk_cue == "talk_permit", None
         if not permitted or self.play_cue("roger") is None or self.cues is None:

@@ -9,10 +9,12 @@ press, ``open`` always transmits, ``vox`` transmits while the VAD hears speech
 (the VAD's hangover keeps it open across short pauses).
 
 Besides the mode: :meth:`PttGate.force_open` transmits whatever the mode (an
-emergency, agent.emergency); :meth:`PttGate.quiet_until` sends silence in place of
-frames captured before a time (the speaker's talk-permit chirp must not reach the
-room through the mic); :meth:`PttGate.send_after` queues samples (the roger beep,
-when ``cues.roger_to_room``) that go out in place of the idle frames after PTT up.
+emergency, agent.emergency); :meth:`PttGate.duck_until` attenuates the frames
+captured before a time (the speaker's talk-permit chirp must not reach the room
+through the mic; ducked, not silenced, so a word spoken at once is not lost and the
+press-to-first-frame latency stays one frame); :meth:`PttGate.send_after` queues
+samples (the roger beep, when ``cues.roger_to_room``) that go out in place of the idle
+frames after PTT up.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agent.pcm import UPLINK_SAMPLES, Frame, Pcm
 logger = logging.getLogger(__name__)
 
 MODES = ("hold", "toggle", "open", "vox")
+DUCK_DB = 40.0  # how far duck_until attenuates: a chirp heard at -20 dBFS goes out at -60
 
 
 class PttGate:
@@ -52,7 +55,8 @@ class PttGate:
         self._on_change = on_change
         self.presses = 0
         self.forced = False  # transmitting whatever the mode (an emergency)
-        self._quiet_until = -math.inf  # frames captured before this are sent as silence
+        self._duck_until = -math.inf  # frames captured before this are attenuated
+        self._duck_gain = 1.0
         self._tail: deque[Pcm] = deque()  # frames to send after the gate closed
 
     # -- inputs --------------------------------------------------------------------
@@ -80,9 +84,10 @@ class PttGate:
         self.forced = on
         self._update()
 
-    def quiet_until(self, t: float) -> None:
-        """Send silence in place of frames captured before ``t`` (monotonic seconds)."""
-        self._quiet_until = max(self._quiet_until, t)
+    def duck_until(self, t: float, db: float = DUCK_DB) -> None:
+        """Attenuate by ``db`` the frames captured before ``t`` (monotonic seconds)."""
+        self._duck_until = max(self._duck_until, t)
+        self._duck_gain = 10.0 ** (-abs(db) / 20.0)
 
     def send_after(self, pcm: Pcm) -> None:
         """Send these 8 kHz samples in place of the next idle frames (one frame per
@@ -99,8 +104,9 @@ class PttGate:
             self._vox = speech
             self._update()
         if self.transmitting:
-            if frame.t_capture < self._quiet_until:
-                return Frame.silence(frame.seq, frame.t_capture)
+            if frame.t_capture < self._duck_until:
+                ducked = np.rint(frame.pcm * np.float32(self._duck_gain)).astype(np.int16)
+                return Frame(ducked, frame.seq, frame.t_capture)
             return frame
         if self._tail:
             return Frame(self._tail.popleft(), frame.seq, frame.t_capture)

@@ -72,6 +72,7 @@ PAD_S = 0.04  # silence after every cue: a short cue starts at once (no partial 
 CHUNK_S = 0.5  # a longer cue is pushed this much at a time
 LEAD_S = 0.1  # each next chunk goes in this long before the previous one runs out
 OUTPUT_DELAY_S = 0.06  # render period + jitter prebuffer: when a pushed cue is heard
+ECHO_S = 0.05  # after a cue has played out, the mic may still hear it this long
 MAX_CHANNEL_BEEPS = 9  # channel 10 and up: one long beep per ten, then short ones
 Floats = npt.NDArray[np.float32]
 
@@ -98,6 +99,16 @@ TONES: dict[str, tuple[Note, ...]] = {
     "alarm": (Note(960, 250), Note(770, 250)) * 3,  # hi-lo, 1.5 s
 }
 CHANNEL_TEN = Note(1100, 300, 150)  # one per ten, before the short beeps
+
+
+def tone_seconds(name: str) -> float:
+    """How long the generated tone of cue ``name`` sounds."""
+    return sum(n.ms + n.gap_ms for n in TONES[name]) / 1000
+
+
+# How long after PTT down the uplink is ducked (agent.ptt.DUCK_DB) while the generated
+# talk-permit chirp plays (output delay + the chirp + its echo): 0.23 s, 11-12 frames
+TALK_PERMIT_QUIET_S = OUTPUT_DELAY_S + tone_seconds("talk_permit") + ECHO_S
 
 
 class CueMixer(Protocol):
@@ -274,6 +285,7 @@ class Cues:
         source = mixer.add_source(SOURCE, rate, channels)
         now = self._clock()
         seconds = samples.size / channels / rate
+        sounding = seconds - PAD_S  # the pad is silence: the cue has played out before it
         chunk = int(CHUNK_S * rate) * channels
         source.push(to_int16(samples[:chunk]), now)
         loop = asyncio.get_running_loop()
@@ -283,7 +295,7 @@ class Cues:
             self._timers.append(loop.call_later(delay, source.push, piece))
         self._timers.append(loop.call_later(seconds + OUTPUT_DELAY_S, self._finished, name))
         self.playing = name
-        self.ends_at = now + OUTPUT_DELAY_S + seconds
+        self.ends_at = now + OUTPUT_DELAY_S + sounding
         self.played = [*self.played[-31:], name]
         self._metrics.inc("cues_played_total", cue=name)
         logger.debug("cue %s: %.0f ms", name, seconds * 1000)

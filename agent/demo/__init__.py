@@ -8,3 +8,4 @@
 
 # The demo board's wiring (BCM numbers), shared by the bench and the view.
 PTT_PIN, MUTE_PIN, UP_PIN, DOWN_PIN, STATUS_LED, TALK_LED = 17, 5, 6, 13, 27, 22
+EMERGENCY_PIN = 16  # held 2 s (key e): raises an emergency, or cancels it

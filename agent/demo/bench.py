@@ -34,7 +34,7 @@ import numpy as np
 from agent import config
 from agent.app import Agent, Hardware, alsa_mic, alsa_speaker
 from agent.controls import StateStore
-from agent.demo import DOWN_PIN, MUTE_PIN, PTT_PIN, STATUS_LED, TALK_LED, UP_PIN
+from agent.demo import DOWN_PIN, EMERGENCY_PIN, MUTE_PIN, PTT_PIN, STATUS_LED, TALK_LED, UP_PIN
 from agent.demo.devices import MeteredSink, rms_dbfs, voice_like
 from agent.hw.ports import AudioSink, AudioSource
 from agent.hw.sim import RecordingSink, WavSource, write_wav
@@ -75,6 +75,7 @@ def _config(fake_vs: FakeVideoSDK, fake_orgo: FakeOrgo) -> config.Config:
                 "volume_down_button": DOWN_PIN,
                 "status_led": STATUS_LED,
                 "talk_led": TALK_LED,
+                "emergency_button": EMERGENCY_PIN,
             },
             "videosdk": {"room_id": "demo-room", "api_base": fake_vs.api_base},
             "orgo": {
@@ -218,6 +219,17 @@ class DemoBench:
         self.pin(number).drive_low()
         asyncio.get_running_loop().call_later(TAP_S, self.pin(number).drive_high)
 
+    def hold_emergency(self) -> None:
+        """Hold the emergency button just past ``emergency.hold_s``: raises an emergency,
+        or cancels the one going on."""
+        pin = self.pin(EMERGENCY_PIN)
+        if pin.state == 0:
+            return  # already held
+        logger.info("emergency button held")
+        pin.drive_low()
+        hold_s = self.agent.cfg.emergency.hold_s + 0.2
+        asyncio.get_running_loop().call_later(hold_s, pin.drive_high)
+
     def led_lit(self, number: int) -> bool:
         """Whether the LED on pin ``number`` is lit right now (blinking included)."""
         return bool(self.pin(number).state)
@@ -307,6 +319,7 @@ async def run_live(bench: DemoBench, duration_s: float | None, logs: LogRing) ->
         "=": lambda: bench.tap(UP_PIN),
         "-": lambda: bench.tap(DOWN_PIN),
         "k": kill_room,
+        "e": bench.hold_emergency,
         "q": quit_.set,
     }
     view = DemoView(bench, ptt, logs)

@@ -41,7 +41,9 @@ STATE_WIDTH = 30
 METER_CELLS = 30
 METER_FLOOR_DBFS = -60.0
 LINKS = ("videosdk", "orgo")  # the room link, the computer link
-KEYS_HELP = "hold space: talk · t: latch · m: mute · +/-: vol · k: kill room · q: quit"
+KEYS_HELP = (
+    "hold space: talk · t: latch · m: mute · +/-: vol · e: emergency (2 s) · k: kill room · q: quit"
+)
 
 _STATE_STYLE = {
     LinkState.UP: "green",
@@ -239,6 +241,8 @@ class DemoView:
         ptt.append(f"    volume {round(status.volume * 100)} %")
         if status.muted:
             ptt.append("  MUTED", style="bold yellow")
+        if status.emergency is not None:
+            ptt.append("  EMERGENCY", style="bold white on red")
 
         room = Text("room     ")
         voiced = b.fake_vs.voiced_total
