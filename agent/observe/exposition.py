@@ -64,6 +64,13 @@ HELP: dict[str, str] = {
     "part_build_failures_total": "Parts that could not be built (then retried), per part.",
     "reloads_total": "Reloads asked for (SIGHUP), per result (applied, refused, unchanged).",
     "button_presses_total": 'GPIO button presses (button="ptt_button": PTT presses).',
+    "cues_played_total": "Sound cues played on the speaker, per cue.",
+    "cue_file_errors_total": "Cue plays whose WAV file could not be read (the tone played).",
+    "emergencies_total": "Emergencies raised, by what raised them (button).",
+    "emergency_cancels_total": "Emergencies cancelled, by what cancelled them (button, remote).",
+    "emergency_alerts_total": "Emergency alerts handed to the alert topic, per state.",
+    "emergencies_interrupted_total": "Emergencies found active at start (power cut), not resumed.",
+    "emergency_active": "1 while an emergency is active.",
     "uplink_latency_seconds": "Capture clock to socket, per uplink frame (recent window).",
     "playout_latency_seconds": "Arrival to speaker write, per source (recent window).",
 }

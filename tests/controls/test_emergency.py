@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent.controls import StateStore
+from agent.observe.statuscmd import format_status
 from agent.status import Led, LinkState
 from tests.controls.speaker import EMERGENCY, TALK_LED, bench, make_config, notes
 
@@ -36,6 +37,11 @@ async def test_a_2_s_hold_raises_the_alarm_and_another_cancels_it(
         doc = b.status.to_json()["emergency"]
         assert doc["by"] == "button" and doc["mic_open"] is True and doc["active_s"] >= 0
         assert b.status.summary().startswith("EMERGENCY · videosdk: up")
+        shown = format_status(b.status.to_json()).splitlines()  # field-agent status
+        assert (
+            shown[1]
+            == f"EMERGENCY since {doc['since']} ({doc['active_s']:.0f} s, by button, mic open)"
+        )
         assert b.metrics.get("emergencies_total", by="button") == 1
         assert b.metrics.get("emergency_active") == 1
         await asyncio.sleep(2.2)  # one repeat
