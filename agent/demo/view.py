@@ -232,7 +232,12 @@ class DemoView:
 
         ptt = Text("PTT      ")
         if status.ptt_state == "talking":
-            how = "latched with t" if self.ptt.latched else "space held"
+            how = (
+                "latched with t" if self.ptt.latched
+                else "space held" if self.ptt.held
+                else "emergency: mic open" if status.emergency is not None
+                else "space held"
+            )  # fmt: skip
             ptt.append(" TALKING ", style="bold white on red")
             ptt.append(f" ({how})")
         else:
