@@ -54,7 +54,10 @@ ALERT_LINK = "videosdk"  # the link that carries the alert topic
 
 def iso(epoch_s: float) -> str:
     """Epoch seconds as ISO 8601 UTC with milliseconds (``2026-01-01T00:00:00.000Z``)."""
-    t = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
+    try:
+        t = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
+    except (ValueError, OverflowError, OSError):  # a device clock out of datetime's range
+        return f"@{epoch_s:.0f}"
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -73,6 +73,7 @@ CHUNK_S = 0.5  # a longer cue is pushed this much at a time
 LEAD_S = 0.1  # each next chunk goes in this long before the previous one runs out
 OUTPUT_DELAY_S = 0.06  # render period + jitter prebuffer: when a pushed cue is heard
 ECHO_S = 0.05  # after a cue has played out, the mic may still hear it this long
+FAILURE_LOG_S = 10.0  # a cue that fails to play: one log line per 10 s
 MAX_CHANNEL_BEEPS = 9  # channel 10 and up: one long beep per ten, then short ones
 Floats = npt.NDArray[np.float32]
 
@@ -179,6 +180,7 @@ class Cues:
         self.playing: str | None = None  # the cue playing now
         self.ends_at = -math.inf  # monotonic time the last cue has played out
         self.played: list[str] = []  # names of the cues played (newest last, bounded)
+        self._failure_logged = -math.inf
 
     def attach(self, mixer: CueMixer | None) -> None:
         """A generation's mixer (None: no speaker, cues are skipped)."""
@@ -191,14 +193,12 @@ class Cues:
         nothing plays (cues off, this cue off, no mixer)."""
         if name not in CUES:
             raise ValueError(f"unknown cue {name!r}")
-        rendered = self._render(name, None)
-        return None if rendered is None else self._start(name, *rendered)
+        return self._guarded(name, None)
 
     def play_channel(self, n: int) -> float | None:
         """Announce channel ``n`` (1-based): ``n`` short beeps (see :func:`channel_notes`),
         or ``cues.channel``'s WAV played ``n`` times (at most 9). Returns as :meth:`play`."""
-        rendered = self._render("channel", max(1, int(n)))
-        return None if rendered is None else self._start("channel", *rendered)
+        return self._guarded("channel", max(1, int(n)))
 
     def stop(self) -> None:
         """Cut the cue playing now."""
@@ -219,6 +219,21 @@ class Cues:
         return to_int16(mono * np.float32(32767.0 * cfg.volume))
 
     # -- internals -------------------------------------------------------------------
+    def _guarded(self, name: str, repeat: int | None) -> float | None:
+        """Render and start a cue; a failure is a counted, rate-limited log line, never an
+        exception into the caller (a button, a status change, a link)."""
+        try:
+            rendered = self._render(name, repeat)
+            return None if rendered is None else self._start(name, *rendered)
+        except Exception as e:
+            self._metrics.inc("cue_failures_total", cue=name)
+            now = self._clock()
+            if now - self._failure_logged >= FAILURE_LOG_S:
+                self._failure_logged = now
+                logger.warning("cue %s not played: %s: %s", name, type(e).__name__, e)
+            logger.debug("cue %s failed", name, exc_info=True)
+            return None
+
     def _render(self, name: str, repeat: int | None) -> tuple[Floats, int, int] | None:
         """(samples scaled to int16 range, rate, channels) for the cue, or None."""
         cfg = self._config()

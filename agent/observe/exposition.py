@@ -66,6 +66,7 @@ HELP: dict[str, str] = {
     "button_presses_total": 'GPIO button presses (button="ptt_button": PTT presses).',
     "cues_played_total": "Sound cues played on the speaker, per cue.",
     "cue_file_errors_total": "Cue plays whose WAV file could not be read (the tone played).",
+    "cue_failures_total": "Cues that could not be played at all (logged), per cue.",
     "emergencies_total": "Emergencies raised, by what raised them (button).",
     "emergency_cancels_total": "Emergencies cancelled, by what cancelled them (button, remote).",
     "emergency_alerts_total": "Emergency alerts handed to the alert topic, per state.",

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from agent.audio.cues import TALK_PERMIT_QUIET_S, Cues, channel_notes, synthesize
+from agent.errors import ProtocolError
 from agent.hw.sim import write_wav
+from agent.metrics import Metrics
 from agent.pcm import UPLINK_SAMPLES, Frame
 from agent.status import LinkState
 from tests.controls.speaker import (
@@ -241,3 +243,29 @@ def test_tones_are_click_free_and_channel_numbers_above_nine() -> None:
     assert len(channel_notes(9)) == 9 and [n.ms for n in channel_notes(21)] == [300, 300, 70]
     with pytest.raises(ValueError, match="unknown cue"):
         Cues(lambda: make_config().cues).play("fanfare")
+
+
+class RefusingMixer:
+    """A mixer that refuses every source (as Mixer.add_source does for an absurd format)."""
+
+    out_rate = 48000
+
+    def add_source(self, name: str, rate: int, channels: int = 1) -> Any:
+        raise ProtocolError(f"source {name!r}: refused")
+
+    def remove_source(self, name: str) -> None:
+        pass
+
+
+async def test_a_cue_that_cannot_play_is_one_counted_line_never_an_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = Metrics()
+    cues = Cues(lambda: make_config().cues, metrics=metrics)
+    cues.attach(RefusingMixer())
+    caplog.set_level(logging.WARNING, "agent.audio.cues")
+    assert cues.play("talk_permit") is None and cues.play_channel(2) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "cue talk_permit not played: ProtocolError: source 'cues': refused"
+    ]
+    assert metrics.total("cue_failures_total") == 2
