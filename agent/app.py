@@ -36,9 +36,10 @@ from typing import Any
 import httpx
 
 from agent import config as config_mod
+from agent.audio.cues import Cues
 from agent.backoff import BackoffPolicy, Reconnector
 from agent.channels import Channels
-from agent.config import AudioConfig, Config, PixelsConfig, SecurityConfig
+from agent.config import AudioConfig, Config, PixelsConfig, RoomConfig, SecurityConfig
 from agent.controls import Controls, StateStore
 from agent.errors import ConfigError, GpioUnavailable, PixelsUnavailable
 from agent.generation import Generation
@@ -135,11 +136,20 @@ class Agent:
             credentials=credentials,
             metrics=self.metrics,
             wall_clock=wall_clock or time.time,
+            cues=Cues(lambda: self.cfg.cues, metrics=self.metrics),
+            alert=self._publish_alert,
         )
-        # the VideoSDK room the device is in; on_channel_changed(number, room): the cue hook
-        self.channels = Channels(cfg.videosdk.channels(), store=self.controls.store)
+        # the VideoSDK room the device is in; each switch is announced by the channel cue
+        self.channels = Channels(
+            cfg.videosdk.channels(),
+            store=self.controls.store,
+            on_channel_changed=self._announce_channel,
+        )
         self.controls.channels = self.channels
         self.status.channel = self.channels.to_json
+
+    def _announce_channel(self, number: int, _room: RoomConfig) -> None:
+        self.controls.play_cue_channel(number)
 
     # -- control -------------------------------------------------------------------
     def stop(self) -> None:
@@ -374,6 +384,13 @@ class Agent:
         topic = self.cfg.videosdk.status_topic
         if link is not None and topic:
             link.publish(topic, doc)
+
+    def _publish_alert(self, doc: dict[str, Any]) -> bool:
+        """An emergency alert on ``videosdk.alert_topic``, the status topic's path (False:
+        no link or topic to take it now)."""
+        link = self.generation.links.get("videosdk") if self.generation else None
+        topic = self.cfg.videosdk.alert_topic
+        return link is not None and bool(topic) and bool(link.publish(topic, doc))
 
     async def _report_status(self) -> None:
         """STATUS= on every significant change and at least every second (countdowns)."""

@@ -63,7 +63,10 @@ OPEN_COMMANDS = frozenset({"status"})  # read-only: unsigned is fine
 SPEAKER_COMMANDS = frozenset({"mute", "unmute", "volume"})  # needs a valid signature
 MIC_COMMANDS = frozenset({"ptt"})  # needs a valid signature and commands.allow_mic_control
 CHANNEL_COMMANDS = frozenset({"room"})  # needs a valid signature (videosdk.rooms)
-KNOWN_COMMANDS = OPEN_COMMANDS | SPEAKER_COMMANDS | MIC_COMMANDS | CHANNEL_COMMANDS
+ALERT_COMMANDS = frozenset({"emergency"})  # cancel only (it closes the mic): a signature
+KNOWN_COMMANDS = (
+    OPEN_COMMANDS | SPEAKER_COMMANDS | MIC_COMMANDS | CHANNEL_COMMANDS | ALERT_COMMANDS
+)
 PTT_VALUES = ("open", "hold")
 
 
@@ -78,7 +81,7 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    cmd: str  # mute | unmute | volume | ptt | room | status
+    cmd: str  # mute | unmute | volume | ptt | room | status | emergency
     value: Any = None
 
 
@@ -124,6 +127,10 @@ def parse_payload(doc: Any) -> Command:
                 or " " in value
             ):
                 raise CommandError("room needs a room id value (one of videosdk.rooms)")
+            return Command(cmd, value)
+        case "emergency":
+            if value != "cancel":  # an emergency is raised on the device, never remotely
+                raise CommandError('emergency needs value "cancel"')
             return Command(cmd, value)
         case _:
             raise CommandError(f"unknown command {cmd[:40]!r}", "unknown")

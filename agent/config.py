@@ -26,6 +26,7 @@ from agent.config_checks import (
     abspath,
     build_section,
     ca_bundle,
+    cue_sound,
     device_rate,
     doc,
     gpio_pin,
@@ -113,6 +114,9 @@ class GpioConfig:
     )
     channel_down_button: int | None = field(
         default=None, metadata=doc("BCM pin, previous channel (wraps).", gpio_pin)
+    )
+    emergency_button: int | None = field(
+        default=None, metadata=doc("BCM pin of the emergency button (hold 2 s).", gpio_pin)
     )
     pin_factory: str = field(
         default="",
@@ -204,6 +208,9 @@ class VideoSDKConfig:
     )
     command_topic: str = field(
         default="DEVICE_CMD", metadata=doc("Remote command topic.", topic_length)
+    )
+    alert_topic: str = field(
+        default="DEVICE_ALERT", metadata=doc("Emergency alert topic ('' = off).", topic_length)
     )
 
     def channels(self) -> tuple[RoomConfig, ...]:
@@ -327,6 +334,53 @@ class CommandsConfig:
     )
 
 
+def _cue(what: str) -> Any:
+    return field(default="tone", metadata=doc(f'{what}: "" off, "tone", or a WAV path.', cue_sound))
+
+
+@dataclass(frozen=True)
+class CuesConfig:
+    """Sound cues, played on the speaker only (agent.audio.cues)."""
+
+    enabled: bool = field(default=True, metadata=doc("Play sound cues on the speaker."))
+    volume: float = field(
+        default=0.5,
+        metadata=doc("Cue loudness 0.0..1.0, times the speaker volume.", in_range(0, 1)),
+    )
+    talk_permit: str = _cue("PTT down and an uplink up")
+    refusal: str = _cue("PTT down and no uplink up")
+    roger: str = _cue("PTT up after talking")
+    link_lost: str = _cue("The last uplink went down")
+    link_back: str = _cue("An uplink is up again")
+    mute_on: str = _cue("Speaker muted")
+    mute_off: str = _cue("Speaker unmuted")
+    volume_step: str = _cue("Volume changed")
+    channel: str = _cue("Channel changed (played N times for channel N)")
+    alarm: str = _cue("Emergency triggered")
+    roger_to_room: bool = field(
+        default=False, metadata=doc("Also send the roger beep into the room after PTT up.")
+    )
+
+
+@dataclass(frozen=True)
+class EmergencyConfig:
+    hold_s: float = field(
+        default=2.0,
+        metadata=doc("The emergency button triggers (and cancels) after this hold, s.",
+                     in_range(1, 10, " s")),
+    )  # fmt: skip
+    open_mic_s: float = field(
+        default=60.0,
+        metadata=doc("The mic is open this long after a trigger, whatever the PTT mode, s "
+                     "(0 = not opened).", in_range(0, 3600, " s")),
+    )  # fmt: skip
+    alert_every_s: float = field(
+        default=10.0,
+        metadata=doc("The alert is published again this often until cancelled, s.",
+                     in_range(2, 600, " s")),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. ``path`` is where it was read from (for messages)."""
@@ -343,6 +397,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    cues: CuesConfig = field(default_factory=CuesConfig)
+    emergency: EmergencyConfig = field(default_factory=EmergencyConfig)
     path: str = field(default="<defaults>", compare=False)
 
 
@@ -462,6 +518,13 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
 
     if len(cfg.pixels.leds) > cfg.pixels.count:
         bad("pixels.leds", f"lists {len(cfg.pixels.leds)} LEDs, pixels.count is {cfg.pixels.count}")
+    if cfg.gpio.emergency_button is not None and not (
+        cfg.videosdk.enabled and cfg.videosdk.alert_topic
+    ):
+        bad(
+            "gpio.emergency_button",
+            "an emergency alert needs videosdk.enabled = true and a videosdk.alert_topic",
+        )
 
     seen: dict[int, str] = {}
     for key, pin in cfg.gpio.pins().items():

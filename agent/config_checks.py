@@ -140,6 +140,23 @@ def ca_bundle(v: str) -> str | None:
     return None
 
 
+def cue_sound(v: str) -> str | None:
+    """A cue: "" (off), "tone" (generated), or the absolute path of a readable WAV file
+    (read once here to prove it; the player reads it again at play time)."""
+    if v in ("", "tone"):
+        return None
+    if not v.startswith("/"):
+        return f'must be "" (off), "tone", or the absolute path of a WAV file, not {v!r}'
+    from agent.errors import SoundFileError
+    from agent.wavfile import read_wav
+
+    try:
+        read_wav(v)
+    except SoundFileError as e:
+        return str(e)
+    return None
+
+
 def topic_length(v: str) -> str | None:
     return None if len(v) <= 128 else f"must be at most 128 characters, not {len(v)}"
 

@@ -7,15 +7,20 @@ remote commands that arrive on ``videosdk.command_topic`` once they pass
 :mod:`agent.commands` (rate limit, sender allow-list, signature, replay window,
 opt-in): anything else is refused, answered on the status topic, counted
 (``commands_refused_total{reason=...}``) and logged (rate-limited), never executed.
+It also plays the sound cues (:mod:`agent.audio.cues`: talk permit or refusal at PTT
+down, roger at PTT up, link lost and back, mute, volume) and holds the emergency
+state machine (:mod:`agent.emergency`, ``gpio.emergency_button``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from agent.audio.cues import ECHO_S, Cues
 from agent.channels import Channels
 from agent.commands import (
     MIC_COMMANDS,
@@ -30,6 +35,7 @@ from agent.commands import (
     signature_ok,
 )
 from agent.config import Config
+from agent.emergency import Emergency
 from agent.errors import CredentialError
 from agent.hw.gpio import ButtonEvent
 from agent.metrics import Metrics
@@ -87,8 +93,12 @@ class Controls:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        cues: Cues | None = None,
+        alert: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
-        """``config``: the running config (read at each command, so a reload applies);
+        """``cues``: the sound cue player (None: no cues); ``alert``: publishes an
+        emergency alert on ``videosdk.alert_topic`` (False: no link to take it);
+        ``config``: the running config (read at each command, so a reload applies);
         ``credentials``: where ``command-key`` is read (at start and each generation);
         ``clock``: monotonic seconds; ``wall_clock``: the device's clock, used only to
         say how far off it is, never to judge a command."""
@@ -119,15 +129,37 @@ class Controls:
         volume = saved.get("volume", default_volume)
         status.set_volume(float(volume), muted=False)
         status.add_listener(lambda _b: self.refresh_leds())
+        self.cues = cues
+        self._talk_cue: str | None = None  # the cue of the talk going on (permit / refusal)
+        self._uplink_was_up = False
+        self._link_lost = False  # link_lost played: link_back is due when one is up again
+        self.emergency = Emergency(
+            self._config,
+            status=status,
+            store=store,
+            publish=alert,
+            on_event=self._on_emergency,
+            metrics=self.metrics,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        status.add_listener(self._on_status)
 
     def attach(self, gate: PttGate, mixer: Any) -> None:
         """A new generation's gate and mixer (after start or reload); reads command-key."""
         self.gate, self.mixer = gate, mixer
         self._apply_volume()
         self.load_key()
+        if self.cues is not None:
+            self.cues.attach(mixer if hasattr(mixer, "add_source") else None)
+        if self.emergency.mic_open:
+            gate.force_open(True)
 
     def close(self) -> None:
         """A clean stop: write what is pending."""
+        self.emergency.close()
+        if self.cues is not None:
+            self.cues.stop()
         self.store.flush()
 
     def load_key(self) -> None:
@@ -166,23 +198,79 @@ class Controls:
     # -- buttons -------------------------------------------------------------------
     def on_button(self, key: str, event: ButtonEvent, t: float) -> None:
         if key == "ptt_button" and self.gate is not None:
+            was = self.gate.transmitting
             if event is ButtonEvent.PRESSED:
                 self.gate.press()
             else:
                 self.gate.release()
+            if self.gate.transmitting != was:
+                self._talk_changed(self.gate.transmitting)
             self.refresh_leds()
+        elif key == "emergency_button":
+            self.emergency.button(event is ButtonEvent.PRESSED, t)
         elif event is ButtonEvent.PRESSED:
             match key:
                 case "mute_button":
                     self.set_muted(not self.status.muted)
                 case "volume_up_button":
                     self.set_volume(self.status.volume + VOLUME_STEP)
+                    self.play_cue("volume_step")
                 case "volume_down_button":
                     self.set_volume(self.status.volume - VOLUME_STEP)
+                    self.play_cue("volume_step")
                 case "channel_up_button" if self.channels is not None:
                     self.channels.step(+1)
                 case "channel_down_button" if self.channels is not None:
                     self.channels.step(-1)
+
+    # -- cues ----------------------------------------------------------------------
+    def play_cue(self, name: str) -> float | None:
+        """Play cue ``name`` (agent.audio.cues.CUES); when it plays out, or None."""
+        return None if self.cues is None else self.cues.play(name)
+
+    def play_cue_channel(self, number: int) -> float | None:
+        """Announce channel ``number`` (1-based: N short beeps), after a switch."""
+        return None if self.cues is None else self.cues.play_channel(number)
+
+    def _talk_changed(self, transmitting: bool) -> None:
+        """PTT started a talk (permit, or refusal when no uplink is up) or ended one
+        (roger, after a permitted talk)."""
+        gate = self.gate
+        assert gate is not None
+        if transmitting:
+            self._talk_cue = "talk_permit" if self.status.any_uplink_up else "refusal"
+            end = self.play_cue(self._talk_cue)
+            if end is not None:  # the room must not hear the chirp through the mic
+                gate.duck_until(end + ECHO_S)
+            return
+        permitted, self._talk_cue = self._talk_cue == "talk_permit", None
+        if not permitted or self.play_cue("roger") is None or self.cues is None:
+            return
+        if self._config().cues.roger_to_room and (pcm := self.cues.uplink("roger")) is not None:
+            gate.send_after(pcm)
+
+    def _on_status(self, board: StatusBoard) -> None:
+        """Link cues on the uplinks' changes; alerts that waited for the link."""
+        up = board.any_uplink_up
+        if up != self._uplink_was_up:
+            self._uplink_was_up = up
+            if not up:
+                self._link_lost = True
+                self.play_cue("link_lost")
+            elif self._link_lost:
+                self._link_lost = False
+                self.play_cue("link_back")
+        self.emergency.link_changed()
+
+    def _on_emergency(self, event: str) -> None:
+        gate = self.gate
+        if event == "triggered":
+            if gate is not None and self.emergency.mic_open:
+                gate.force_open(True)
+            self.play_cue("alarm")
+        elif gate is not None:  # mic_closed, cancelled
+            gate.force_open(False)
+        self.refresh_leds()
 
     # -- actions -------------------------------------------------------------------
     def set_volume(self, volume: float) -> None:
@@ -194,8 +282,22 @@ class Controls:
 
     def set_muted(self, muted: bool) -> None:
         self.status.set_volume(self.status.volume, muted)
-        self._apply_volume()
+        if muted:  # the mute-on cue plays out before the speaker mutes
+            self._apply_volume_at(self.play_cue("mute_on"))
+        else:
+            self._apply_volume()
+            self.play_cue("mute_off")
         logger.info("speaker %s", "muted" if muted else "unmuted")
+
+    def _apply_volume_at(self, t: float | None) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if t is None or loop is None:
+            self._apply_volume()
+        else:
+            loop.call_later(max(0.0, t - self._clock()), self._apply_volume)
 
     def _apply_volume(self) -> None:
         if self.mixer is not None:
@@ -227,6 +329,9 @@ class Controls:
                 self.set_muted(False)
             case Command(cmd="volume", value=v):
                 self.set_volume(v)
+                self.play_cue("volume_step")
+            case Command(cmd="emergency"):
+                self.emergency.cancel("remote", sender=sender[:128])
             case Command(cmd="ptt", value=mode):
                 if self.gate is not None:
                     self.gate.set_mode(mode)
@@ -331,7 +436,10 @@ class Controls:
         self.set_leds("talk_led", self.talk_led())
 
     def talk_led(self) -> Led:
-        """On while transmitting; 4 Hz while PTT is held and no uplink is up."""
+        """On while transmitting; 10 Hz (the fastest) during an emergency; 4 Hz while PTT
+        is held and no uplink is up."""
+        if self.emergency.active:
+            return Led.BLINK_FAST
         gate = self.gate
         if gate is None:
             return Led.OFF

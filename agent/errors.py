@@ -13,6 +13,7 @@ also from the built-in that best describes it, so callers may catch either::
     │       └── DeviceBusy                  another program, or a stuck handle, has it (EBUSY)
     ├── GpioUnavailable (OSError)           no GPIO chip or pin factory
     │   └── PixelsUnavailable               no SPI device / spidev for the APA102 LEDs
+    ├── SoundFileError (ValueError)         a sound file (a cue's WAV) cannot be used
     └── LinkError (ConnectionError)         a link could not be (re)established
         ├── AuthRefused                     the service refused our credentials
         ├── Unreachable                     no connection to a host: DNS, refused, reset, timeout
@@ -71,6 +72,8 @@ class GpioUnavailable(AgentError, OSError):
 
 class PixelsUnavailable(GpioUnavailable):
     """The APA102 pixel LEDs cannot be driven (no SPI device, no spidev module)."""
+class SoundFileError(AgentError, ValueError):
+    """A sound file (a cue's WAV) is missing, unreadable, or not a usable WAV."""
 
 
 class LinkError(AgentError, ConnectionError):

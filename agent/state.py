@@ -54,11 +54,27 @@ def _channel(v: Any) -> str | None:
     return None
 
 
+def _emergency(v: Any) -> str | None:
+    """An emergency active when the agent stopped: ``{"since": epoch s, "by": "..."}``,
+    or null (none)."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or set(v) != {"since", "by"}:
+        return f"must be an object with since and by, not {_short(v)}"
+    since, by = v["since"], v["by"]
+    if isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(since):
+        return f"since must be a number, not {_short(since)}"
+    if not isinstance(by, str) or len(by) > 200:
+        return "by must be a short string"
+    return None
+
+
 # key -> validator (None when fine, else the reason). Unknown keys are dropped.
 SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "volume": _volume,
     "commands": _replay,
     "channel": _channel,
+    "emergency": _emergency,
 }
 
 

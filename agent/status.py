@@ -73,6 +73,8 @@ class StatusBoard:
     mic_dbfs: float | None = None
     last_error: str = ""
     channel: Callable[[], dict[str, Any] | None] | None = None  # agent.channels: the room
+    emergency: dict[str, Any] | None = None  # an active emergency (agent.emergency), or None
+    emergency_at: float = 0.0  # its start, on ``clock``
     started_at: float = field(default_factory=time.monotonic)
     _listeners: list[Callable[[StatusBoard], None]] = field(default_factory=list, repr=False)
 
@@ -120,6 +122,13 @@ class StatusBoard:
             self.last_error = ""
             self._changed()
 
+    def set_emergency(self, doc: dict[str, Any] | None, *, started_at: float = 0.0) -> None:
+        """An emergency started or changed (its description; ``started_at`` on ``clock``)
+        or ended (None)."""
+        if doc != self.emergency:
+            self.emergency, self.emergency_at = doc, started_at
+            self._changed()
+
     def set_mic_level(self, dbfs: float) -> None:
         """Sampled, not a significant change: does not call listeners."""
         self.mic_dbfs = dbfs
@@ -163,6 +172,8 @@ class StatusBoard:
             for name, p in self.devices.items()
             if p.state is not LinkState.UP
         ]
+        if self.emergency is not None:
+            items.insert(0, "EMERGENCY")
         items.append(
             f"ptt: {self.ptt_state}" + ("" if self.ptt_mode == "hold" else f" ({self.ptt_mode})")
         )
@@ -196,6 +207,11 @@ class StatusBoard:
             "uptime_s": round(now - self.started_at, 1),
             "last_error": self.last_error,
             "channel": self.channel() if self.channel is not None else None,
+            "emergency": (
+                None
+                if self.emergency is None
+                else {**self.emergency, "active_s": round(now - self.emergency_at, 1)}
+            ),
         }
 
     # -- internals -----------------------------------------------------------------

@@ -11,3 +11,4 @@ PTT_PIN, MUTE_PIN, UP_PIN, DOWN_PIN, STATUS_LED, TALK_LED = 17, 5, 6, 13, 27, 22
 CHANNEL_UP_PIN, CHANNEL_DOWN_PIN = 23, 24  # keys ] and [
 # the demo's channels (videosdk.rooms): the first is the room the demo starts in
 DEMO_ROOMS = (("demo-room", "Demo"), ("demo-room-2", "Ops"), ("demo-room-3", "Medics"))
+EMERGENCY_PIN = 16  # held 2 s (key e): raises an emergency, or cancels it

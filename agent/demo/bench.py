@@ -39,6 +39,7 @@ from agent.demo import (
     CHANNEL_UP_PIN,
     DEMO_ROOMS,
     DOWN_PIN,
+    EMERGENCY_PIN,
     MUTE_PIN,
     PTT_PIN,
     STATUS_LED,
@@ -87,6 +88,7 @@ def _config(fake_vs: FakeVideoSDK, fake_orgo: FakeOrgo) -> config.Config:
                 "talk_led": TALK_LED,
                 "channel_up_button": CHANNEL_UP_PIN,
                 "channel_down_button": CHANNEL_DOWN_PIN,
+                "emergency_button": EMERGENCY_PIN,
             },
             "videosdk": {
                 "rooms": [{"id": i, "name": n} for i, n in DEMO_ROOMS],
@@ -233,6 +235,17 @@ class DemoBench:
         self.pin(number).drive_low()
         asyncio.get_running_loop().call_later(TAP_S, self.pin(number).drive_high)
 
+    def hold_emergency(self) -> None:
+        """Hold the emergency button just past ``emergency.hold_s``: raises an emergency,
+        or cancels the one going on."""
+        pin = self.pin(EMERGENCY_PIN)
+        if pin.state == 0:
+            return  # already held
+        logger.info("emergency button held")
+        pin.drive_low()
+        hold_s = self.agent.cfg.emergency.hold_s + 0.2
+        asyncio.get_running_loop().call_later(hold_s, pin.drive_high)
+
     def led_lit(self, number: int) -> bool:
         """Whether the LED on pin ``number`` is lit right now (blinking included)."""
         return bool(self.pin(number).state)
@@ -324,6 +337,7 @@ async def run_live(bench: DemoBench, duration_s: float | None, logs: LogRing) ->
         "k": kill_room,
         "]": lambda: bench.tap(CHANNEL_UP_PIN),
         "[": lambda: bench.tap(CHANNEL_DOWN_PIN),
+        "e": bench.hold_emergency,
         "q": quit_.set,
     }
     view = DemoView(bench, ptt, logs)

@@ -41,7 +41,10 @@ STATE_WIDTH = 30
 METER_CELLS = 30
 METER_FLOOR_DBFS = -60.0
 LINKS = ("videosdk", "orgo")  # the room link, the computer link
-KEYS_HELP = "space: talk · t: latch · m: mute · +/-: vol · [/]: channel · k: kill room · q: quit"
+KEYS_HELP = (
+    "hold space: talk · t: latch · m: mute · +/-: vol · [/]: channel · e: emergency (2 s)"
+    " · k: kill room · q: quit"
+)
 
 _STATE_STYLE = {
     LinkState.UP: "green",
@@ -230,7 +233,12 @@ class DemoView:
 
         ptt = Text("PTT      ")
         if status.ptt_state == "talking":
-            how = "latched with t" if self.ptt.latched else "space held"
+            how = (
+                "latched with t" if self.ptt.latched
+                else "space held" if self.ptt.held
+                else "emergency: mic open" if status.emergency is not None
+                else "space held"
+            )  # fmt: skip
             ptt.append(" TALKING ", style="bold white on red")
             ptt.append(f" ({how})")
         else:
@@ -239,6 +247,8 @@ class DemoView:
         ptt.append(f"    volume {round(status.volume * 100)} %")
         if status.muted:
             ptt.append("  MUTED", style="bold yellow")
+        if status.emergency is not None:
+            ptt.append("  EMERGENCY", style="bold white on red")
 
         room = Text("room     ")
         voiced = b.fake_vs.voiced_total

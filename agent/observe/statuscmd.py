@@ -120,6 +120,13 @@ def format_status(doc: dict[str, Any]) -> str:
     if isinstance(room, dict) and room.get("id"):
         name = f"{room['name']} ({room['id']})" if room.get("name") else str(room["id"])
         lines.append(f"channel {room.get('number', '?')}/{room.get('count', '?')}: {name}")
+    emergency = doc.get("emergency")
+    if isinstance(emergency, dict):
+        mic = "mic open" if emergency.get("mic_open") else "mic per PTT"
+        lines.append(
+            f"EMERGENCY since {emergency.get('since', '?')} "
+            f"({_n(emergency.get('active_s'))} s, by {emergency.get('by', '?')}, {mic})"
+        )
     lines.append("")
 
     links = doc.get("links", {})

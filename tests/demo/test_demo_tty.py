@@ -175,3 +175,20 @@ def test_ctrl_c_while_talking_quits_cleanly_and_restores_the_terminal(
     text, s = summary(pane)
     assert s["voiced"] > 0 and "Traceback" not in text
     assert terminal_restored(pane)
+
+
+def test_key_e_holds_the_emergency_button_and_again_cancels(pane: Pane, tmp_path: Path) -> None:
+    start_demo(pane, tmp_path / "speaker.wav")
+    pane.keys("e")  # the emergency button held 2.2 s
+    shown = pane.wait_for(lambda s: "EMERGENCY" in s, 5, "the emergency")
+    assert "TALKING  (emergency: mic open)" in shown  # the mic opened without PTT
+    assert "talk ● blink 4 Hz" in shown
+    assert "EMERGENCY triggered by the button" in shown  # the log pane
+    time.sleep(0.5)  # the key's hold ends
+    pane.keys("e")  # held again: cancelled
+    pane.wait_for(lambda s: "emergency cancelled by the button" in s, 5, "the cancel")
+    gone = pane.wait_for(lambda s: "idle (hold space to talk)" in s, 3, "the mic closed")
+    assert "  EMERGENCY" not in row(gone, "PTT")
+    pane.keys("q")
+    text, _s = summary(pane)
+    assert "Traceback" not in text

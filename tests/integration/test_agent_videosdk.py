@@ -60,6 +60,10 @@ async def start_agent(
             "videosdk": {"room_id": "room-it", "api_base": fake.api_base},
             "metrics": {"listen": ""},
             "commands": commands or {},
+            # the talk-permit chirp ducks the first frames after PTT down: these tests
+            # follow the mic's exact samples (tests/integration/test_agent_cues_emergency.py
+            # has the chirp)
+            "cues": {"talk_permit": ""},
         }
     )
     mic = write_wav(tmp_path / "mic.wav", COUNTER, 8000)
