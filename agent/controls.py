@@ -49,6 +49,7 @@ __all__ = ["Command", "CommandError", "Controls", "StateStore", "parse_command"]
 logger = logging.getLogger(__name__)
 
 VOLUME_STEP = 0.1
+SWITCH_QUIET_S = 2.0  # after a channel switch, the uplink going down is the switch itself
 KEY_NAME = "command-key"
 GLOBAL_SENDER = "*"  # every sender together: GLOBAL_FACTOR times one sender's budget
 GLOBAL_FACTOR = 4
@@ -133,6 +134,7 @@ class Controls:
         self._talk_cue: str | None = None  # the cue of the talk going on (permit / refusal)
         self._uplink_was_up = False
         self._link_lost = False  # link_lost played: link_back is due when one is up again
+        self._switch_until = 0.0  # a channel switch takes the uplink down on purpose: no chime
         self.emergency = Emergency(
             self._config,
             status=status,
@@ -229,7 +231,11 @@ class Controls:
         return None if self.cues is None else self.cues.play(name)
 
     def play_cue_channel(self, number: int) -> float | None:
-        """Announce channel ``number`` (1-based: N short beeps), after a switch."""
+        """Announce channel ``number`` (1-based: N short beeps), after a switch. The
+        session's restart in the new room is not a lost link: the uplink going down within
+        SWITCH_QUIET_S of the switch plays no link chime (a refused room sends the device
+        back to the last good one, see agent.channels)."""
+        self._switch_until = self._clock() + SWITCH_QUIET_S
         return None if self.cues is None else self.cues.play_channel(number)
 
     def _talk_changed(self, transmitting: bool) -> None:
@@ -254,7 +260,11 @@ class Controls:
         up = board.any_uplink_up
         if up != self._uplink_was_up:
             self._uplink_was_up = up
-            if not up:
+            if up:
+                self._switch_until = 0.0
+            if not up and self._clock() < self._switch_until:
+                logger.debug("uplink down for the channel switch: no link chime")
+            elif not up:
                 self._link_lost = True
                 self.play_cue("link_lost")
             elif self._link_lost:
