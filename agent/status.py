@@ -43,6 +43,10 @@ class Led(enum.Enum):
     BLINK_FAST = "blink-fast"  # 10 Hz: emergency (the talk LED at its fastest)
 
 
+# each blinking pattern's half period (s on = s off), for every LED driver
+BLINK_HALF_S = {Led.BLINK_1HZ: 0.5, Led.BLINK_4HZ: 0.125, Led.BLINK_FAST: 0.05}
+
+
 @dataclass
 class PartStatus:
     state: LinkState

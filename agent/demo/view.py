@@ -58,6 +58,7 @@ _LED_TEXT = {
     Led.ON: "on",
     Led.BLINK_1HZ: "blink 1 Hz",
     Led.BLINK_4HZ: "blink 4 Hz",
+    Led.BLINK_FAST: "blink 10 Hz",
 }
 
 

@@ -28,11 +28,10 @@ from typing import Any
 
 from agent.config import GpioConfig
 from agent.errors import GpioUnavailable
-from agent.status import Led
+from agent.status import BLINK_HALF_S, Led
 
 logger = logging.getLogger(__name__)
 
-BLINK = {Led.BLINK_1HZ: 0.5, Led.BLINK_4HZ: 0.125, Led.BLINK_FAST: 0.05}  # s on (= s off)
 
 
 class ButtonEvent(enum.Enum):
@@ -157,7 +156,8 @@ class GpioPanel:
         elif pattern is Led.OFF:
             led.off()
         else:
-            led.blink(on_time=BLINK[pattern], off_time=BLINK[pattern], background=True)
+            half = BLINK_HALF_S[pattern]
+            led.blink(on_time=half, off_time=half, background=True)
 
     def led_pattern(self, key: str) -> Led:
         return self._led_state.get(key, Led.OFF)

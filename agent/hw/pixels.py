@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from agent.config import PixelsConfig
 from agent.errors import PixelsUnavailable
-from agent.status import Led
+from agent.status import BLINK_HALF_S, Led
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ AMBER: Rgb = (255, 120, 0)
 RED: Rgb = (255, 0, 0)
 WHITE: Rgb = (255, 255, 255)
 
-# seconds on (= seconds off) of each blinking pattern, as agent.hw.gpio.BLINK
-HALF_PERIOD_S = {Led.BLINK_1HZ: 0.5, Led.BLINK_4HZ: 0.125, Led.BLINK_FAST: 0.05}
 COLOURS: dict[str, dict[Led, Rgb]] = {
     "status_led": {Led.ON: GREEN, Led.BLINK_1HZ: AMBER, Led.BLINK_4HZ: RED, Led.BLINK_FAST: RED},
     "talk_led": {Led.ON: RED, Led.BLINK_1HZ: AMBER, Led.BLINK_4HZ: AMBER, Led.BLINK_FAST: RED},
@@ -220,7 +218,7 @@ class PixelLeds:
         if pattern is Led.OFF or not role:
             return DARK
         colour = COLOURS.get(role, {}).get(pattern, WHITE)
-        half = HALF_PERIOD_S.get(pattern)
+        half = BLINK_HALF_S.get(pattern)
         if half is None:
             return colour
         return colour if int((now - since) / half) % 2 == 0 else DARK
@@ -248,7 +246,7 @@ class PixelLeds:
         edges = [
             since + (int((now - since) / half) + 1) * half
             for pattern, since in self._patterns.values()
-            if (half := HALF_PERIOD_S.get(pattern)) is not None
+            if (half := BLINK_HALF_S.get(pattern)) is not None
         ]
         if edges:
             self._timer = self._loop.call_at(min(edges) + 1e-4, self._show)

@@ -182,7 +182,7 @@ def test_key_e_holds_the_emergency_button_and_again_cancels(pane: Pane, tmp_path
     pane.keys("e")  # the emergency button held 2.2 s
     shown = pane.wait_for(lambda s: "EMERGENCY" in s, 5, "the emergency")
     assert "TALKING  (emergency: mic open)" in shown  # the mic opened without PTT
-    assert "talk ● blink 4 Hz" in shown
+    assert "talk ● blink 10 Hz" in shown
     assert "EMERGENCY triggered by the button" in shown  # the log pane
     time.sleep(0.5)  # the key's hold ends
     pane.keys("e")  # held again: cancelled
