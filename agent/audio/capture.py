@@ -2,10 +2,14 @@
 
 :class:`Capture` reads the mic in its own thread, converts to the uplink format
 (mono, 8 kHz, gain with saturation, exactly 160-sample frames; the conversion
-itself is :class:`CaptureProcessor`, which does no I/O) and hands frames to the
-event loop with ``loop.call_soon_threadsafe`` through a bounded queue (oldest
-dropped and counted when the consumer falls behind). It survives its device
-(see :mod:`agent.audio.device`).
+itself is :class:`CaptureProcessor`, which does no I/O) and hands each read's
+frames and the mic level to the event loop in one ``loop.call_soon_threadsafe``
+(one wakeup of the loop per period) through a bounded queue (oldest dropped and
+counted when the consumer falls behind). It survives its device (see
+:mod:`agent.audio.device`). Given a :class:`~agent.audio.duplex.Duplex`, each read
+also ticks the speaker (the mic's clock drives both) and hands the processor the
+far end, the period last played (:class:`~agent.audio.duplex.FarEndPeriod`), for
+an echo canceller (:class:`EchoStage`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import Protocol
 
 import numpy as np
 
 from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
+from agent.audio.duplex import Duplex, FarEndPeriod
 from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy
 from agent.errors import AudioError
@@ -31,6 +37,20 @@ from agent.status import StatusBoard
 logger = logging.getLogger(__name__)
 
 SILENCE_ALARM_S = 10.0  # a mic delivering only exact zeros this long is reported
+
+
+class EchoStage(Protocol):
+    """Removes the speaker's echo from the mic (issue #20): one uplink frame at a time.
+
+    ``mic`` is one uplink frame before the gain (8 kHz mono int16, 160 samples);
+    ``far_end`` the period last written to the speaker when the mic read that
+    completed the frame returned (None: no speaker, or nothing played yet). Its
+    ``playout_delay_s`` and ``t_played`` place it in time against the frame's
+    ``t_capture``. Returns the cleaned frame, same length. Runs in the capture
+    thread: it must not block.
+    """
+
+    def cancel(self, mic: Pcm, far_end: FarEndPeriod | None, t_capture: float) -> Pcm: ...
 
 
 def _gain_factor(gain_db: float) -> float:
@@ -57,8 +77,10 @@ class CaptureProcessor:
         silence_alarm_s: float = SILENCE_ALARM_S,
         first_seq: int = 1,
         metrics: Metrics | None = None,
+        echo: EchoStage | None = None,
     ) -> None:
         self.in_rate = in_rate
+        self.echo = echo
         self.channels = channels
         self.gain_db = gain_db
         self._metrics = metrics
@@ -75,8 +97,12 @@ class CaptureProcessor:
         self._repeat_reported = False
         self.stuck_alarm = False  # set once per stretch of one repeating read >= silence_alarm_s
 
-    def process(self, pcm: Pcm, t_capture: float) -> list[Frame]:
-        """One device read (interleaved, any length) -> zero or more uplink frames."""
+    def process(
+        self, pcm: Pcm, t_capture: float, far_end: FarEndPeriod | None = None
+    ) -> list[Frame]:
+        """One device read (interleaved, any length) -> zero or more uplink frames.
+
+        ``far_end``: the speaker's latest period (for the echo stage, if any)."""
         if pcm.dtype != np.int16:
             if self._metrics is not None:
                 self._metrics.inc("audio_rejected_total", source="mic", reason="dtype")
@@ -111,8 +137,11 @@ class CaptureProcessor:
         pending = pcm if self._pending.size == 0 else np.concatenate((self._pending, pcm))
         frames: list[Frame] = []
         gain_db = self.gain_db
+        echo = self.echo
         while pending.size >= UPLINK_SAMPLES:
             chunk, pending = pending[:UPLINK_SAMPLES], pending[UPLINK_SAMPLES:]
+            if echo is not None:
+                chunk = echo.cancel(chunk, far_end, t_capture)
             if gain_db != 0.0:
                 chunk = to_int16(chunk.astype(np.float32) * np.float32(_gain_factor(gain_db)))
             else:
@@ -138,8 +167,12 @@ class Capture:
         queue_frames: int = 25,
         level_every: int = 5,
         silence_alarm_s: float = SILENCE_ALARM_S,
+        duplex: Duplex | None = None,
+        echo: EchoStage | None = None,
     ) -> None:
         self.source = source
+        self.duplex = duplex
+        self.echo = echo
         self.gain_db = gain_db
         self.level_dbfs: float | None = None  # latest mic level, sampled every level_every frames
         self._metrics = metrics
@@ -173,11 +206,15 @@ class Capture:
         stop = threading.Event()
         done: asyncio.Future[None] = loop.create_future()
 
-        def deliver(item: Frame | BaseException) -> None:
-            if queue.full():
-                queue.get_nowait()
-                self._metrics.inc("capture_frames_dropped_total", reason="queue_full")
-            queue.put_nowait(item)
+        def deliver(items: list[Frame] | BaseException, level: float | None = None) -> None:
+            # one call per read: its frames, and the mic level when it was sampled
+            if level is not None:
+                self._status.set_mic_level(level)
+            for item in items if isinstance(items, list) else (items,):
+                if queue.full():
+                    queue.get_nowait()
+                    self._metrics.inc("capture_frames_dropped_total", reason="queue_full")
+                queue.put_nowait(item)
 
         thread = threading.Thread(
             target=self._thread_main,
@@ -205,7 +242,7 @@ class Capture:
     def _thread_main(
         self,
         loop: ThreadLoop,
-        deliver: Callable[[Frame | BaseException], None],
+        deliver: Callable[[list[Frame] | BaseException, float | None], None],
         done: asyncio.Future[None],
     ) -> None:
         error: BaseException | None = None
@@ -214,13 +251,15 @@ class Capture:
         except BaseException as exc:  # a bug, not a device failure: end the iteration with it
             logger.exception("capture thread failed")
             error = exc
-            loop.call(deliver, exc)
+            loop.call(deliver, exc, None)
         finally:
             with contextlib.suppress(AudioError):
                 self.source.close()
             loop.call(settle, done, error)
 
-    def _capture(self, loop: ThreadLoop, deliver: Callable[[Frame | BaseException], None]) -> None:
+    def _capture(
+        self, loop: ThreadLoop, deliver: Callable[[list[Frame] | BaseException, float | None], None]
+    ) -> None:
         device = DeviceRetry(
             "mic", self.source, self._status, self._policy, self._heartbeat, self.on_ready
         )
@@ -241,7 +280,16 @@ class Capture:
                 self.source.close()
 
     def _read_until_stopped(
-        self, loop: ThreadLoop, deliver: Callable[[Frame | BaseException], None]
+        self, loop: ThreadLoop, deliver: Callable[[list[Frame] | BaseException, float | None], None]
+    ) -> None:
+        try:
+            self._read_loop(loop, deliver)
+        finally:
+            if self.duplex is not None:
+                self.duplex.capture_stopped()  # the speaker's own thread takes over
+
+    def _read_loop(
+        self, loop: ThreadLoop, deliver: Callable[[list[Frame] | BaseException, float | None], None]
     ) -> None:
         source = self.source
         processor = CaptureProcessor(
@@ -251,23 +299,33 @@ class Capture:
             silence_alarm_s=self._silence_alarm_s,
             first_seq=self._seq + 1,
             metrics=self._metrics,
+            echo=self.echo,
         )
         heartbeat = self._heartbeat
         level_every = self._level_every
+        duplex = self.duplex
+        far_end = duplex.far_end if duplex is not None else None
+        metrics = self._metrics
         while not loop.stop.is_set():
             pcm = source.read()
             t_capture = time.monotonic()
             if heartbeat is not None:
                 heartbeat()
             processor.gain_db = self.gain_db
-            for frame in processor.process(pcm, t_capture):
-                self._seq = frame.seq
-                self._metrics.inc("frames_captured_total")
-                loop.call(deliver, frame)
+            frames = processor.process(
+                pcm, t_capture, far_end.latest() if far_end is not None else None
+            )
+            level: float | None = None
+            for frame in frames:
                 if frame.seq % level_every == 0:
                     level = dbfs(frame.pcm)
                     self.level_dbfs = level
-                    loop.call(self._status.set_mic_level, level)
+            if frames:
+                self._seq = frames[-1].seq
+                metrics.inc("frames_captured_total", len(frames))
+                loop.call(deliver, frames, level)  # one wakeup of the loop for the read
+            if duplex is not None:
+                duplex.tick(t_capture)  # then the speaker, from the same wakeup
             if processor.silence_alarm:
                 processor.silence_alarm = False
                 self._report_silence(loop)

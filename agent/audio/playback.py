@@ -4,6 +4,12 @@
 cancelled, resampling when the device settled on another rate, and survives its
 device (see :mod:`agent.audio.device`); while there is no speaker it keeps the
 mixer's sources moving by rendering and discarding.
+
+Given a :class:`~agent.audio.duplex.Duplex` and a speaker that tells its room
+(:class:`~agent.hw.ports.PolledSink`, every ALSA device), the writes happen in the
+capture thread, right after each mic read (one wakeup per period for both), and this
+thread only stands by: it writes itself (blocking, paced by the speaker) while no mic
+is being read, and it reports and reopens the speaker when a write fails.
 """
 
 from __future__ import annotations
@@ -12,18 +18,23 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
+from agent.audio.duplex import Duplex, FarEndPeriod
 from agent.audio.mixer import Mixer
 from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy
 from agent.errors import AudioError
-from agent.hw.ports import AudioSink, device_name
+from agent.hw.ports import AudioSink, PolledSink, device_name
 from agent.metrics import Metrics
+from agent.pcm import Pcm, samples_per_frame
 from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
+
+MAX_WRITES_PER_TICK = 4  # a tick tops the speaker up; more than its buffer is never needed
 
 
 class Playback:
@@ -38,9 +49,11 @@ class Playback:
         status: StatusBoard,
         heartbeat: Callable[[], None] | None = None,
         reopen_backoff: BackoffPolicy = DEVICE_BACKOFF,
+        duplex: Duplex | None = None,
     ) -> None:
         self.sink = sink
         self.mixer = mixer
+        self.duplex = duplex
         self.periods_written = 0
         self._metrics = metrics
         self._status = status
@@ -65,6 +78,8 @@ class Playback:
             await asyncio.shield(done)
         finally:
             stop.set()
+            if self.duplex is not None:
+                self.duplex.wake()
             if not done.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([done], timeout=STOP_TIMEOUT_S)
@@ -114,6 +129,9 @@ class Playback:
         resampler = None
         if sink.rate != mixer.out_rate:  # the device settled on another rate
             resampler = StreamResampler(mixer.out_rate, sink.rate, mixer.channels)
+        if self.duplex is not None and isinstance(sink, PolledSink):
+            self._write_duplex(stop, sink, self.duplex, resampler)
+            return
         heartbeat = self._heartbeat
         while not stop.is_set():
             pcm = mixer.render()
@@ -124,3 +142,66 @@ class Playback:
             self._metrics.inc("playback_periods_total")
             if heartbeat is not None:
                 heartbeat()
+
+    def _write_duplex(
+        self,
+        stop: threading.Event,
+        sink: PolledSink,
+        duplex: Duplex,
+        resampler: StreamResampler | None,
+    ) -> None:
+        """Let the capture thread's ticks write; write ourselves only while none come."""
+        mixer, metrics, heartbeat = self.mixer, self._metrics, self._heartbeat
+        period = samples_per_frame(sink.rate)
+        failure: list[BaseException] = []  # met in the capture thread, raised here
+
+        def write_one() -> None:
+            pcm: Pcm = mixer.render()
+            if resampler is not None:
+                pcm = resampler.process(pcm)
+            queued = sink.frames_queued()
+            sink.write(pcm)
+            now = time.monotonic()
+            duplex.far_end.publish(
+                FarEndPeriod(pcm, sink.rate, sink.channels, queued / sink.rate, now)
+            )
+            self.periods_written += 1
+            metrics.inc("playback_periods_total")
+
+        def service() -> None:  # in the capture thread, right after its read
+            if failure:
+                return
+            try:
+                for _ in range(MAX_WRITES_PER_TICK):
+                    free = sink.frames_free()
+                    if 0 <= free < period:
+                        break
+                    write_one()
+            except BaseException as exc:  # the playback thread reports it and reopens
+                failure.append(exc)
+                duplex.wake()
+                return
+            if heartbeat is not None:
+                heartbeat()
+
+        duplex.attach(service)
+        try:
+            while not stop.is_set():
+                if failure:
+                    raise failure[0]
+                if duplex.driven():
+                    duplex.stand_by(stop)
+                    if heartbeat is not None:
+                        heartbeat()
+                    continue
+                # no mic ticking: the speaker's clock paces us (sleep until it has room)
+                free = sink.frames_free()
+                if 0 <= free < period:
+                    stop.wait((period - free) / sink.rate)
+                    continue
+                with duplex.holding():
+                    write_one()
+                if heartbeat is not None:
+                    heartbeat()
+        finally:
+            duplex.detach()
