@@ -185,10 +185,11 @@ class Probe:
         }
 
 
-def python_tids() -> list[int]:
+def python_tids() -> dict[str, str]:
     """The kernel thread ids of this process's Python threads (the agent's own threads;
-    any other thread of the process was started by a C library, e.g. libpulse)."""
-    return [t.native_id for t in threading.enumerate() if t.native_id is not None]
+    any other thread of the process was started by a C library, e.g. libpulse), with
+    their Python names."""
+    return {str(t.native_id): t.name for t in threading.enumerate() if t.native_id is not None}
 
 
 async def agent_role(cfg_path: str, creds: str) -> None:
@@ -712,15 +713,15 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         load0 = os.getloadavg()
         busy0 = machine_busy()
         u0 = {n: c.usage() for n, c in children.items()}
-        tids: dict[str, set[int]] = {n: set() for n in children}
+        tids: dict[str, dict[int, str]] = {n: {} for n in children}
         for n, c in children.items():
-            tids[n].update((await c.ask("mark")).get("tids", []))
+            tids[n].update({int(k): v for k, v in (await c.ask("mark")).get("tids", {}).items()})
         t_start = time.monotonic()
         print(f"measuring {args.seconds:g} s ...", file=sys.stderr, flush=True)
         await asyncio.sleep(args.seconds)
         reports = {n: await c.ask("report") for n, c in children.items()}
         for n, r in reports.items():
-            tids[n].update(r.get("tids", []))
+            tids[n].update({int(k): v for k, v in r.get("tids", {}).items()})
         t_end = time.monotonic()
         u1 = {n: c.usage() for n, c in children.items()}
         busy1 = machine_busy()
@@ -845,7 +846,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 def switch_groups(
     before: dict[int, tuple[str, float, int]],
     after: dict[int, tuple[str, float, int]],
-    own: set[int],
+    own: dict[int, str],
     seconds: float,
 ) -> dict[str, Any]:
     """Context switches/s (voluntary + involuntary) of the process's own (Python) threads
@@ -853,15 +854,18 @@ def switch_groups(
     hw: devices have none), with the names and CPU of the latter."""
     groups: dict[str, float] = {"own": 0.0, "foreign": 0.0}
     foreign: dict[str, dict[str, float]] = {}
+    own_threads: dict[str, float] = {}
     for tid, (name, cpu_s, n) in after.items():
         _, cpu0, n0 = before.get(tid, (name, 0.0, 0))
         group = "own" if tid in own else "foreign"
         groups[group] += (n - n0) / seconds
+        if tid in own:
+            own_threads[own[tid]] = own_threads.get(own[tid], 0.0) + (n - n0) / seconds
         if group == "foreign":
             f = foreign.setdefault(name, {"switches_per_s": 0.0, "cpu_ms_per_s": 0.0})
             f["switches_per_s"] += (n - n0) / seconds
             f["cpu_ms_per_s"] += (cpu_s - cpu0) * 1000 / seconds
-    return {**groups, "foreign_threads": foreign}
+    return {**groups, "own_threads": own_threads, "foreign_threads": foreign}
 
 
 def _git_commit() -> str:
@@ -925,10 +929,13 @@ def print_table(res: dict[str, Any]) -> None:
 
     row("CPU ms per s of audio", lambda p: p["cpu_ms_per_s"])
     row("  CPU / floor (x)", lambda p: p["cpu_x_floor"], goal="<= 3")
-    for t in ("MainThread", "audio-capture", "audio-playback"):
+    threads = ("MainThread", "audio-capture", "audio-playback")
+    for t in threads:
         row(f"    {t} (ms/s)", lambda p, t=t: p["cpu_ms_per_s_by_python_thread"][t])
     row("context switches/s, own threads", lambda p: p["switches_per_s"]["own"], ".0f",
         goal="<= 150")  # fmt: skip
+    for t in threads:
+        row(f"    {t}", lambda p, t=t: p["switches_per_s"]["own_threads"][t], ".0f")
     row("  libpulse's threads (not counted)", lambda p: p["switches_per_s"]["foreign"], ".0f")
     for q in ("median", "p99"):
         goal = "<= 2 beyond the period" if q == "p99" else ""

@@ -312,6 +312,11 @@ class Capture:
             if heartbeat is not None:
                 heartbeat()
             processor.gain_db = self.gain_db
+            if duplex is not None:
+                # the speaker first, from the same wakeup: the loop, woken below, then
+                # runs while this thread waits for the next read (no fight for the GIL),
+                # and the echo stage gets the period just played
+                duplex.tick(t_capture)
             frames = processor.process(
                 pcm, t_capture, far_end.latest() if far_end is not None else None
             )
@@ -324,8 +329,6 @@ class Capture:
                 self._seq = frames[-1].seq
                 metrics.inc("frames_captured_total", len(frames))
                 loop.call(deliver, frames, level)  # one wakeup of the loop for the read
-            if duplex is not None:
-                duplex.tick(t_capture)  # then the speaker, from the same wakeup
             if processor.silence_alarm:
                 processor.silence_alarm = False
                 self._report_silence(loop)

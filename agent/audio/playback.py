@@ -34,7 +34,8 @@ from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
 
-MAX_WRITES_PER_TICK = 4  # a tick tops the speaker up; more than its buffer is never needed
+JUDGE_PERIODS = 30  # written by this thread after each open (0.6 s: the pacer's window)
+MAX_WRITES_PER_TICK = 2  # a tick tops the speaker up: one period, two when its clock is fast
 
 
 class Playback:
@@ -131,7 +132,6 @@ class Playback:
             resampler = StreamResampler(mixer.out_rate, sink.rate, mixer.channels)
         if self.duplex is not None and isinstance(sink, PolledSink):
             self._write_duplex(stop, sink, self.duplex, resampler)
-            return
         heartbeat = self._heartbeat
         while not stop.is_set():
             pcm = mixer.render()
@@ -150,10 +150,15 @@ class Playback:
         duplex: Duplex,
         resampler: StreamResampler | None,
     ) -> None:
-        """Let the capture thread's ticks write; write ourselves only while none come."""
+        """Let the capture thread's ticks write; write ourselves only while none come.
+
+        Returns when the speaker turns out not to be paced by a clock (ALSA's ``null``:
+        its writes sleep, which must not hold up the mic): the caller writes it itself.
+        """
         mixer, metrics, heartbeat = self.mixer, self._metrics, self._heartbeat
         period = samples_per_frame(sink.rate)
         failure: list[BaseException] = []  # met in the capture thread, raised here
+        handed_back: list[bool] = []  # the speaker is not paced: this thread writes it
 
         def write_one() -> None:
             pcm: Pcm = mixer.render()
@@ -169,10 +174,14 @@ class Playback:
             metrics.inc("playback_periods_total")
 
         def service() -> None:  # in the capture thread, right after its read
-            if failure:
+            if failure or handed_back:
                 return
             try:
                 for _ in range(MAX_WRITES_PER_TICK):
+                    if getattr(sink, "unpaced", False):
+                        handed_back.append(True)
+                        duplex.wake()
+                        return
                     free = sink.frames_free()
                     if 0 <= free < period:
                         break
@@ -184,12 +193,20 @@ class Playback:
             if heartbeat is not None:
                 heartbeat()
 
-        duplex.attach(service)
+        # the first periods are written here, so that a speaker not paced by a clock is
+        # found out (agent.hw.alsa's pacer) before the mic's thread ever writes it
+        judge_until = self.periods_written + JUDGE_PERIODS
+        attached = False
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not handed_back:
                 if failure:
                     raise failure[0]
-                if duplex.driven():
+                if not attached and self.periods_written >= judge_until:
+                    if getattr(sink, "unpaced", False):
+                        return
+                    duplex.attach(service)
+                    attached = True
+                if attached and duplex.driven():
                     duplex.stand_by(stop)
                     if heartbeat is not None:
                         heartbeat()
