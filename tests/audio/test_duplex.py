@@ -13,6 +13,7 @@ import pytest
 
 from agent.audio.capture import Capture
 from agent.audio.duplex import Duplex, FarEndPeriod
+from agent.audio.jitter import JitterPolicy
 from agent.audio.mixer import Mixer
 from agent.audio.playback import Playback
 from agent.backoff import BackoffPolicy
@@ -42,7 +43,8 @@ async def run_duplex(
 ) -> tuple[Playback, Capture, int]:
     """Mic and speaker on one Duplex for ``seconds``; returns the parts and the frames."""
     metrics, status = Metrics(), StatusBoard()
-    mixer = Mixer(sink.rate, metrics=metrics)
+    policy = JitterPolicy(reset_excess_ms=60_000, trim_window_ms=1e9, capacity_ms=60_000)
+    mixer = Mixer(sink.rate, metrics=metrics, jitter=policy)  # holds the whole tone
     mixer.add_source("room", 8000).push(tone(8000, 1000, seconds + 2, dbfs=-20.0))
     duplex = Duplex()
     playback = Playback(sink, mixer, metrics=metrics, status=status, duplex=duplex)
@@ -78,8 +80,9 @@ async def test_a_speaker_on_another_clock_is_fed_from_the_mics_reads_without_gap
     # the speaker never ran dry and never got more than its buffer holds
     assert sink.underruns == 0
     assert sink.overruns == 0
-    # after the first periods (written by the speaker's own thread) the mic's thread did it
-    assert sink.writers[-50:] == ["audio-capture"] * 50
+    # after the first periods (written by the speaker's own thread) the mic's thread did
+    # it (until the very end: when the mic stops, the speaker's thread takes over again)
+    assert sink.writers[-60:-10] == ["audio-capture"] * 50
     # it played what its own clock consumed: the drift went into the speaker, not a gap
     played = sink.frames_written - sink.frames_queued() if sink.is_open else sink.frames_written
     assert played == pytest.approx(elapsed * 48000 * speed, rel=0.03)
@@ -106,7 +109,7 @@ async def test_a_mic_coming_back_takes_over_the_speaker() -> None:
     assert frames >= 50
     assert sink.underruns == 0
     assert sink.writers[0] == "audio-playback"
-    assert sink.writers[-20:] == ["audio-capture"] * 20
+    assert sink.writers[-30:-10] == ["audio-capture"] * 20
 
 
 class RecordingEcho:
@@ -132,7 +135,8 @@ async def test_the_echo_stage_gets_the_period_just_played_and_its_playout_delay(
         assert (far_end.rate, far_end.channels, far_end.pcm.size) == (48000, 1, 960)
         # the room's -20 dBFS tone, as the speaker got it (volume 1)
         assert dbfs(far_end.pcm) == pytest.approx(-20.0, abs=0.5)
-        # written in the same wakeup as the mic read (just after it returned)
-        assert abs(far_end.t_written - t_capture) < 0.005
+        # the latest period: written just after this mic read returned, or in the tick
+        # before when the speaker had no room (its clock is not in phase with the mic's)
+        assert -0.005 < t_capture - far_end.t_written < 0.045
         assert 0.0 < far_end.playout_delay_s <= sink.buffer_frames / 48000
         assert far_end.t_played >= far_end.t_written
