@@ -120,12 +120,14 @@ class Probe:
         GOALS["healthy_start_s"]; before that, so far)."""
         if self.healthy is not None:
             return self.healthy
-        counts = {label: 0.0 for label in HEALTHY_KEYS.values()}
+        counts: dict[str, Any] = {label: 0.0 for label in HEALTHY_KEYS.values()}
+        detail: dict[str, float] = {}
         for key, value in self._counters(self.metrics).items():
             name = key.split("{", 1)[0]
-            if name in HEALTHY_KEYS:
+            if name in HEALTHY_KEYS and value:
                 counts[HEALTHY_KEYS[name]] += value
-        doc = {"seconds": round(time.monotonic() - self.started, 2), **counts}
+                detail[key] = value
+        doc = {"seconds": round(time.monotonic() - self.started, 2), **counts, "detail": detail}
         if doc["seconds"] >= GOALS["healthy_start_s"]:
             self.healthy = doc
         return doc

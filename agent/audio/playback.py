@@ -160,11 +160,11 @@ class Playback:
         failure: list[BaseException] = []  # met in the capture thread, raised here
         handed_back: list[bool] = []  # the speaker is not paced: this thread writes it
 
-        def write_one() -> None:
+        def write_one(queued: int) -> None:
+            """Render and write one period; ``queued``: frames in the device before it."""
             pcm: Pcm = mixer.render()
             if resampler is not None:
                 pcm = resampler.process(pcm)
-            queued = sink.frames_queued()
             sink.write(pcm)
             now = time.monotonic()
             duplex.far_end.publish(
@@ -177,15 +177,20 @@ class Playback:
             if failure or handed_back:
                 return
             try:
-                for _ in range(MAX_WRITES_PER_TICK):
-                    if getattr(sink, "unpaced", False):
-                        handed_back.append(True)
-                        duplex.wake()
-                        return
-                    free = sink.frames_free()
-                    if 0 <= free < period:
-                        break
-                    write_one()
+                if getattr(sink, "unpaced", False):
+                    handed_back.append(True)
+                    duplex.wake()
+                    return
+                # one look at the device per tick (with the pulse plugin every call
+                # takes libpulse's lock): its room says how many periods go in
+                free = sink.frames_free()
+                count = (
+                    MAX_WRITES_PER_TICK if free < 0 else min(free // period, MAX_WRITES_PER_TICK)
+                )
+                queued = sink.buffer_frames - max(free, 0)
+                for _ in range(count):
+                    write_one(queued)
+                    queued += period
             except BaseException as exc:  # the playback thread reports it and reopens
                 failure.append(exc)
                 duplex.wake()
@@ -217,7 +222,7 @@ class Playback:
                     stop.wait((period - free) / sink.rate)
                     continue
                 with duplex.holding():
-                    write_one()
+                    write_one(sink.frames_queued())
                 if heartbeat is not None:
                     heartbeat()
         finally:

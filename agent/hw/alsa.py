@@ -308,12 +308,12 @@ class AlsaSink(_AlsaPcm):
     ) -> None:
         super().__init__(device, rate, channels, metrics=metrics, periods=periods)
         self.label = label
-        self._buffer_frames = periods * samples_per_frame(rate)
+        self.buffer_frames = periods * samples_per_frame(rate)
 
     def open(self) -> None:
         super().open()
         info = self._require_open().info()
-        self._buffer_frames = int(
+        self.buffer_frames = int(
             info.get("buffer_size") or self.periods * samples_per_frame(self.rate)
         )
 
@@ -326,7 +326,7 @@ class AlsaSink(_AlsaPcm):
 
     def frames_queued(self) -> int:
         """Frames waiting to be played (``PolledSink``): the buffer less its room."""
-        return max(0, self._buffer_frames - max(0, self.frames_free()))
+        return max(0, self.buffer_frames - max(0, self.frames_free()))
 
     def write(self, pcm: Pcm) -> None:
         handle = self._require_open()

@@ -64,6 +64,8 @@ class PolledSink(AudioSink, Protocol):
     """A playback device that also says how much room it has, so that another clock
     (the mic's, :mod:`agent.audio.duplex`) can feed it without ever blocking."""
 
+    buffer_frames: int  # the device buffer, frames per channel (valid once open)
+
     def frames_free(self) -> int:
         """Frames (per channel) that can be written now without blocking; negative when
         the device has underrun (a write recovers it)."""

@@ -321,6 +321,7 @@ class VideoSDKLink:
             ping_timeout=self._ping_timeout_s,
             close_timeout=STOP_TIMEOUT_S,
             max_size=WS_MAX_SIZE,
+            compression=None,  # base64 PCM hardly compresses; spare the Pi's CPU
             logger=_wire_logger,
             create_connection=WatchedConnection,
             **ws_tls(session.ws_url, self._tls),
