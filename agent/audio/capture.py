@@ -29,7 +29,7 @@ from agent.audio.duplex import Duplex, FarEndPeriod
 from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy
 from agent.errors import AudioError
-from agent.hw.ports import AudioSource, device_name
+from agent.hw.ports import AudioSource, PolledSource, device_name
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, dbfs, downmix, to_int16
 from agent.status import StatusBoard
@@ -37,6 +37,7 @@ from agent.status import StatusBoard
 logger = logging.getLogger(__name__)
 
 SILENCE_ALARM_S = 10.0  # a mic delivering only exact zeros this long is reported
+_HANDBACK_WAIT_S = 0.5  # how often the device's thread checks for a stop meanwhile
 
 
 class EchoStage(Protocol):
@@ -169,10 +170,15 @@ class Capture:
         silence_alarm_s: float = SILENCE_ALARM_S,
         duplex: Duplex | None = None,
         echo: EchoStage | None = None,
+        on_loop: bool = True,
     ) -> None:
         self.source = source
         self.duplex = duplex
         self.echo = echo
+        # a mic with poll descriptors (ALSA) is read by the event loop itself: no thread
+        # wakeup and no handoff per period (the thread only opens and reopens it)
+        self.on_loop = on_loop
+        self._release_loop: Callable[[], None] | None = None
         self.gain_db = gain_db
         self.level_dbfs: float | None = None  # latest mic level, sampled every level_every frames
         self._metrics = metrics
@@ -231,6 +237,8 @@ class Capture:
                 yield item
         finally:
             stop.set()
+            if self._release_loop is not None:  # the loop stops reading before the close
+                self._release_loop()
             if not done.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([done], timeout=STOP_TIMEOUT_S)
@@ -301,40 +309,131 @@ class Capture:
             metrics=self._metrics,
             echo=self.echo,
         )
-        heartbeat = self._heartbeat
-        level_every = self._level_every
-        duplex = self.duplex
-        far_end = duplex.far_end if duplex is not None else None
-        metrics = self._metrics
+        # the loop reads the mic when its poll descriptor says a period is there; this
+        # thread keeps the device (reopening, backoff) and waits until it comes back.
+        # False: not paced by a clock (ALSA's null: its reads sleep, which the loop must
+        # not), or its poll descriptors never woke the loop: this thread reads it
+        if (
+            self.on_loop
+            and isinstance(source, PolledSource)
+            and (self._read_on_loop(loop, source, processor, deliver) or loop.stop.is_set())
+        ):
+            return
         while not loop.stop.is_set():
             pcm = source.read()
-            t_capture = time.monotonic()
-            if heartbeat is not None:
-                heartbeat()
-            processor.gain_db = self.gain_db
-            if duplex is not None:
-                # the speaker first, from the same wakeup: the loop, woken below, then
-                # runs while this thread waits for the next read (no fight for the GIL),
-                # and the echo stage gets the period just played
-                duplex.tick(t_capture)
-            frames = processor.process(
-                pcm, t_capture, far_end.latest() if far_end is not None else None
-            )
-            level: float | None = None
-            for frame in frames:
-                if frame.seq % level_every == 0:
-                    level = dbfs(frame.pcm)
-                    self.level_dbfs = level
-            if frames:
-                self._seq = frames[-1].seq
-                metrics.inc("frames_captured_total", len(frames))
+            self._step(processor, pcm, time.monotonic(), loop, deliver, on_loop=False)
+
+    def _step(
+        self,
+        processor: CaptureProcessor,
+        pcm: Pcm,
+        t_capture: float,
+        loop: ThreadLoop,
+        deliver: Callable[[list[Frame] | BaseException, float | None], None],
+        *,
+        on_loop: bool,
+    ) -> None:
+        """One mic read: the speaker's tick, the frames, the level, the alarms."""
+        if self._heartbeat is not None:
+            self._heartbeat()
+        processor.gain_db = self.gain_db
+        duplex = self.duplex
+        if duplex is not None:
+            # the speaker first, from the same wakeup: the loop, woken below, then
+            # runs while this thread waits for the next read (no fight for the GIL),
+            # and the echo stage gets the period just played
+            duplex.tick(t_capture)
+        frames = processor.process(
+            pcm, t_capture, duplex.far_end.latest() if duplex is not None else None
+        )
+        level: float | None = None
+        for frame in frames:
+            if frame.seq % self._level_every == 0:
+                level = dbfs(frame.pcm)
+                self.level_dbfs = level
+        if frames:
+            self._seq = frames[-1].seq
+            self._metrics.inc("frames_captured_total", len(frames))
+            if on_loop:
+                deliver(frames, level)
+            else:
                 loop.call(deliver, frames, level)  # one wakeup of the loop for the read
-            if processor.silence_alarm:
-                processor.silence_alarm = False
-                self._report_silence(loop)
-            if processor.stuck_alarm:
-                processor.stuck_alarm = False
-                self._report_stuck(loop, pcm.size // max(1, source.channels))
+        if processor.silence_alarm:
+            processor.silence_alarm = False
+            self._report_silence(loop)
+        if processor.stuck_alarm:
+            processor.stuck_alarm = False
+            self._report_stuck(loop, pcm.size // max(1, self.source.channels))
+
+    def _read_on_loop(
+        self,
+        loop: ThreadLoop,
+        source: PolledSource,
+        processor: CaptureProcessor,
+        deliver: Callable[[list[Frame] | BaseException, float | None], None],
+    ) -> bool:
+        """Read the open mic from the event loop (``add_reader`` on its poll descriptors)
+        until it fails (raised here), the capture stops (True), or it turns out unpaced
+        or its descriptors do not wake the loop within :data:`_HANDBACK_WAIT_S` (False:
+        the caller reads it in this thread)."""
+        back = threading.Event()
+        ended: list[BaseException] = []
+        fds: list[int] = []
+        reads = [0]
+
+        def ready() -> None:  # on the loop: a period (or more) has been captured
+            try:
+                pcm = source.read_ready()  # all it has: one step, one tick per wakeup
+                if pcm is None:
+                    return
+                reads[0] += 1
+                self._step(processor, pcm, time.monotonic(), loop, deliver, on_loop=True)
+                if source.unpaced:
+                    release()
+                    return
+            except BaseException as exc:  # a device failure, or a bug: the thread decides
+                ended.append(exc)
+                release()
+
+        def release() -> None:  # on the loop: stop reading, give the device back
+            for fd in fds:
+                loop.loop.remove_reader(fd)
+            fds.clear()
+            self._release_loop = None
+            back.set()
+
+        def start() -> None:  # on the loop
+            if back.is_set():
+                return
+            try:
+                fds.extend(source.poll_fds())
+            except BaseException as exc:
+                ended.append(exc)
+                back.set()
+                return
+            for fd in fds:
+                loop.loop.add_reader(fd, ready)
+            self._release_loop = release
+
+        # the first read here: it starts the stream (a prepared capture PCM's poll
+        # descriptor does not wait for audio, there is none coming until started)
+        self._step(processor, source.read(), time.monotonic(), loop, deliver, on_loop=False)
+        if source.unpaced:
+            return False
+        loop.call(start)
+        seen = 0
+        while not back.is_set() and not loop.stop.is_set():
+            back.wait(_HANDBACK_WAIT_S)
+            if reads[0] == seen and not back.is_set():  # no period in all that time
+                logger.debug("%s: its poll descriptors do not wake the loop", source)
+                break
+            seen = reads[0]
+        if not back.is_set():  # stopping (frames() released the reader on the loop
+            loop.call(release)  # already, or the loop is gone), or stalled: release it
+            back.wait(_HANDBACK_WAIT_S)  # before the device is read here or closed
+        if ended:
+            raise ended[0]
+        return loop.stop.is_set() or (reads[0] > seen and not source.unpaced)
 
     def _report_silence(self, loop: ThreadLoop) -> None:
         logger.warning(

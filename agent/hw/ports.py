@@ -60,6 +60,25 @@ class AudioSink(Protocol):
 
 
 @runtime_checkable
+class PolledSource(AudioSource, Protocol):
+    """A capture device an event loop can wait on (ALSA's poll descriptors)."""
+
+    @property
+    def unpaced(self) -> bool:
+        """True once the device was found not to be paced by a clock (its reads sleep)."""
+        ...
+
+    def poll_fds(self) -> list[int]:
+        """File descriptors that become readable when a period has been captured."""
+        ...
+
+    def read_ready(self) -> Pcm | None:
+        """What has been captured so far, any length (never blocks), else None. Raises
+        like :meth:`read`."""
+        ...
+
+
+@runtime_checkable
 class PolledSink(AudioSink, Protocol):
     """A playback device that also says how much room it has, so that another clock
     (the mic's, :mod:`agent.audio.duplex`) can feed it without ever blocking."""
