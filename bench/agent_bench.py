@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/agent_bench.py [--seconds 60] [--warmup 3] [--down 1.0]
                                           [--json bench-results/agent_bench.jsonl]
+                                          [--baseline DIR]
 
 One run (about ``seconds + 25`` s; needs ``pulseaudio`` and ``libasound2-plugins``):
 
@@ -23,8 +24,19 @@ One run (about ``seconds + 25`` s; needs ``pulseaudio`` and ``libasound2-plugins
     in its own daemon, so that conversion is not in the naive peer's CPU figure; the
     agents resample 8/24 -> 48 kHz themselves), no jitter buffer, no reconnect.
 
+``--baseline DIR`` adds a fourth peer, **baseline**: the full agent's job run on the
+code in DIR (``git archive <commit> agent | tar -x -C DIR``), on its own paced mic, in
+the same run, so that a change is judged side by side (the ``agent/base`` column).
+
 After a warm-up, the run measures for ``--seconds``: CPU of each process
-(``/proc/<pid>/stat``) per second of audio; capture -> send latency (the agents
+(``/proc/<pid>/stat``) per second of audio, and as a ratio to the floor (an empty 20 ms
+asyncio timer, in its own process, same run; issue #18's goal is <= 3x), per Python
+thread; context switches per second (voluntary + involuntary, ``/proc/<pid>/task/*``)
+of the process's own threads (its Python threads, by kernel thread id) and apart of the
+threads C libraries started (libpulse's ``threaded-ml`` with the pulse ALSA plugin: a
+testbed artefact, real ``hw:`` devices have none; excluded from the goal); a
+healthy-start line (jitter-buffer resets, uplink drops and underruns counted in the
+first 10 s after the agent was created); capture -> send latency (the agents
 record it per frame, from the capture clock stamp, taken when the period's read
 returns, to the frame handed to the socket; the naive peer from the non-blocking
 read that completed the frame, a lower bound: the data may have waited in ALSA up
@@ -33,7 +45,8 @@ the render of the period handed to the speaker, per source, which includes the
 jitter buffer; the naive peer: arrival to its write call); uplink cadence as the
 fake server saw it (frames per second between the first and last arrival, and
 drift against the peer's own capture clock); RSS at the start and the end of the
-measurement. Then the fake's WebSocket server is killed, left down ``--down``
+measurement. The last line says which of issue #18's goals (``GOALS``) the full agent
+met. Then the fake's WebSocket server is killed, left down ``--down``
 seconds and restarted: reconnect time is restart -> first media frame of a new
 session. Prints a table (ratios: agent-vsdk / naive, the same job) and appends
 the whole result as one JSON line to ``--json`` (with per-thread CPU and the largest

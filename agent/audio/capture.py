@@ -1,17 +1,19 @@
-"""The capture pipeline: the mic read in its own thread, uplink frames on the event loop.
+"""The capture pipeline: the mic read once per period, uplink frames on the event loop.
 
-:class:`Capture` reads the mic in its own thread, converts to the uplink format
-(mono, 8 kHz, gain with saturation, exactly 160-sample frames; the conversion
-itself is :class:`CaptureProcessor`, which does no I/O) and hands each read's
-frames and the mic level to the event loop in one ``loop.call_soon_threadsafe``
-(one wakeup of the loop per period) through a bounded queue (oldest dropped and
-counted when the consumer falls behind). It survives its device (see
-:mod:`agent.audio.device`). Given a :class:`~agent.audio.duplex.Duplex`, each read
-also ticks the speaker (the mic's clock drives both) and hands the processor the
-far end, the period last played (:class:`~agent.audio.duplex.FarEndPeriod`), for
-an echo canceller (:class:`EchoStage`).
+:class:`Capture` opens the mic in its own thread (which also reopens it with backoff,
+see :mod:`agent.audio.device`). A mic with poll descriptors
+(:class:`~agent.hw.ports.PolledSource`, every ALSA device) is then read by the event
+loop itself (``loop.add_reader``: one wakeup per period, no thread handoff) while the
+thread waits; any other mic (the simulated ones, an ALSA device not paced by a clock)
+is read by the thread, which hands each read's frames and the mic level to the loop
+in one ``loop.call_soon_threadsafe``. Each read is converted to the uplink format
+(mono, 8 kHz, gain with saturation, exactly 160-sample frames; the conversion itself
+is :class:`CaptureProcessor`, which does no I/O) and queued in a bounded queue (oldest
+dropped and counted when the consumer falls behind). Given a
+:class:`~agent.audio.duplex.Duplex`, each read also ticks the speaker (the mic's clock
+drives both) and hands the processor the far end, the period last played
+(:class:`~agent.audio.duplex.FarEndPeriod`), for an echo canceller (:class:`EchoStage`).
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -59,7 +61,7 @@ def _gain_factor(gain_db: float) -> float:
 
 
 class CaptureProcessor:
-    """Device periods in, uplink frames out: the capture thread's work, with no I/O.
+    """Device periods in, uplink frames out: the work of each mic read, with no I/O.
 
     Downmixes to mono, watches for exact digital silence and for one non-zero read
     repeated bit for bit (a stuck driver), resamples to 8 kHz

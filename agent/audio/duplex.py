@@ -4,7 +4,8 @@ Without it each audio pipeline has a thread woken by its own device, and both
 wake every 20 ms, out of phase. With a :class:`Duplex` shared by
 :class:`~agent.audio.capture.Capture` and :class:`~agent.audio.playback.Playback`,
 and a speaker that says how much room it has (:class:`~agent.hw.ports.PolledSink`,
-as ALSA's ``avail()``), the capture thread, right after each mic read, renders the
+as ALSA's ``avail()``), the mic's reader (the event loop for an ALSA mic, else the
+capture thread), right after each mic read, renders the
 mixer and writes the speaker while it has room for a whole period (:meth:`Duplex.tick`);
 the playback thread sleeps. When the two are different cards their clocks drift
 apart: a speaker running fast gets two periods in some ticks, a slow one none in some,
@@ -14,13 +15,13 @@ buffer stays as full as a blocking writer keeps it).
 The playback thread takes over (blocking writes, paced by the speaker) whenever no
 capture is ticking: no mic, a mic that is being reopened, a mic read that stalls
 (no tick for :data:`STALE_S`). It hands back at the next tick. A speaker failure met
-in the capture thread is handed to the playback thread, which reports it and reopens
+in a tick is handed to the playback thread, which reports it and reopens
 the speaker as before (:mod:`agent.audio.device`).
 
 The echo canceller's inputs (issue #20) come from here: :class:`FarEnd` holds the
 period last written to the speaker, after volume, mute and ducking, with the audio
 queued in the device ahead of it (the playout delay, ALSA's ``delay()``); the capture
-thread passes :meth:`FarEnd.latest` to :meth:`CaptureProcessor.process
+reader passes :meth:`FarEnd.latest` to :meth:`CaptureProcessor.process
 <agent.audio.capture.CaptureProcessor.process>` with every mic read.
 """
 
@@ -72,7 +73,7 @@ class FarEnd:
 
 
 class Duplex:
-    """The capture thread's tick drives the speaker; the playback thread stands by."""
+    """The mic reader's tick drives the speaker; the playback thread stands by."""
 
     def __init__(self, *, stale_s: float = STALE_S) -> None:
         self.far_end = FarEnd()
@@ -83,7 +84,7 @@ class Duplex:
         self._last_tick = -math.inf
         self._changed = threading.Event()  # wakes the standing-by playback thread
 
-    # -- the capture thread ----------------------------------------------------------
+    # -- the mic's reader (the event loop, or the capture thread) ---------------------
     def tick(self, now: float | None = None) -> None:
         """One mic period has been read: write the speaker if it has room (no blocking)."""
         self._last_tick = time.monotonic() if now is None else now
@@ -103,7 +104,7 @@ class Duplex:
 
     # -- the playback thread ---------------------------------------------------------
     def driven(self, now: float | None = None) -> bool:
-        """True while ticks come (the capture thread drives an attached speaker)."""
+        """True while ticks come (the mic's reader drives an attached speaker)."""
         now = time.monotonic() if now is None else now
         return now - self._last_tick < self.stale_s
 

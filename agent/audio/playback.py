@@ -7,7 +7,8 @@ mixer's sources moving by rendering and discarding.
 
 Given a :class:`~agent.audio.duplex.Duplex` and a speaker that tells its room
 (:class:`~agent.hw.ports.PolledSink`, every ALSA device), the writes happen in the
-capture thread, right after each mic read (one wakeup per period for both), and this
+mic's reader (the event loop for an ALSA mic, else the capture thread), right after
+each mic read (one wakeup per period for both), and this
 thread only stands by: it writes itself (blocking, paced by the speaker) while no mic
 is being read, and it reports and reopens the speaker when a write fails.
 """
@@ -150,14 +151,14 @@ class Playback:
         duplex: Duplex,
         resampler: StreamResampler | None,
     ) -> None:
-        """Let the capture thread's ticks write; write ourselves only while none come.
+        """Let the mic reader's ticks write; write ourselves only while none come.
 
         Returns when the speaker turns out not to be paced by a clock (ALSA's ``null``:
         its writes sleep, which must not hold up the mic): the caller writes it itself.
         """
         mixer, metrics, heartbeat = self.mixer, self._metrics, self._heartbeat
         period = samples_per_frame(sink.rate)
-        failure: list[BaseException] = []  # met in the capture thread, raised here
+        failure: list[BaseException] = []  # met in a tick, raised here
         handed_back: list[bool] = []  # the speaker is not paced: this thread writes it
 
         def write_one(queued: int) -> None:
@@ -173,7 +174,7 @@ class Playback:
             self.periods_written += 1
             metrics.inc("playback_periods_total")
 
-        def service() -> None:  # in the capture thread, right after its read
+        def service() -> None:  # where the mic is read, right after the read
             if failure or handed_back:
                 return
             try:
