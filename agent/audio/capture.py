@@ -407,12 +407,7 @@ class Capture:
         def start() -> None:  # on the loop
             if back.is_set():
                 return
-            try:
-                fds.extend(source.poll_fds())
-            except BaseException as exc:
-                ended.append(exc)
-                back.set()
-                return
+            fds.extend(polled)
             for fd in fds:
                 loop.loop.add_reader(fd, ready)
             self._release_loop = release
@@ -421,6 +416,9 @@ class Capture:
         # descriptor does not wait for audio, there is none coming until started)
         self._step(processor, source.read(), time.monotonic(), loop, deliver, on_loop=False)
         if source.unpaced:
+            return False
+        polled = source.poll_fds()
+        if not polled:  # nothing the loop could wait on
             return False
         loop.call(start)
         seen = 0

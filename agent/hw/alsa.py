@@ -297,7 +297,7 @@ class AlsaSource(_AlsaPcm):
             except alsaaudio.ALSAAudioError as exc:
                 raise _classify(exc, self.device, "read") from exc
             self._poll = [(int(fd), int(mask)) for fd, mask in got]
-        return self._poll
+        return self._poll  # [] for a PCM without any: read() then waits in _WAIT_MS steps
 
     def read_ready(self) -> Pcm | None:
         """What has been captured so far (any length), else None (``PolledSource``;
