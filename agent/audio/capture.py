@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 SILENCE_ALARM_S = 10.0  # a mic delivering only exact zeros this long is reported
 _HANDBACK_WAIT_S = 0.5  # how often the device's thread checks for a stop meanwhile
+_MAX_EMPTY_WAKEUPS = 50  # more in a row: the descriptor does not mean "audio captured"
 
 
 class EchoStage(Protocol):
@@ -375,19 +376,25 @@ class Capture:
         deliver: Callable[[list[Frame] | BaseException, float | None], None],
     ) -> bool:
         """Read the open mic from the event loop (``add_reader`` on its poll descriptors)
-        until it fails (raised here), the capture stops (True), or it turns out unpaced
-        or its descriptors do not wake the loop within :data:`_HANDBACK_WAIT_S` (False:
-        the caller reads it in this thread)."""
+        until it fails (raised here), the capture stops (True), or it turns out unpaced,
+        its descriptors do not wake the loop within :data:`_HANDBACK_WAIT_S`, or they
+        keep waking it with nothing to read (False: the caller reads it in this thread)."""
         back = threading.Event()
         ended: list[BaseException] = []
         fds: list[int] = []
         reads = [0]
+        empty = [0]  # wakeups in a row that found nothing to read
 
         def ready() -> None:  # on the loop: a period (or more) has been captured
             try:
                 pcm = source.read_ready()  # all it has: one step, one tick per wakeup
                 if pcm is None:
+                    empty[0] += 1
+                    if empty[0] > _MAX_EMPTY_WAKEUPS:  # a descriptor that stays readable
+                        logger.debug("%s: woken with nothing to read; read in a thread", source)
+                        release()
                     return
+                empty[0] = 0
                 reads[0] += 1
                 self._step(processor, pcm, time.monotonic(), loop, deliver, on_loop=True)
                 if source.unpaced:
@@ -433,7 +440,8 @@ class Capture:
             back.wait(_HANDBACK_WAIT_S)  # before the device is read here or closed
         if ended:
             raise ended[0]
-        return loop.stop.is_set() or (reads[0] > seen and not source.unpaced)
+        # not stopping: it turned out unpaced, or its descriptor never (or always) woke us
+        return loop.stop.is_set()
 
     def _report_silence(self, loop: ThreadLoop) -> None:
         logger.warning(
