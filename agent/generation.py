@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agent.audio.duplex import Duplex
 from agent.audio.fanout import Fanout
 from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import Config
@@ -93,6 +94,7 @@ class Generation:
         self.mixer: Mixer | None = None
         self.gate: PttGate | None = None
         self.fanout = Fanout(agent.metrics)
+        self.duplex = Duplex()  # one audio clock: the mic's reads also feed the speaker
         self.capture: Capture | None = None  # the running one (mic gain applies live)
         self._credential_prints: dict[str, bytes | None] = {}
         self._tg = asyncio.TaskGroup()
@@ -317,6 +319,7 @@ class Generation:
             status=agent.status,
             gain_db=cfg.audio.mic_gain_db,
             heartbeat=agent.heartbeats.register("capture", 5.0).beat,
+            duplex=self.duplex,
         )
         self.capture = capture
 
@@ -337,6 +340,7 @@ class Generation:
             metrics=agent.metrics,
             status=agent.status,
             heartbeat=agent.heartbeats.register("playback", 5.0).beat,
+            duplex=self.duplex,
         )
 
         async def run(ready: Callable[[], None]) -> None:

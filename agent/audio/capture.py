@@ -1,13 +1,19 @@
-"""The capture pipeline: the mic read in its own thread, uplink frames on the event loop.
+"""The capture pipeline: the mic read once per period, uplink frames on the event loop.
 
-:class:`Capture` reads the mic in its own thread, converts to the uplink format
-(mono, 8 kHz, gain with saturation, exactly 160-sample frames; the conversion
-itself is :class:`CaptureProcessor`, which does no I/O) and hands frames to the
-event loop with ``loop.call_soon_threadsafe`` through a bounded queue (oldest
-dropped and counted when the consumer falls behind). It survives its device
-(see :mod:`agent.audio.device`).
+:class:`Capture` opens the mic in its own thread (which also reopens it with backoff,
+see :mod:`agent.audio.device`). A mic with poll descriptors
+(:class:`~agent.hw.ports.PolledSource`, every ALSA device) is then read by the event
+loop itself (``loop.add_reader``: one wakeup per period, no thread handoff) while the
+thread waits; any other mic (the simulated ones, an ALSA device not paced by a clock)
+is read by the thread, which hands each read's frames and the mic level to the loop
+in one ``loop.call_soon_threadsafe``. Each read is converted to the uplink format
+(mono, 8 kHz, gain with saturation, exactly 160-sample frames; the conversion itself
+is :class:`CaptureProcessor`, which does no I/O) and queued in a bounded queue (oldest
+dropped and counted when the consumer falls behind). Given a
+:class:`~agent.audio.duplex.Duplex`, each read also ticks the speaker (the mic's clock
+drives both) and hands the processor the far end, the period last played
+(:class:`~agent.audio.duplex.FarEndPeriod`), for an echo canceller (:class:`EchoStage`).
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -16,14 +22,16 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import Protocol
 
 import numpy as np
 
 from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
+from agent.audio.duplex import Duplex, FarEndPeriod
 from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy
 from agent.errors import AudioError
-from agent.hw.ports import AudioSource, device_name
+from agent.hw.ports import AudioSource, PolledSource, device_name
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, dbfs, downmix, to_int16
 from agent.status import StatusBoard
@@ -31,6 +39,22 @@ from agent.status import StatusBoard
 logger = logging.getLogger(__name__)
 
 SILENCE_ALARM_S = 10.0  # a mic delivering only exact zeros this long is reported
+_HANDBACK_WAIT_S = 0.5  # how often the device's thread checks for a stop meanwhile
+_MAX_EMPTY_WAKEUPS = 50  # more in a row: the descriptor does not mean "audio captured"
+
+
+class EchoStage(Protocol):
+    """Removes the speaker's echo from the mic (issue #20): one uplink frame at a time.
+
+    ``mic`` is one uplink frame before the gain (8 kHz mono int16, 160 samples);
+    ``far_end`` the period last written to the speaker when the mic read that
+    completed the frame returned (None: no speaker, or nothing played yet). Its
+    ``playout_delay_s`` and ``t_played`` place it in time against the frame's
+    ``t_capture``. Returns the cleaned frame, same length. Runs in the capture
+    thread: it must not block.
+    """
+
+    def cancel(self, mic: Pcm, far_end: FarEndPeriod | None, t_capture: float) -> Pcm: ...
 
 
 def _gain_factor(gain_db: float) -> float:
@@ -38,7 +62,7 @@ def _gain_factor(gain_db: float) -> float:
 
 
 class CaptureProcessor:
-    """Device periods in, uplink frames out: the capture thread's work, with no I/O.
+    """Device periods in, uplink frames out: the work of each mic read, with no I/O.
 
     Downmixes to mono, watches for exact digital silence and for one non-zero read
     repeated bit for bit (a stuck driver), resamples to 8 kHz
@@ -57,8 +81,10 @@ class CaptureProcessor:
         silence_alarm_s: float = SILENCE_ALARM_S,
         first_seq: int = 1,
         metrics: Metrics | None = None,
+        echo: EchoStage | None = None,
     ) -> None:
         self.in_rate = in_rate
+        self.echo = echo
         self.channels = channels
         self.gain_db = gain_db
         self._metrics = metrics
@@ -75,8 +101,12 @@ class CaptureProcessor:
         self._repeat_reported = False
         self.stuck_alarm = False  # set once per stretch of one repeating read >= silence_alarm_s
 
-    def process(self, pcm: Pcm, t_capture: float) -> list[Frame]:
-        """One device read (interleaved, any length) -> zero or more uplink frames."""
+    def process(
+        self, pcm: Pcm, t_capture: float, far_end: FarEndPeriod | None = None
+    ) -> list[Frame]:
+        """One device read (interleaved, any length) -> zero or more uplink frames.
+
+        ``far_end``: the speaker's latest period (for the echo stage, if any)."""
         if pcm.dtype != np.int16:
             if self._metrics is not None:
                 self._metrics.inc("audio_rejected_total", source="mic", reason="dtype")
@@ -111,8 +141,11 @@ class CaptureProcessor:
         pending = pcm if self._pending.size == 0 else np.concatenate((self._pending, pcm))
         frames: list[Frame] = []
         gain_db = self.gain_db
+        echo = self.echo
         while pending.size >= UPLINK_SAMPLES:
             chunk, pending = pending[:UPLINK_SAMPLES], pending[UPLINK_SAMPLES:]
+            if echo is not None:
+                chunk = echo.cancel(chunk, far_end, t_capture)
             if gain_db != 0.0:
                 chunk = to_int16(chunk.astype(np.float32) * np.float32(_gain_factor(gain_db)))
             else:
@@ -138,8 +171,17 @@ class Capture:
         queue_frames: int = 25,
         level_every: int = 5,
         silence_alarm_s: float = SILENCE_ALARM_S,
+        duplex: Duplex | None = None,
+        echo: EchoStage | None = None,
+        on_loop: bool = True,
     ) -> None:
         self.source = source
+        self.duplex = duplex
+        self.echo = echo
+        # a mic with poll descriptors (ALSA) is read by the event loop itself: no thread
+        # wakeup and no handoff per period (the thread only opens and reopens it)
+        self.on_loop = on_loop
+        self._release_loop: Callable[[], None] | None = None
         self.gain_db = gain_db
         self.level_dbfs: float | None = None  # latest mic level, sampled every level_every frames
         self._metrics = metrics
@@ -173,11 +215,15 @@ class Capture:
         stop = threading.Event()
         done: asyncio.Future[None] = loop.create_future()
 
-        def deliver(item: Frame | BaseException) -> None:
-            if queue.full():
-                queue.get_nowait()
-                self._metrics.inc("capture_frames_dropped_total", reason="queue_full")
-            queue.put_nowait(item)
+        def deliver(items: list[Frame] | BaseException, level: float | None = None) -> None:
+            # one call per read: its frames, and the mic level when it was sampled
+            if level is not None:
+                self._status.set_mic_level(level)
+            for item in items if isinstance(items, list) else (items,):
+                if queue.full():
+                    queue.get_nowait()
+                    self._metrics.inc("capture_frames_dropped_total", reason="queue_full")
+                queue.put_nowait(item)
 
         thread = threading.Thread(
             target=self._thread_main,
@@ -194,6 +240,8 @@ class Capture:
                 yield item
         finally:
             stop.set()
+            if self._release_loop is not None:  # the loop stops reading before the close
+                self._release_loop()
             if not done.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([done], timeout=STOP_TIMEOUT_S)
@@ -205,7 +253,7 @@ class Capture:
     def _thread_main(
         self,
         loop: ThreadLoop,
-        deliver: Callable[[Frame | BaseException], None],
+        deliver: Callable[[list[Frame] | BaseException, float | None], None],
         done: asyncio.Future[None],
     ) -> None:
         error: BaseException | None = None
@@ -214,13 +262,15 @@ class Capture:
         except BaseException as exc:  # a bug, not a device failure: end the iteration with it
             logger.exception("capture thread failed")
             error = exc
-            loop.call(deliver, exc)
+            loop.call(deliver, exc, None)
         finally:
             with contextlib.suppress(AudioError):
                 self.source.close()
             loop.call(settle, done, error)
 
-    def _capture(self, loop: ThreadLoop, deliver: Callable[[Frame | BaseException], None]) -> None:
+    def _capture(
+        self, loop: ThreadLoop, deliver: Callable[[list[Frame] | BaseException, float | None], None]
+    ) -> None:
         device = DeviceRetry(
             "mic", self.source, self._status, self._policy, self._heartbeat, self.on_ready
         )
@@ -241,7 +291,16 @@ class Capture:
                 self.source.close()
 
     def _read_until_stopped(
-        self, loop: ThreadLoop, deliver: Callable[[Frame | BaseException], None]
+        self, loop: ThreadLoop, deliver: Callable[[list[Frame] | BaseException, float | None], None]
+    ) -> None:
+        try:
+            self._read_loop(loop, deliver)
+        finally:
+            if self.duplex is not None:
+                self.duplex.capture_stopped()  # the speaker's own thread takes over
+
+    def _read_loop(
+        self, loop: ThreadLoop, deliver: Callable[[list[Frame] | BaseException, float | None], None]
     ) -> None:
         source = self.source
         processor = CaptureProcessor(
@@ -251,29 +310,138 @@ class Capture:
             silence_alarm_s=self._silence_alarm_s,
             first_seq=self._seq + 1,
             metrics=self._metrics,
+            echo=self.echo,
         )
-        heartbeat = self._heartbeat
-        level_every = self._level_every
+        # the loop reads the mic when its poll descriptor says a period is there; this
+        # thread keeps the device (reopening, backoff) and waits until it comes back.
+        # False: not paced by a clock (ALSA's null: its reads sleep, which the loop must
+        # not), or its poll descriptors never woke the loop: this thread reads it
+        if (
+            self.on_loop
+            and isinstance(source, PolledSource)
+            and (self._read_on_loop(loop, source, processor, deliver) or loop.stop.is_set())
+        ):
+            return
         while not loop.stop.is_set():
             pcm = source.read()
-            t_capture = time.monotonic()
-            if heartbeat is not None:
-                heartbeat()
-            processor.gain_db = self.gain_db
-            for frame in processor.process(pcm, t_capture):
-                self._seq = frame.seq
-                self._metrics.inc("frames_captured_total")
-                loop.call(deliver, frame)
-                if frame.seq % level_every == 0:
-                    level = dbfs(frame.pcm)
-                    self.level_dbfs = level
-                    loop.call(self._status.set_mic_level, level)
-            if processor.silence_alarm:
-                processor.silence_alarm = False
-                self._report_silence(loop)
-            if processor.stuck_alarm:
-                processor.stuck_alarm = False
-                self._report_stuck(loop, pcm.size // max(1, source.channels))
+            self._step(processor, pcm, time.monotonic(), loop, deliver, on_loop=False)
+
+    def _step(
+        self,
+        processor: CaptureProcessor,
+        pcm: Pcm,
+        t_capture: float,
+        loop: ThreadLoop,
+        deliver: Callable[[list[Frame] | BaseException, float | None], None],
+        *,
+        on_loop: bool,
+    ) -> None:
+        """One mic read: the speaker's tick, the frames, the level, the alarms."""
+        if self._heartbeat is not None:
+            self._heartbeat()
+        processor.gain_db = self.gain_db
+        duplex = self.duplex
+        if duplex is not None:
+            # the speaker first, from the same wakeup: the loop, woken below, then
+            # runs while this thread waits for the next read (no fight for the GIL),
+            # and the echo stage gets the period just played
+            duplex.tick(t_capture)
+        frames = processor.process(
+            pcm, t_capture, duplex.far_end.latest() if duplex is not None else None
+        )
+        level: float | None = None
+        for frame in frames:
+            if frame.seq % self._level_every == 0:
+                level = dbfs(frame.pcm)
+                self.level_dbfs = level
+        if frames:
+            self._seq = frames[-1].seq
+            self._metrics.inc("frames_captured_total", len(frames))
+            if on_loop:
+                deliver(frames, level)
+            else:
+                loop.call(deliver, frames, level)  # one wakeup of the loop for the read
+        if processor.silence_alarm:
+            processor.silence_alarm = False
+            self._report_silence(loop)
+        if processor.stuck_alarm:
+            processor.stuck_alarm = False
+            self._report_stuck(loop, pcm.size // max(1, self.source.channels))
+
+    def _read_on_loop(
+        self,
+        loop: ThreadLoop,
+        source: PolledSource,
+        processor: CaptureProcessor,
+        deliver: Callable[[list[Frame] | BaseException, float | None], None],
+    ) -> bool:
+        """Read the open mic from the event loop (``add_reader`` on its poll descriptors)
+        until it fails (raised here), the capture stops (True), or it turns out unpaced,
+        its descriptors do not wake the loop within :data:`_HANDBACK_WAIT_S`, or they
+        keep waking it with nothing to read (False: the caller reads it in this thread)."""
+        back = threading.Event()
+        ended: list[BaseException] = []
+        fds: list[int] = []
+        reads = [0]
+        empty = [0]  # wakeups in a row that found nothing to read
+
+        def ready() -> None:  # on the loop: a period (or more) has been captured
+            try:
+                pcm = source.read_ready()  # all it has: one step, one tick per wakeup
+                if pcm is None:
+                    empty[0] += 1
+                    if empty[0] > _MAX_EMPTY_WAKEUPS:  # a descriptor that stays readable
+                        logger.debug("%s: woken with nothing to read; read in a thread", source)
+                        release()
+                    return
+                empty[0] = 0
+                reads[0] += 1
+                self._step(processor, pcm, time.monotonic(), loop, deliver, on_loop=True)
+                if source.unpaced:
+                    release()
+                    return
+            except BaseException as exc:  # a device failure, or a bug: the thread decides
+                ended.append(exc)
+                release()
+
+        def release() -> None:  # on the loop: stop reading, give the device back
+            for fd in fds:
+                loop.loop.remove_reader(fd)
+            fds.clear()
+            self._release_loop = None
+            back.set()
+
+        def start() -> None:  # on the loop
+            if back.is_set():
+                return
+            fds.extend(polled)
+            for fd in fds:
+                loop.loop.add_reader(fd, ready)
+            self._release_loop = release
+
+        # the first read here: it starts the stream (a prepared capture PCM's poll
+        # descriptor does not wait for audio, there is none coming until started)
+        self._step(processor, source.read(), time.monotonic(), loop, deliver, on_loop=False)
+        if source.unpaced:
+            return False
+        polled = source.poll_fds()
+        if not polled:  # nothing the loop could wait on
+            return False
+        loop.call(start)
+        seen = 0
+        while not back.is_set() and not loop.stop.is_set():
+            back.wait(_HANDBACK_WAIT_S)
+            if reads[0] == seen and not back.is_set():  # no period in all that time
+                logger.debug("%s: its poll descriptors do not wake the loop", source)
+                break
+            seen = reads[0]
+        if not back.is_set():  # stopping (frames() released the reader on the loop
+            loop.call(release)  # already, or the loop is gone), or stalled: release it
+            back.wait(_HANDBACK_WAIT_S)  # before the device is read here or closed
+        if ended:
+            raise ended[0]
+        # not stopping: it turned out unpaced, or its descriptor never (or always) woke us
+        return loop.stop.is_set()
 
     def _report_silence(self, loop: ThreadLoop) -> None:
         logger.warning(

@@ -4,6 +4,13 @@
 cancelled, resampling when the device settled on another rate, and survives its
 device (see :mod:`agent.audio.device`); while there is no speaker it keeps the
 mixer's sources moving by rendering and discarding.
+
+Given a :class:`~agent.audio.duplex.Duplex` and a speaker that tells its room
+(:class:`~agent.hw.ports.PolledSink`, every ALSA device), the writes happen in the
+mic's reader (the event loop for an ALSA mic, else the capture thread), right after
+each mic read (one wakeup per period for both), and this
+thread only stands by: it writes itself (blocking, paced by the speaker) while no mic
+is being read, and it reports and reopens the speaker when a write fails.
 """
 
 from __future__ import annotations
@@ -12,18 +19,24 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
+from agent.audio.duplex import Duplex, FarEndPeriod
 from agent.audio.mixer import Mixer
 from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy
 from agent.errors import AudioError
-from agent.hw.ports import AudioSink, device_name
+from agent.hw.ports import AudioSink, PolledSink, device_name
 from agent.metrics import Metrics
+from agent.pcm import Pcm, samples_per_frame
 from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
+
+JUDGE_PERIODS = 30  # written by this thread after each open (0.6 s: the pacer's window)
+MAX_WRITES_PER_TICK = 2  # a tick tops the speaker up: one period, two when its clock is fast
 
 
 class Playback:
@@ -38,9 +51,11 @@ class Playback:
         status: StatusBoard,
         heartbeat: Callable[[], None] | None = None,
         reopen_backoff: BackoffPolicy = DEVICE_BACKOFF,
+        duplex: Duplex | None = None,
     ) -> None:
         self.sink = sink
         self.mixer = mixer
+        self.duplex = duplex
         self.periods_written = 0
         self._metrics = metrics
         self._status = status
@@ -65,6 +80,8 @@ class Playback:
             await asyncio.shield(done)
         finally:
             stop.set()
+            if self.duplex is not None:
+                self.duplex.wake()
             if not done.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([done], timeout=STOP_TIMEOUT_S)
@@ -114,6 +131,8 @@ class Playback:
         resampler = None
         if sink.rate != mixer.out_rate:  # the device settled on another rate
             resampler = StreamResampler(mixer.out_rate, sink.rate, mixer.channels)
+        if self.duplex is not None and isinstance(sink, PolledSink):
+            self._write_duplex(stop, sink, self.duplex, resampler)
         heartbeat = self._heartbeat
         while not stop.is_set():
             pcm = mixer.render()
@@ -124,3 +143,88 @@ class Playback:
             self._metrics.inc("playback_periods_total")
             if heartbeat is not None:
                 heartbeat()
+
+    def _write_duplex(
+        self,
+        stop: threading.Event,
+        sink: PolledSink,
+        duplex: Duplex,
+        resampler: StreamResampler | None,
+    ) -> None:
+        """Let the mic reader's ticks write; write ourselves only while none come.
+
+        Returns when the speaker turns out not to be paced by a clock (ALSA's ``null``:
+        its writes sleep, which must not hold up the mic): the caller writes it itself.
+        """
+        mixer, metrics, heartbeat = self.mixer, self._metrics, self._heartbeat
+        period = samples_per_frame(sink.rate)
+        failure: list[BaseException] = []  # met in a tick, raised here
+        handed_back: list[bool] = []  # the speaker is not paced: this thread writes it
+
+        def write_one(queued: int) -> None:
+            """Render and write one period; ``queued``: frames in the device before it."""
+            pcm: Pcm = mixer.render()
+            if resampler is not None:
+                pcm = resampler.process(pcm)
+            sink.write(pcm)
+            now = time.monotonic()
+            duplex.far_end.publish(
+                FarEndPeriod(pcm, sink.rate, sink.channels, queued / sink.rate, now)
+            )
+            self.periods_written += 1
+            metrics.inc("playback_periods_total")
+
+        def service() -> None:  # where the mic is read, right after the read
+            if failure or handed_back:
+                return
+            try:
+                if getattr(sink, "unpaced", False):
+                    handed_back.append(True)
+                    duplex.wake()
+                    return
+                # one look at the device per tick (with the pulse plugin every call
+                # takes libpulse's lock): its room says how many periods go in
+                free = sink.frames_free()
+                count = (
+                    MAX_WRITES_PER_TICK if free < 0 else min(free // period, MAX_WRITES_PER_TICK)
+                )
+                queued = sink.buffer_frames - max(free, 0)
+                for _ in range(count):
+                    write_one(queued)
+                    queued += period
+            except BaseException as exc:  # the playback thread reports it and reopens
+                failure.append(exc)
+                duplex.wake()
+                return
+            if heartbeat is not None:
+                heartbeat()
+
+        # the first periods are written here, so that a speaker not paced by a clock is
+        # found out (agent.hw.alsa's pacer) before the mic's thread ever writes it
+        judge_until = self.periods_written + JUDGE_PERIODS
+        attached = False
+        try:
+            while not stop.is_set() and not handed_back:
+                if failure:
+                    raise failure[0]
+                if not attached and self.periods_written >= judge_until:
+                    if getattr(sink, "unpaced", False):
+                        return
+                    duplex.attach(service)
+                    attached = True
+                if attached and duplex.driven():
+                    duplex.stand_by(stop)
+                    if heartbeat is not None:
+                        heartbeat()
+                    continue
+                # no mic ticking: the speaker's clock paces us (sleep until it has room)
+                free = sink.frames_free()
+                if 0 <= free < period:
+                    stop.wait((period - free) / sink.rate)
+                    continue
+                with duplex.holding():
+                    write_one(sink.frames_queued())
+                if heartbeat is not None:
+                    heartbeat()
+        finally:
+            duplex.detach()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 route_alsa_lib_errors()
 
 DEFAULT_PERIODS = 4  # 80 ms of device buffer at 20 ms periods
+_MAX_DRAIN = 8  # reads per read_ready(): what a wakeup found, never a spin
+_WAIT_MS = 100  # a capture read waits in poll() this long at a time
 
 # strerror() texts that mean "the device is not there (any more)"
 _GONE = tuple(
@@ -149,6 +152,7 @@ class _AlsaPcm:
         self.xruns = 0
 
     _accepts_other_channels = False  # capture: the engine downmixes; playback: no
+    _mode = alsaaudio.PCM_NORMAL  # capture: non-blocking, read through poll()
 
     @property
     def is_open(self) -> bool:
@@ -158,7 +162,7 @@ class _AlsaPcm:
         try:
             return alsaaudio.PCM(
                 type=self._kind,
-                mode=alsaaudio.PCM_NORMAL,
+                mode=self._mode,
                 device=self.device,
                 rate=rate,
                 channels=channels,
@@ -261,6 +265,7 @@ class AlsaSource(_AlsaPcm):
 
     _kind = alsaaudio.PCM_CAPTURE
     _accepts_other_channels = True  # a stereo-only mic is downmixed by the engine
+    _mode = alsaaudio.PCM_NONBLOCK  # read() waits in poll(); the loop may poll it instead
 
     def __init__(
         self,
@@ -274,9 +279,47 @@ class AlsaSource(_AlsaPcm):
     ) -> None:
         super().__init__(device, rate, channels, metrics=metrics, periods=periods)
         self.label = label
+        self._poll: list[tuple[int, int]] = []  # this open's poll descriptors
+        self._poller: Any = None
 
-    def read(self) -> Pcm:
+    def close(self) -> None:
+        self._poll, self._poller = [], None
+        super().close()
+
+    def poll_fds(self) -> list[int]:
+        """The PCM's poll descriptors that signal captured audio (``PolledSource``)."""
+        return [fd for fd, mask in self._descriptors() if mask & select.POLLIN]
+
+    def _descriptors(self) -> list[tuple[int, int]]:
+        if not self._poll:
+            try:
+                got = self._require_open().polldescriptors()
+            except alsaaudio.ALSAAudioError as exc:
+                raise _classify(exc, self.device, "read") from exc
+            self._poll = [(int(fd), int(mask)) for fd, mask in got]
+        return self._poll  # [] for a PCM without any: read() then waits in _WAIT_MS steps
+
+    def read_ready(self) -> Pcm | None:
+        """What has been captured so far (any length), else None (``PolledSource``;
+        never blocks). Lets alsa-lib consume the wakeup first (``polldescriptors_revents``:
+        a plugin's poll descriptor, pulse's for one, stays readable until drained)."""
         pcm = self._require_open()
+        try:
+            pcm.polldescriptors_revents([(fd, select.POLLIN) for fd, _ in self._descriptors()])
+        except alsaaudio.ALSAAudioError as exc:
+            raise _classify(exc, self.device, "read") from exc
+        chunks: list[bytes] = []
+        for _ in range(_MAX_DRAIN):
+            data = self._read_some(pcm)
+            if data is None:
+                break
+            chunks.append(data)
+        if not chunks:
+            return None
+        return np.frombuffer(b"".join(chunks), dtype="<i2").astype(np.int16)
+
+    def _read_some(self, pcm: Any) -> bytes | None:
+        """One non-blocking read: the bytes captured, or None if there are none yet."""
         while True:
             try:
                 length, data = pcm.read()
@@ -286,9 +329,29 @@ class AlsaSource(_AlsaPcm):
                 self._xrun("overrun")
                 continue
             if length <= 0 or not data:
-                continue
+                return None
             self._moved(length)
-            return np.frombuffer(data, dtype="<i2").astype(np.int16)
+            return bytes(data)
+
+    def read(self) -> Pcm:
+        pcm = self._require_open()
+        while True:
+            data = self._read_some(pcm)
+            if data is not None:
+                return np.frombuffer(data, dtype="<i2").astype(np.int16)
+            self._wait(pcm)  # nothing captured yet: sleep until the device says so
+
+    def _wait(self, pcm: Any) -> None:
+        if self._poller is None:
+            self._poller = select.poll()
+            for fd, mask in self._descriptors():
+                self._poller.register(fd, mask)
+        events = self._poller.poll(_WAIT_MS)
+        if events:
+            try:
+                pcm.polldescriptors_revents([(fd, ev) for fd, ev in events])
+            except alsaaudio.ALSAAudioError as exc:
+                raise _classify(exc, self.device, "read") from exc
 
 
 class AlsaSink(_AlsaPcm):
@@ -308,6 +371,25 @@ class AlsaSink(_AlsaPcm):
     ) -> None:
         super().__init__(device, rate, channels, metrics=metrics, periods=periods)
         self.label = label
+        self.buffer_frames = periods * samples_per_frame(rate)
+
+    def open(self) -> None:
+        super().open()
+        info = self._require_open().info()
+        self.buffer_frames = int(
+            info.get("buffer_size") or self.periods * samples_per_frame(self.rate)
+        )
+
+    def frames_free(self) -> int:
+        """Room in the device buffer now (``PolledSink``); < 0 after an underrun."""
+        try:
+            return int(self._require_open().avail())
+        except alsaaudio.ALSAAudioError as exc:
+            raise _classify(exc, self.device, "write") from exc
+
+    def frames_queued(self) -> int:
+        """Frames waiting to be played (``PolledSink``): the buffer less its room."""
+        return max(0, self.buffer_frames - max(0, self.frames_free()))
 
     def write(self, pcm: Pcm) -> None:
         handle = self._require_open()

@@ -12,7 +12,7 @@ recover in place and count them (``xruns_total{device=}``).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.pcm import Pcm
 
@@ -56,6 +56,42 @@ class AudioSink(Protocol):
 
     def close(self) -> None:
         """Release the device (idempotent; safe after a failure)."""
+        ...
+
+
+@runtime_checkable
+class PolledSource(AudioSource, Protocol):
+    """A capture device an event loop can wait on (ALSA's poll descriptors)."""
+
+    @property
+    def unpaced(self) -> bool:
+        """True once the device was found not to be paced by a clock (its reads sleep)."""
+        ...
+
+    def poll_fds(self) -> list[int]:
+        """File descriptors that become readable when a period has been captured."""
+        ...
+
+    def read_ready(self) -> Pcm | None:
+        """What has been captured so far, any length (never blocks), else None. Raises
+        like :meth:`read`."""
+        ...
+
+
+@runtime_checkable
+class PolledSink(AudioSink, Protocol):
+    """A playback device that also says how much room it has, so that another clock
+    (the mic's, :mod:`agent.audio.duplex`) can feed it without ever blocking."""
+
+    buffer_frames: int  # the device buffer, frames per channel (valid once open)
+
+    def frames_free(self) -> int:
+        """Frames (per channel) that can be written now without blocking; negative when
+        the device has underrun (a write recovers it)."""
+        ...
+
+    def frames_queued(self) -> int:
+        """Frames written and not played yet (the playout delay, ALSA's ``delay()``)."""
         ...
 
 

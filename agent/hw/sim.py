@@ -300,3 +300,66 @@ class RecordingSink(_SimPort):
         with self._lock:
             self._chunks.clear()
             self._kept = 0
+
+
+class ClockedSink(RecordingSink):
+    """A recording speaker with a device buffer drained by its own clock (``PolledSink``).
+
+    It plays ``rate x speed`` frames per second of wall clock (``speed=1.001``: a card
+    whose crystal runs 0.1 % fast) out of a buffer of ``periods`` 20 ms periods, never
+    blocks, and tells its room (:meth:`frames_free`) like ALSA's ``avail()``. Running dry
+    is an underrun (``underruns``, the buffer restarts empty); writing past the buffer
+    an overrun (``overruns``, the surplus is dropped). Fed by :mod:`agent.audio.duplex`.
+    """
+
+    def __init__(
+        self,
+        rate: int = 48000,
+        channels: int = 1,
+        *,
+        speed: float = 1.0,
+        periods: int = 4,
+        name: str = "clocked",
+    ) -> None:
+        super().__init__(rate, channels, name=name)
+        self.speed = speed
+        self.buffer_frames = periods * samples_per_frame(rate)
+        self.underruns = 0
+        self.overruns = 0
+        self._queued = 0.0  # frames in the device buffer at _t
+        self._t: float | None = None  # None: stopped (nothing written since open/underrun)
+
+    def _opened(self) -> None:
+        super()._opened()
+        self._queued, self._t = 0.0, None
+
+    def _drain(self) -> float:
+        now = time.monotonic()
+        if self._t is not None:
+            self._queued -= (now - self._t) * self.rate * self.speed
+            if self._queued < 0:
+                self.underruns += 1
+                self._queued, now = 0.0, now  # restarts when written again
+                self._t = None
+                return 0.0
+        self._t = now if self._t is not None else None
+        return self._queued
+
+    def frames_free(self) -> int:
+        self._check()
+        return self.buffer_frames - math.ceil(self._drain())
+
+    def frames_queued(self) -> int:
+        self._check()
+        return math.floor(self._drain())
+
+    def write(self, pcm: Pcm) -> None:
+        queued = self._drain()
+        super().write(pcm)
+        frames = np.asarray(pcm).size // self.channels
+        if queued + frames > self.buffer_frames:
+            self.overruns += 1
+            frames = max(0, int(self.buffer_frames - queued))
+        self._queued = queued + frames
+        if self._t is None:
+            self._t = time.monotonic()

@@ -196,6 +196,7 @@ class VideoSDKLink:
             publishes_status=bool(cfg.status_topic),
         )
         self._live: ClientConnection | None = None  # set while started: media flows
+        self._was_live = False  # a call has started in this run (drops count from then)
         self._wake = asyncio.Event()
         self._silence_note = ""
         self._limiter = Limiter()
@@ -319,6 +320,7 @@ class VideoSDKLink:
             ping_timeout=self._ping_timeout_s,
             close_timeout=STOP_TIMEOUT_S,
             max_size=WS_MAX_SIZE,
+            compression=None,  # base64 PCM hardly compresses; spare the Pi's CPU
             logger=_wire_logger,
             create_connection=WatchedConnection,
             **ws_tls(session.ws_url, self._tls),
@@ -330,6 +332,7 @@ class VideoSDKLink:
                         await ws.send(text)  # `start` first, then the subscriptions
                     sink = self._mixer.add_source(SOURCE, SAMPLE_RATE, 1)
                     self._live = ws
+                    self._was_live = True
                     self._hb.beat()
                     self.runner.up(f"room {room}")
                     logger.info("call %s in room %s", session.call_id, room, extra=extra)
@@ -380,11 +383,16 @@ class VideoSDKLink:
 
     # -- uplink ----------------------------------------------------------------------
     async def _pump_uplink(self) -> None:
-        """One media frame per uplink frame while up; drain and count while down."""
+        """One media frame per uplink frame while up; drain and count while down.
+
+        Frames from before the first call of this run are drained without counting:
+        there was no stream yet to lose them from (a healthy start shows no drops)."""
         while True:
             self._hb.pause()
             frame = await self._uplink.get()
             self._hb.beat()
+            if self._live is None and not self._was_live:
+                continue
             sent = await send_media(
                 self._live,
                 functools.partial(_encode, frame),

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
+import signal
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -375,3 +378,33 @@ async def test_a_paced_mic_delivers_50_frames_a_second(
     assert 49.5 <= rate <= 50.5
     got = np.concatenate([f.pcm for f in frames])
     assert np.array_equal(got, samples[: got.size])  # and still bit-exact
+
+
+@pytest.mark.slow
+async def test_a_mic_read_by_the_event_loop_that_vanishes_is_shown_and_retried(
+    pulse: AlsaTestbed, metrics: Metrics, status: StatusBoard
+) -> None:
+    pulse.write_mic(tone(8000, 1000, 10.0, dbfs=-20.0))
+    capture = Capture(
+        AlsaSource("pacedmic", 8000, metrics=metrics), metrics=metrics, status=status,
+        reopen_backoff=FAST,
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    readers: set[str] = set()
+    frames = 0
+    async with contextlib.aclosing(capture.frames()) as stream:
+        async for _ in stream:
+            frames += 1
+            readers.add(threading.current_thread().name)
+            if frames == 60:
+                os.kill(pulse.pulse_daemon["pid"], signal.SIGKILL)  # the sound server dies
+                break
+        # the read fails on the loop; the capture thread reports it and keeps retrying
+        await wait_for(lambda: device_state(status, "mic") is LinkState.ATTENTION)
+        detail = status.devices["mic"].detail
+        assert "pacedmic" in detail
+        await asyncio.sleep(0.3)
+        assert device_state(status, "mic") is LinkState.ATTENTION  # still retrying, no crash
+    assert readers == {"MainThread"}  # frames are consumed on the loop, as always
+    assert loop.is_running()
+    assert not capture.source.is_open  # type: ignore[attr-defined]

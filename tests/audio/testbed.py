@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ SYSTEM_CONF = "/usr/share/alsa/alsa.conf"
 class AlsaTestbed:
     directory: Path
     conf: Path
+    # the private PulseAudio daemon's pid ("pid"), under the pulse fixture
+    pulse_daemon: dict[str, int] = field(default_factory=dict)
 
     @property
     def mic(self) -> Path:
@@ -137,8 +139,10 @@ def pulse(alsa: AlsaTestbed, tmp_path: Path) -> Iterator[AlsaTestbed]:
                 err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else ""
                 pytest.fail(f"pulseaudio did not start: {err}")
             time.sleep(0.05)
+        alsa.pulse_daemon["pid"] = proc.pid
         yield alsa
     finally:
+        alsa.pulse_daemon.clear()
         proc.terminate()
         try:
             proc.wait(5.0)

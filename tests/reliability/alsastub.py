@@ -11,8 +11,11 @@ unchanged; only the C library's answers are scripted, per device name:
 - ``native(name, rate, channels)``: the device runs only at that rate and channel
   count, whatever is asked (alsa-lib's ``set_*_near``, as a ``hw:`` USB mic does).
 
-Reads and writes are paced at the 20 ms period like a sound card, so both audio
-threads run at real time. Captured audio is a 1 kHz tone at -20 dBFS.
+Reads are paced at the 20 ms period like a sound card; a playback handle drains a
+four-period buffer in real time, tells its room (``avail()``) and blocks a write only
+while the buffer is full, as alsa-lib does, so the speaker can be fed from the mic's
+clock (agent/audio/duplex.py). There are no poll descriptors (``polldescriptors()`` is
+empty): the mic is read by the capture thread. Captured audio is a 1 kHz tone at -20 dBFS.
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ class StubPcm:
         self._n = 0
         self._phase = 0
         self._open = True
+        self.buffer = self.period * 4
+        self._queued = 0.0  # playback: frames in the device buffer at _t_drain
+        self._t_drain: float | None = None  # None: stopped (not started, or ran dry)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -133,6 +139,22 @@ class StubPcm:
         if not self.stub.dev(self.name).plugged:
             raise alsaaudio.ALSAAudioError(f"No such device [{self.name}]")
 
+    def polldescriptors(self) -> list[tuple[int, int]]:
+        self._check()
+        return []
+
+    def _drain(self) -> float:
+        """Playback: frames still queued now (the buffer plays out in real time)."""
+        now = time.monotonic()
+        if self._t_drain is not None:
+            self._queued = max(0.0, self._queued - (now - self._t_drain) * self.rate)
+            self._t_drain = now if self._queued > 0 else None
+        return self._queued
+
+    def avail(self) -> int:
+        self._check()
+        return self.buffer - math.ceil(self._drain())
+
     def read(self) -> tuple[int, bytes]:
         self._check()
         self._pace()
@@ -148,7 +170,14 @@ class StubPcm:
 
     def write(self, data: bytes) -> int:
         self._check()
-        self._pace()
+        frames = len(data) // (2 * self.channels)
+        room = self.buffer - self._drain()
+        if frames > room:  # a full buffer blocks the writer until it has room
+            time.sleep((frames - room) / self.rate)
+            self._drain()
+        if self._t_drain is None:
+            self._t_drain = time.monotonic()
+        self._queued = min(float(self.buffer), self._queued + frames)
         if self.stub.xrun(self.name):
             return -errno.EPIPE
         d = self.stub.dev(self.name)

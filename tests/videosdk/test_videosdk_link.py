@@ -94,6 +94,20 @@ async def test_with_the_real_mixer_room_audio_is_rendered(harness: Harness) -> N
 # -- reconnects -------------------------------------------------------------------------
 
 
+async def test_frames_spoken_before_the_first_call_are_not_counted_as_drops(
+    harness: Harness,
+) -> None:
+    await harness.fake.stop_ws()  # the session is created, its socket cannot be reached yet
+    harness.start()
+    await harness.feed(10)
+    await harness.fake.start_ws()
+    await harness.wait_up()
+    await harness.feed(10)
+    await harness.fake.wait_for(lambda: len(harness.fake.started_sessions[0].frames) >= 10)
+    # nothing was lost from a call: a healthy start shows no drops in the status
+    assert harness.metric("frames_dropped_total") == 0
+
+
 async def test_server_death_mid_stream_gives_a_new_session_and_resumed_media(
     harness: Harness,
 ) -> None:
