@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,18 +102,22 @@ async def test_ptt_press_and_release_through_pin_callbacks(rig) -> None:
     assert not gate.transmitting and status.ptt_state == "idle"
 
 
+def bounce(pin: Any, levels: tuple[int, ...]) -> None:
+    """Edges 2 ms apart, timed by the thread, not the event loop (whose sleeps may take
+    20 ms on a loaded machine: the bounce would no longer be one)."""
+    for level in levels:
+        pin.drive_low() if level == 0 else pin.drive_high()
+        time.sleep(0.002)
+
+
 async def test_bouncing_press_counts_once(rig) -> None:
     _s, _c, gate, _m, _p, factory, _r = rig
     pin = factory.pin(17)
-    for level in (0, 1, 0, 1, 0):  # 5 edges within ~10 ms, ending pressed
-        pin.drive_low() if level == 0 else pin.drive_high()
-        await asyncio.sleep(0.002)
+    bounce(pin, (0, 1, 0, 1, 0))  # 5 edges within ~10 ms, ending pressed
     await settle(0.06)
     assert gate.presses == 1 and gate.transmitting
     pin.drive_high()
-    for level in (0, 1, 0, 1):  # release bounce ending released
-        pin.drive_low() if level == 0 else pin.drive_high()
-        await asyncio.sleep(0.002)
+    bounce(pin, (0, 1, 0, 1))  # release bounce ending released
     await settle(0.06)
     assert not gate.transmitting
 
