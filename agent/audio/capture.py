@@ -34,6 +34,7 @@ from agent.errors import AudioError
 from agent.hw.ports import AudioSource, PolledSource, device_name
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, dbfs, downmix, to_int16
+from agent.readgate import gate_for
 from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
@@ -383,6 +384,7 @@ class Capture:
         ended: list[BaseException] = []
         fds: list[int] = []
         reads = [0]
+        gate = gate_for(loop.loop)
         empty = [0]  # wakeups in a row that found nothing to read
 
         def ready() -> None:  # on the loop: a period (or more) has been captured
@@ -397,6 +399,7 @@ class Capture:
                 empty[0] = 0
                 reads[0] += 1
                 self._step(processor, pcm, time.monotonic(), loop, deliver, on_loop=True)
+                gate.tick()  # the downlinks' sockets are read in this wakeup too
                 if source.unpaced:
                     release()
                     return
@@ -405,6 +408,7 @@ class Capture:
                 release()
 
         def release() -> None:  # on the loop: stop reading, give the device back
+            gate.stop()
             for fd in fds:
                 loop.loop.remove_reader(fd)
             fds.clear()

@@ -61,6 +61,7 @@ from agent.proto.orgo import (
     parse_password,
     redact_url,
 )
+from agent.readgate import ReadGate, gate_for
 from agent.secrets import Credentials, RedactingFilter, Secret
 from agent.service import Heartbeat
 from agent.status import StatusBoard
@@ -217,10 +218,14 @@ class OrgoLink:
             self.runner.beat()
             ws = await self._open(url)
             async with speaking(ws, encode_stop(), logger, on_end=self._drop_source):
+                gate = gate_for(asyncio.get_running_loop())
+                gate.register(ws.transport, ws.recv_messages)
                 try:
-                    await self._receive(ws)
+                    await self._receive(ws, gate)
                 except PeerClosed as e:
                     raise self._closed(e) from None
+                finally:
+                    gate.unregister(ws.transport)
         finally:
             self._drop_source()
 
@@ -285,7 +290,7 @@ class OrgoLink:
         return Secret("orgo-password", token)
 
     # -- the stream --------------------------------------------------------------------
-    async def _receive(self, ws: ClientConnection) -> None:
+    async def _receive(self, ws: ClientConnection, gate: ReadGate) -> None:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
         session = OrgoSession(
             self.cfg.sample_rate,
@@ -299,7 +304,7 @@ class OrgoLink:
             now = self._clock()
             message = await next_message(ws, wait_s(session.next_deadline(now), now))
             if message is not None:
-                self._handle(session, message, self._clock())
+                self._handle(session, message, gate.arrival(self._clock()))
                 continue
             self.runner.beat()  # a silent moment: heartbeat and keepalive
             for text in session.outgoing(self._clock()):  # raises NoPong
