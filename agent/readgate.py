@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 STALE_S = 0.1  # no tick for this long: every transport reads freely again
@@ -55,16 +56,26 @@ class ReadGate:
         if not transport.is_closing():
             transport.resume_reading()  # a no-op unless paused
 
-    def tick(self) -> None:
-        """A mic period was read on the loop: read what arrived since the last one."""
+    def run_after_reads(self, step: Callable[[], None]) -> None:
+        """A mic period is ready: read what arrived since the last one, let the links
+        hand it to the mixer, then pause the transports and run ``step`` (the mic read
+        and the speaker's tick), all in this wakeup. At once with no transport."""
         self.ticks += 1
-        now = time.monotonic()
-        self._window_start = self._paused_at
         if self._stale is not None:
             self._stale.cancel()
         self._stale = self._loop.call_later(STALE_S, self.stop)
+        if not self._transports:
+            step()
+            return
+        self._window_start = self._paused_at
         self._resume()
-        self._loop.call_soon(self._loop.call_soon, self._pause, now)
+        # pass 2 reads the sockets (websockets parses), pass 3 runs the links' tasks
+        # (recv() returns, audio pushed to the mixer), pass 4 pauses and steps
+        self._loop.call_soon(self._loop.call_soon, self._loop.call_soon, self._finish, step)
+
+    def _finish(self, step: Callable[[], None]) -> None:
+        self._pause()
+        step()
 
     def stop(self) -> None:
         """No more ticks for now: every transport reads freely."""
@@ -89,7 +100,7 @@ class ReadGate:
             if not transport.is_closing() and not (flow is not None and flow.paused):
                 transport.resume_reading()
 
-    def _pause(self, _resumed_at: float) -> None:
+    def _pause(self) -> None:
         if self._window_start is None or self._paused:
             return
         self._paused = True

@@ -387,7 +387,17 @@ class Capture:
         gate = gate_for(loop.loop)
         empty = [0]  # wakeups in a row that found nothing to read
 
+        pending = [False]  # a step waits for the downlinks' reads (agent.readgate)
+
         def ready() -> None:  # on the loop: a period (or more) has been captured
+            if not pending[0]:
+                pending[0] = True
+                gate.run_after_reads(step)  # what arrived is mixed into this period
+
+        def step() -> None:
+            pending[0] = False
+            if back.is_set():  # released meanwhile
+                return
             try:
                 pcm = source.read_ready()  # all it has: one step, one tick per wakeup
                 if pcm is None:
@@ -399,7 +409,6 @@ class Capture:
                 empty[0] = 0
                 reads[0] += 1
                 self._step(processor, pcm, time.monotonic(), loop, deliver, on_loop=True)
-                gate.tick()  # the downlinks' sockets are read in this wakeup too
                 if source.unpaced:
                     release()
                     return
