@@ -34,7 +34,6 @@ from agent.errors import AudioError
 from agent.hw.ports import AudioSource, PolledSource, device_name
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, dbfs, downmix, to_int16
-from agent.readgate import gate_for
 from agent.status import StatusBoard
 
 logger = logging.getLogger(__name__)
@@ -384,20 +383,9 @@ class Capture:
         ended: list[BaseException] = []
         fds: list[int] = []
         reads = [0]
-        gate = gate_for(loop.loop)
         empty = [0]  # wakeups in a row that found nothing to read
 
-        pending = [False]  # a step waits for the downlinks' reads (agent.readgate)
-
         def ready() -> None:  # on the loop: a period (or more) has been captured
-            if not pending[0]:
-                pending[0] = True
-                gate.run_after_reads(step)  # what arrived is mixed into this period
-
-        def step() -> None:
-            pending[0] = False
-            if back.is_set():  # released meanwhile
-                return
             try:
                 pcm = source.read_ready()  # all it has: one step, one tick per wakeup
                 if pcm is None:
@@ -417,7 +405,6 @@ class Capture:
                 release()
 
         def release() -> None:  # on the loop: stop reading, give the device back
-            gate.stop()
             for fd in fds:
                 loop.loop.remove_reader(fd)
             fds.clear()

@@ -61,7 +61,6 @@ from agent.proto.orgo import (
     parse_password,
     redact_url,
 )
-from agent.readgate import ReadGate, gate_for
 from agent.secrets import Credentials, RedactingFilter, Secret
 from agent.service import Heartbeat
 from agent.status import StatusBoard
@@ -218,14 +217,10 @@ class OrgoLink:
             self.runner.beat()
             ws = await self._open(url)
             async with speaking(ws, encode_stop(), logger, on_end=self._drop_source):
-                gate = gate_for(asyncio.get_running_loop())
-                gate.register(ws.transport, ws.recv_messages)
                 try:
-                    await self._receive(ws, gate)
+                    await self._receive(ws)
                 except PeerClosed as e:
                     raise self._closed(e) from None
-                finally:
-                    gate.unregister(ws.transport)
         finally:
             self._drop_source()
 
@@ -290,7 +285,7 @@ class OrgoLink:
         return Secret("orgo-password", token)
 
     # -- the stream --------------------------------------------------------------------
-    async def _receive(self, ws: ClientConnection, gate: ReadGate) -> None:
+    async def _receive(self, ws: ClientConnection) -> None:
         """Read messages until the connection ends; ping on schedule; raise NoPong."""
         session = OrgoSession(
             self.cfg.sample_rate,
@@ -304,7 +299,7 @@ class OrgoLink:
             now = self._clock()
             message = await next_message(ws, wait_s(session.next_deadline(now), now))
             if message is not None:
-                self._handle(session, message, gate.arrival(self._clock()))
+                self._handle(session, message, self._clock())
                 continue
             self.runner.beat()  # a silent moment: heartbeat and keepalive
             for text in session.outgoing(self._clock()):  # raises NoPong

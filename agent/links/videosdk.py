@@ -65,7 +65,6 @@ from agent.proto.videosdk import (
     session_request,
 )
 from agent.proto.videosdk_session import RoomSession, valid_topics
-from agent.readgate import ReadGate, gate_for
 from agent.secrets import Credentials
 from agent.service import Heartbeat
 from agent.status import StatusBoard
@@ -337,12 +336,7 @@ class VideoSDKLink:
                     self._hb.beat()
                     self.runner.up(f"room {room}")
                     logger.info("call %s in room %s", session.call_id, room, extra=extra)
-                    gate = gate_for(asyncio.get_running_loop())
-                    gate.register(ws.transport, ws.recv_messages)
-                    try:
-                        await self._connected(ws, sink, extra, gate)
-                    finally:
-                        gate.unregister(ws.transport)
+                    await self._connected(ws, sink, extra)
             except ConnectionClosed as e:  # closed while starting
                 raise self._closed(e) from None
             finally:
@@ -352,20 +346,18 @@ class VideoSDKLink:
     def _unlive(self) -> None:
         self._live = None  # no more media onto this socket
 
-    async def _connected(
-        self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str], gate: ReadGate
-    ) -> None:
+    async def _connected(self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]) -> None:
         async with asyncio.TaskGroup() as tg:
             messenger = tg.create_task(self._messenger(ws), name="videosdk-messages")
             try:
-                ended = await self._receive(ws, sink, extra, gate)
+                ended = await self._receive(ws, sink, extra)
             finally:
                 messenger.cancel()
         raise ended  # outside the TaskGroup: not wrapped in an ExceptionGroup
 
     # -- downlink --------------------------------------------------------------------
     async def _receive(
-        self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str], gate: ReadGate
+        self, ws: ClientConnection, sink: PcmSink, extra: dict[str, str]
     ) -> LinkError:
         """Play and dispatch until the connection closes; return why it did."""
         while True:
@@ -375,12 +367,11 @@ class VideoSDKLink:
                 return self._closed(e)
             self._hb.beat()
             try:
-                t_arrival = gate.arrival()
-                event = self._flow.receive(raw, t_arrival)
+                event = self._flow.receive(raw, time.monotonic())
             except MalformedMessage as e:
                 self._room.malformed(e, extra)
                 continue
-            self._room.dispatch(event, sink, extra, t_arrival)
+            self._room.dispatch(event, sink, extra)
 
     def _closed(self, exc: ConnectionClosed) -> LinkError:
         if exc.sent is not None and exc.sent.code == 1009:

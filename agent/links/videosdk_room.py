@@ -79,14 +79,12 @@ class RoomEvents:
                 extra=extra,
             )
 
-    def dispatch(
-        self, event: object, sink: PcmSink, extra: dict[str, str], t_arrival: float
-    ) -> None:
+    def dispatch(self, event: object, sink: PcmSink, extra: dict[str, str]) -> None:
         match event:
             case RoomAudio(pcm=pcm):
                 self._metrics.inc("frames_received_total", link=LINK)
                 if pcm:
-                    sink.push(np.frombuffer(pcm, dtype="<i2").astype(np.int16), t_arrival)
+                    sink.push(np.frombuffer(pcm, dtype="<i2").astype(np.int16), time.monotonic())
             case TopicMessage(topic=topic) if topic == self._command_topic:
                 self.command(event, extra)
             case TopicMessage(topic=topic, message=message, sender_name=name, sender_id=sender):
