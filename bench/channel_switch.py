@@ -17,65 +17,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import platform
 import random
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
+from rig import machine, pct, whole_agent
 
 ROOMS = ("bench-a", "bench-b", "bench-c")
 UP_PIN = 23
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
-
-
 async def main(switches: int) -> None:
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
-
-    from agent import config
-    from agent.app import Agent, Hardware
-    from agent.controls import StateStore
-    from agent.hw.sim import RecordingSink, WavSource, write_wav
-    from agent.sandbox.videosdk import FakeVideoSDK
-    from agent.secrets import Credentials
-
-    work = Path(tempfile.mkdtemp(prefix="channel-bench-"))
-    (work / "videosdk-token").write_text("sandbox-token")
-    (work / "videosdk-token").chmod(0o600)
-    mic = write_wav(work / "mic.wav", (np.arange(8000 * 5) % 30000 + 1).astype(np.int16), 8000)
-    pins = MockFactory(pin_class=MockPWMPin)
     created: list[tuple[float, str]] = []
-    async with FakeVideoSDK(keep_frames=2000) as fake:
+    async with whole_agent(
+        gpio={"channel_up_button": UP_PIN}, videosdk={"rooms": [{"id": r} for r in ROOMS]}
+    ) as rig:
+        agent, fake = rig.agent, rig.fake
         fake.on_session_created = lambda s: created.append((time.monotonic(), s.room_id))
-        cfg = config.from_dict(
-            {
-                "device": {"id": "bench"},
-                "gpio": {"channel_up_button": UP_PIN},
-                "videosdk": {"rooms": [{"id": r} for r in ROOMS], "api_base": fake.api_base},
-                "metrics": {"listen": ""},
-            }
-        )
-        hw = Hardware(
-            mic=lambda _a, _m: WavSource(mic, 8000, loop=True, paced=True),
-            speaker=lambda _a, _m: RecordingSink(48000, paced=True, keep_s=1.0),
-            pin_factory=pins,
-        )
-        agent = Agent(
-            cfg, credentials=Credentials(work, env={}), hardware=hw, state=StateStore(None)
-        )
-        task = asyncio.create_task(agent.run())
-        await fake.wait_for(lambda: len(fake.frames) > 25, 10, "streaming")
         session_ms: list[float] = []
         frame_ms: list[float] = []
-        pin: Any = pins.pin(UP_PIN)
+        pin: Any = rig.pin(UP_PIN)
         for i in range(switches):
             await asyncio.sleep(0.3 + random.random() * 0.02)  # random phase of the frame clock
             room = ROOMS[(i + 1) % len(ROOMS)]
@@ -90,17 +52,13 @@ async def main(switches: int) -> None:
             await fake.wait_for(lambda: first_frame() is not None, 5, f"a frame in {room}")
             t_frame = first_frame()
             assert t_frame is not None
-            t_created = next(t for t, r in created[sessions:] if r == room)
+            t_created = next(t for t, r in created if r == room and t >= t_press)
             session_ms.append((t_created - t_press) * 1000)
             frame_ms.append((t_frame - t_press) * 1000)
             pin.drive_high()
         reconnects = agent.metrics.get("reconnects_total", link="videosdk")
-        agent.stop()
-        await asyncio.wait_for(task, 5)
 
-    print(
-        f"machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores"
-    )
+    print(machine())
     print(f"switches: {switches} over {len(ROOMS)} rooms; reconnects counted: {reconnects:.0f}")
     print(f"{'':30}{'median':>8}{'p90':>8}{'max':>8}  ms")
     for name, xs in (("press -> session created", session_ms),

@@ -21,60 +21,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import platform
 import random
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+from rig import machine, pct, whole_agent
 
 
 async def main(presses: int) -> None:
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
-
-    from agent import config
-    from agent.app import Agent, Hardware
-    from agent.controls import StateStore
-    from agent.hw.sim import RecordingSink, WavSource, write_wav
-    from agent.sandbox.videosdk import FakeVideoSDK
-    from agent.secrets import Credentials
-
-    work = Path(tempfile.mkdtemp(prefix="ptt-bench-"))
-    (work / "videosdk-token").write_text("sandbox-token")
-    (work / "videosdk-token").chmod(0o600)
-    mic = write_wav(work / "mic.wav", (np.arange(8000 * 5) % 30000 + 1).astype(np.int16), 8000)
-    pins = MockFactory(pin_class=MockPWMPin)
-    async with FakeVideoSDK(keep_frames=20000) as fake:
-        cfg = config.from_dict(
-            {
-                "device": {"id": "bench"},
-                "gpio": {"ptt_button": 17},
-                "videosdk": {"room_id": "bench-room", "api_base": fake.api_base},
-                "metrics": {"listen": ""},
-            }
-        )
-        hw = Hardware(
-            mic=lambda _a, _m: WavSource(mic, 8000, loop=True, paced=True),
-            speaker=lambda _a, _m: RecordingSink(48000, paced=True, keep_s=1.0),
-            pin_factory=pins,
-        )
-        agent = Agent(
-            cfg, credentials=Credentials(work, env={}), hardware=hw, state=StateStore(None)
-        )
-        task = asyncio.create_task(agent.run())
-        await fake.wait_for(lambda: len(fake.frames) > 25, 10, "streaming")
+    async with whole_agent(
+        gpio={"ptt_button": 17}, videosdk={"room_id": "bench-room"}, keep_frames=20000
+    ) as rig:
+        agent, fake = rig.agent, rig.fake
         gate_ms: list[float] = []
         room_ms: list[float] = []
-        pin: Any = pins.pin(17)
+        pin: Any = rig.pin(17)
         for _ in range(presses):
             await asyncio.sleep(0.2 + random.random() * 0.02)  # random phase of the frame clock
             n_before = fake.frames_total
@@ -103,12 +65,8 @@ async def main(presses: int) -> None:
             gate_ms.append(max(0.0, published[0] - t_press) * 1000 if published else float("nan"))
             room_ms.append((t_room - t_press) * 1000)
             pin.drive_high()
-        agent.stop()
-        await asyncio.wait_for(task, 5)
 
-    print(
-        f"machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores"
-    )
+    print(machine())
     print(f"presses: {presses} (random phase against the 20 ms frame clock)")
     print(f"{'':24}{'median':>8}{'p90':>8}{'p99':>8}{'max':>8}  ms")
     for name, xs in (("press -> gate (frame)", gate_ms), ("press -> room (arrival)", room_ms)):
