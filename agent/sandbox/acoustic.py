@@ -1,0 +1,235 @@
+"""An acoustic loop without hardware, for the hands-free tests and benchmark.
+
+Through a private PulseAudio daemon (:class:`agent.sandbox.pulse.PulseRig`): the
+agent's speaker plays into the null sink (``paspk``, 48 kHz, as the mixer renders)
+and the mic captures from that sink's monitor (``pamon``, 16 kHz): whatever the
+speaker plays comes back into the mic with a real, device-clocked delay, as in a
+room. A near-end talker and stationary noise are further streams into the same sink.
+
+The speaker period is handed to a :class:`~agent.audio.handsfree.FarEndTap` as the
+agent's playback does, and each mic read goes through one
+:class:`~agent.audio.handsfree.HandsFree` per configuration under test, all fed the
+same samples, so "with" and "without" are compared on one capture.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.audio.handsfree import (
+    PROCESS_RATE,
+    FarEndTap,
+    HandsFree,
+    HandsFreeSettings,
+    HandsFreeStats,
+)
+from agent.errors import AudioError
+from agent.hw.alsa import AlsaSink, AlsaSource
+from agent.metrics import Metrics
+from agent.pcm import Pcm, samples_per_frame
+from agent.sandbox.pulse import PulseRig
+
+SPEAKER_RATE = 48000
+MIC_RATE = PROCESS_RATE
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What plays during one take; signals start at the take's start unless delayed."""
+
+    seconds: float
+    far: Pcm | None = None  # at SPEAKER_RATE: what the agent's speaker plays (the room)
+    near: Pcm | None = None  # at MIC_RATE: the talker in front of the device
+    near_start_s: float = 0.0
+    noise: Pcm | None = None  # at MIC_RATE: a fan
+    echo_gain: float = 1.0  # the speaker's level into the room (scales ``far``)
+
+
+@dataclass
+class Take:
+    """One capture and what each configuration made of it (all at MIC_RATE)."""
+
+    mic: Pcm
+    outs: list[Pcm]
+    stats: list[HandsFreeStats]
+    tap_dropped: int = 0
+    tap_padded: int = 0
+    wall_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def alsa_env(rig: PulseRig) -> Iterator[None]:
+    """Point this process's alsa-lib at the rig's devices for the block."""
+    saved = {k: os.environ.get(k) for k in rig.env()}
+    os.environ.update(rig.env())
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _player(
+    name: str, pcm: Pcm, rate: int, start_s: float, stop: threading.Event,
+    errors: list[str], tap: FarEndTap | None = None,
+) -> None:  # fmt: skip
+    sink = AlsaSink("paspk", rate, metrics=Metrics(), label=name)
+    period = samples_per_frame(rate)
+    lead = np.zeros(round(start_s * rate), np.int16)
+    signal = np.concatenate((lead, pcm))
+    try:
+        sink.open()
+        i = 0
+        while not stop.is_set():
+            chunk = signal[i : i + period]
+            if chunk.size < period:
+                chunk = np.pad(chunk, (0, period - chunk.size))
+            sink.write(chunk)
+            if tap is not None:
+                tap.rendered(chunk, rate, 1, None)
+            i += period
+    except AudioError as exc:
+        errors.append(f"{name}: {exc}")
+    finally:
+        sink.close()
+
+
+def record(rig: PulseRig, scene: Scene, settings: list[HandsFreeSettings]) -> Take:
+    """Play ``scene`` through the loop; process the capture with each of ``settings``."""
+    tap = FarEndTap()
+    processors = [HandsFree(s) for s in settings]
+    stop = threading.Event()
+    errors: list[str] = []
+    players: list[threading.Thread] = []
+    mic_parts: list[Pcm] = []
+    outs: list[list[Pcm]] = [[] for _ in settings]
+    t0 = time.monotonic()
+    with alsa_env(rig):
+        source = AlsaSource("pamon", MIC_RATE, metrics=Metrics())
+        source.open()
+        try:
+            streams: list[tuple[str, Pcm | None, int, float, FarEndTap | None]] = [
+                ("speaker", _far(scene), SPEAKER_RATE, 0.0, tap),
+                ("talker", scene.near, MIC_RATE, scene.near_start_s, None),
+                ("noise", scene.noise, MIC_RATE, 0.0, None),
+            ]
+            for name, pcm, rate, start, stream_tap in streams:
+                if pcm is None:
+                    continue
+                t = threading.Thread(
+                    target=_player, args=(name, pcm, rate, start, stop, errors, stream_tap),
+                    name=f"rig-{name}", daemon=True,
+                )  # fmt: skip
+                t.start()
+                players.append(t)
+            captured = 0
+            want = round(scene.seconds * MIC_RATE)
+            while captured < want:
+                x = source.read()
+                far, delay = tap.take(x.size)
+                mic_parts.append(x)
+                for hf, out in zip(processors, outs, strict=True):
+                    out.append(hf.process(x, far, delay))
+                captured += x.size
+        finally:
+            stop.set()
+            for t in players:
+                t.join(5.0)
+            source.close()
+    mic = np.concatenate(mic_parts)
+    return Take(
+        mic=mic,
+        outs=[_fit(np.concatenate(o), mic.size) for o in outs],
+        stats=[hf.stats() for hf in processors],
+        tap_dropped=tap.dropped_samples,
+        tap_padded=tap.padded_samples,
+        wall_s=time.monotonic() - t0,
+        errors=errors,
+    )
+
+
+def _far(scene: Scene) -> Pcm | None:
+    if scene.far is None:
+        return None
+    if scene.echo_gain == 1.0:
+        return scene.far
+    scaled = scene.far.astype(np.float32) * np.float32(scene.echo_gain)
+    return np.clip(np.round(scaled), -32768, 32767).astype(np.int16)
+
+
+def _fit(x: Pcm, n: int) -> Pcm:
+    """Pad (the last <10 ms still in the processing) or cut to ``n`` samples."""
+    return x[:n] if x.size >= n else np.pad(x, (0, n - x.size))
+
+
+# -- measurements -------------------------------------------------------------------
+
+
+def level_db(x: Pcm) -> float:
+    """RMS level, dBFS (full-scale square wave = 0)."""
+    if x.size == 0:
+        return -120.0
+    f = x.astype(np.float64)
+    return 10.0 * math.log10(max(float(np.mean(f * f)), 1e-3) / 32768.0**2)
+
+
+def window(x: Pcm, start_s: float, end_s: float | None = None, rate: int = MIC_RATE) -> Pcm:
+    return x[round(start_s * rate) : None if end_s is None else round(end_s * rate)]
+
+
+def _best_lag(x: np.ndarray, r: np.ndarray, max_lag: int) -> int:
+    """Lag in [-max_lag, max_lag] at which ``x`` is ``r`` delayed, for ``r`` covering
+    ``x``'s span widened by ``max_lag`` on each side."""
+    size = 1 << (x.size + r.size).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(r, size) * np.conj(np.fft.rfft(x, size)), size)
+    # corr[k] = sum_i x[i] r[i + k], and x[i] = r[i + max_lag - lag]
+    return max_lag - int(np.argmax(corr[: 2 * max_lag + 1]))
+
+
+def component_db(
+    x: Pcm, reference: Pcm, start_s: float, end_s: float, *, max_lag_s: float = 0.5,
+    window_s: float = 0.5, mic: Pcm | None = None,
+) -> float:  # fmt: skip
+    """Level (dBFS) of the part of ``x`` that is ``reference`` (delayed) over
+    ``[start_s, end_s)``: per window, the lag that best aligns the reference with
+    ``mic`` (default ``x``; give the raw capture when ``x`` is processed), then the
+    least-squares gain of the aligned reference in ``x``, times its level there.
+    Separates a talker from echo and noise in a mix; per window, so a gap in a
+    stream (an underrun on a loaded machine) shifts only its own window."""
+    mic = x if mic is None else mic
+    max_lag = round(max_lag_s * MIC_RATE)
+    win = round(window_s * MIC_RATE)
+    r = np.concatenate((np.zeros(max_lag), reference.astype(np.float64), np.zeros(x.size + max_lag)))
+    num = 0.0
+    energy = 0.0
+    n = 0
+    for a in range(round(start_s * MIC_RATE), round(end_s * MIC_RATE) - win + 1, win):
+        seg_m = mic[a : a + win].astype(np.float64)
+        seg_r = r[a : a + win + 2 * max_lag]  # reference[a - max_lag : a + win + max_lag]
+        if not seg_r.any() or not seg_m.any():
+            continue
+        lag = _best_lag(seg_m, seg_r, max_lag)
+        start = a + max_lag - lag
+        aligned = r[start : start + win]
+        e = float(np.dot(aligned, aligned))
+        if e <= 0:
+            continue
+        num += abs(float(np.dot(x[a : a + win].astype(np.float64), aligned)))
+        energy += e
+        n += win
+    if energy <= 0 or n == 0:
+        return -120.0
+    gain = num / energy
+    return 10.0 * math.log10(max(gain * gain * energy / n, 1e-3) / 32768.0**2)
