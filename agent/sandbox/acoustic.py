@@ -32,7 +32,6 @@ from agent.audio.handsfree import (
     HandsFreeStats,
 )
 from agent.errors import AudioError
-from agent.hw.alsa import AlsaSink, AlsaSource
 from agent.metrics import Metrics
 from agent.pcm import Pcm, samples_per_frame
 from agent.sandbox.pulse import PulseRig
@@ -60,6 +59,7 @@ class Take:
     mic: Pcm
     outs: list[Pcm]
     stats: list[HandsFreeStats]
+    far: Pcm | None = None  # the reference as the tap gave it (``keep_far``)
     tap_dropped: int = 0
     tap_padded: int = 0
     wall_s: float = 0.0
@@ -85,6 +85,8 @@ def _player(
     name: str, pcm: Pcm, rate: int, start_s: float, stop: threading.Event,
     errors: list[str], tap: FarEndTap | None = None,
 ) -> None:  # fmt: skip
+    from agent.hw.alsa import AlsaSink  # pyalsaaudio: only where the rig plays
+
     sink = AlsaSink("paspk", rate, metrics=Metrics(), label=name)
     period = samples_per_frame(rate)
     lead = np.zeros(round(start_s * rate), np.int16)
@@ -106,14 +108,19 @@ def _player(
         sink.close()
 
 
-def record(rig: PulseRig, scene: Scene, settings: list[HandsFreeSettings]) -> Take:
+def record(
+    rig: PulseRig, scene: Scene, settings: list[HandsFreeSettings], *, keep_far: bool = False
+) -> Take:
     """Play ``scene`` through the loop; process the capture with each of ``settings``."""
+    from agent.hw.alsa import AlsaSource
+
     tap = FarEndTap()
     processors = [HandsFree(s) for s in settings]
     stop = threading.Event()
     errors: list[str] = []
     players: list[threading.Thread] = []
     mic_parts: list[Pcm] = []
+    far_parts: list[Pcm] = []
     outs: list[list[Pcm]] = [[] for _ in settings]
     t0 = time.monotonic()
     with alsa_env(rig):
@@ -140,6 +147,8 @@ def record(rig: PulseRig, scene: Scene, settings: list[HandsFreeSettings]) -> Ta
                 x = source.read()
                 far, delay = tap.take(x.size)
                 mic_parts.append(x)
+                if keep_far:
+                    far_parts.append(far)
                 for hf, out in zip(processors, outs, strict=True):
                     out.append(hf.process(x, far, delay))
                 captured += x.size
@@ -153,6 +162,7 @@ def record(rig: PulseRig, scene: Scene, settings: list[HandsFreeSettings]) -> Ta
         mic=mic,
         outs=[_fit(np.concatenate(o), mic.size) for o in outs],
         stats=[hf.stats() for hf in processors],
+        far=np.concatenate(far_parts) if keep_far else None,
         tap_dropped=tap.dropped_samples,
         tap_padded=tap.padded_samples,
         wall_s=time.monotonic() - t0,
@@ -200,36 +210,37 @@ def _best_lag(x: np.ndarray, r: np.ndarray, max_lag: int) -> int:
 
 def component_db(
     x: Pcm, reference: Pcm, start_s: float, end_s: float, *, max_lag_s: float = 0.5,
-    window_s: float = 0.5, mic: Pcm | None = None,
+    window_s: float = 0.5, taps: int = 33,
 ) -> float:  # fmt: skip
-    """Level (dBFS) of the part of ``x`` that is ``reference`` (delayed) over
-    ``[start_s, end_s)``: per window, the lag that best aligns the reference with
-    ``mic`` (default ``x``; give the raw capture when ``x`` is processed), then the
-    least-squares gain of the aligned reference in ``x``, times its level there.
-    Separates a talker from echo and noise in a mix; per window, so a gap in a
-    stream (an underrun on a loaded machine) shifts only its own window."""
-    mic = x if mic is None else mic
+    """Level (dBFS) of the part of ``x`` that is ``reference`` (delayed, filtered) over
+    ``[start_s, end_s)``.
+
+    Per window: the lag that best aligns the reference with ``x`` (cross-correlation),
+    then the least-squares fit of a short FIR filter (``taps`` around that lag) from
+    the reference to ``x``; the fitted part's level is the component's. So a talker
+    is told from echo and noise in a mix, a high-pass filter's phase does not count
+    as attenuation, and a gap in a stream (an underrun on a loaded machine) shifts
+    only its own window.
+    """
     max_lag = round(max_lag_s * MIC_RATE)
     win = round(window_s * MIC_RATE)
-    r = np.concatenate((np.zeros(max_lag), reference.astype(np.float64), np.zeros(x.size + max_lag)))
-    num = 0.0
-    energy = 0.0
+    half = taps // 2
+    pad = max_lag + half
+    r = np.concatenate((np.zeros(pad), reference.astype(np.float64), np.zeros(x.size + pad)))
+    fitted = 0.0
     n = 0
     for a in range(round(start_s * MIC_RATE), round(end_s * MIC_RATE) - win + 1, win):
-        seg_m = mic[a : a + win].astype(np.float64)
-        seg_r = r[a : a + win + 2 * max_lag]  # reference[a - max_lag : a + win + max_lag]
-        if not seg_r.any() or not seg_m.any():
+        seg_x = x[a : a + win].astype(np.float64)
+        seg_r = r[a + half : a + half + win + 2 * max_lag]  # reference[a - max_lag : ...]
+        if not seg_r.any() or not seg_x.any():
             continue
-        lag = _best_lag(seg_m, seg_r, max_lag)
-        start = a + max_lag - lag
-        aligned = r[start : start + win]
-        e = float(np.dot(aligned, aligned))
-        if e <= 0:
-            continue
-        num += abs(float(np.dot(x[a : a + win].astype(np.float64), aligned)))
-        energy += e
+        lag = _best_lag(seg_x, seg_r, max_lag)
+        start = a + pad - lag  # index in r of reference[a - lag]
+        basis = np.stack([r[start - k : start - k + win] for k in range(-half, half + 1)], axis=1)
+        coef, *_ = np.linalg.lstsq(basis, seg_x, rcond=None)
+        fit = basis @ coef
+        fitted += float(np.dot(fit, fit))
         n += win
-    if energy <= 0 or n == 0:
+    if n == 0:
         return -120.0
-    gain = num / energy
-    return 10.0 * math.log10(max(gain * gain * energy / n, 1e-3) / 32768.0**2)
+    return 10.0 * math.log10(max(fitted / n, 1e-3) / 32768.0**2)
