@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from agent.hw.ports import AudioSource, device_name
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, dbfs, downmix, to_int16
 from agent.status import StatusBoard
+
+if TYPE_CHECKING:  # the hands-free stage is built (and its library loaded) only when asked
+    from agent.audio.handsfree import HandsFreeStage
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +61,10 @@ class CaptureProcessor:
         silence_alarm_s: float = SILENCE_ALARM_S,
         first_seq: int = 1,
         metrics: Metrics | None = None,
+        stage: HandsFreeStage | None = None,
     ) -> None:
         self.in_rate = in_rate
+        self.stage = stage  # hands-free: mono at in_rate -> processed 8 kHz, before the gate
         self.channels = channels
         self.gain_db = gain_db
         self._metrics = metrics
@@ -106,7 +112,9 @@ class CaptureProcessor:
             if self._zero_samples >= self._silence_limit and not self._silence_reported:
                 self._silence_reported = True
                 self.silence_alarm = True
-        if self._resampler is not None:
+        if self.stage is not None:
+            pcm = self.stage.process(pcm)
+        elif self._resampler is not None:
             pcm = self._resampler.process(pcm)
         pending = pcm if self._pending.size == 0 else np.concatenate((self._pending, pcm))
         frames: list[Frame] = []
@@ -138,8 +146,11 @@ class Capture:
         queue_frames: int = 25,
         level_every: int = 5,
         silence_alarm_s: float = SILENCE_ALARM_S,
+        handsfree: Callable[[int], HandsFreeStage | None] | None = None,
     ) -> None:
         self.source = source
+        # hands-free: builds the processing stage for the mic's rate at each open
+        self.handsfree = handsfree
         self.gain_db = gain_db
         self.level_dbfs: float | None = None  # latest mic level, sampled every level_every frames
         self._metrics = metrics
@@ -251,6 +262,7 @@ class Capture:
             silence_alarm_s=self._silence_alarm_s,
             first_seq=self._seq + 1,
             metrics=self._metrics,
+            stage=self.handsfree(source.rate) if self.handsfree is not None else None,
         )
         heartbeat = self._heartbeat
         level_every = self._level_every
@@ -268,6 +280,8 @@ class Capture:
                     level = dbfs(frame.pcm)
                     self.level_dbfs = level
                     loop.call(self._status.set_mic_level, level)
+                if processor.stage is not None and frame.seq % 50 == 0:
+                    processor.stage.publish(self._metrics)  # ERLE, gain, CPU: once a second
             if processor.silence_alarm:
                 processor.silence_alarm = False
                 self._report_silence(loop)

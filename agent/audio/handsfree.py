@@ -53,15 +53,16 @@ from typing import Protocol
 import numpy as np
 
 from agent.audio.resample import StreamResampler
-from agent.errors import ConfigError
+from agent.config_checks import HANDSFREE_DISTRIBUTION, HANDSFREE_INSTALL, HANDSFREE_MODULE
+from agent.errors import AgentError
 from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, Pcm, downmix, to_int16
 
 logger = logging.getLogger(__name__)
 
-LIBRARY = "pywebrtc_audio"  # the module
-DISTRIBUTION = "pywebrtc-audio"  # what pip installs
-INSTALL_HINT = "pip install 'field-agent[handsfree]' (or: pip install pywebrtc-audio)"
+LIBRARY = HANDSFREE_MODULE  # the module
+DISTRIBUTION = HANDSFREE_DISTRIBUTION  # what pip installs
+INSTALL_HINT = HANDSFREE_INSTALL
 PROCESS_RATE = 16000
 BLOCK = PROCESS_RATE // 100  # the library's 10 ms frame
 ECHO_CANCEL_MODES = ("auto", "on", "off")
@@ -74,7 +75,7 @@ ERLE_TIME_CONSTANT_S = 2.0
 LOG_INTERVAL_S = 10.0
 
 
-class HandsFreeUnavailable(ConfigError):
+class HandsFreeUnavailable(AgentError, ImportError):
     """The processing library is not installed (or does not load on this machine)."""
 
 
@@ -341,6 +342,8 @@ class FarEndTap:
         self._queued = 0
         self._resampler: StreamResampler | None = None
         self._delay_s: float | None = None
+        # False until a capture stage listens: the playback path's call costs nothing then
+        self.listening = False
         self.dropped_samples = 0  # reference dropped to stay aligned (capture behind)
         self.padded_samples = 0  # silence given for lack of reference (speaker idle or behind)
 
@@ -348,6 +351,8 @@ class FarEndTap:
         self, pcm: Pcm, rate: int, channels: int = 1, playout_delay_s: float | None = None
     ) -> None:
         """One period just written to the speaker (interleaved int16 at ``rate``)."""
+        if not self.listening:
+            return
         mono = downmix(np.asarray(pcm).reshape(-1), channels) if channels > 1 else pcm
         with self._lock:
             if self._resampler is None or self._resampler.in_rate != rate:
@@ -417,6 +422,8 @@ class HandsFreeStage:
         self.tap = tap
         self.mic_rate = mic_rate
         self._active = active
+        if tap is not None:
+            tap.listening = True
         self._to_process = StreamResampler(mic_rate, PROCESS_RATE)
         self._to_uplink = StreamResampler(PROCESS_RATE, UPLINK_RATE)
         self._bypass = StreamResampler(mic_rate, UPLINK_RATE)
@@ -433,3 +440,41 @@ class HandsFreeStage:
         else:
             far, delay = np.zeros(x.size, np.int16), None
         return self._to_uplink.process(self.handsfree.process(x, far, delay))
+
+    def publish(self, metrics: Metrics) -> None:
+        """ERLE, gain, voice probability, CPU and the reference's realignments as gauges."""
+        self.handsfree.publish(metrics)
+        if self.tap is not None:
+            metrics.set("handsfree_reference_dropped_samples", self.tap.dropped_samples)
+            metrics.set("handsfree_reference_padded_samples", self.tap.padded_samples)
+
+
+def stage_factory(
+    settings: HandsFreeSettings,
+    tap: FarEndTap | None,
+    *,
+    metrics: Metrics | None = None,
+    active: Callable[[], bool] | None = None,
+) -> Callable[[int], HandsFreeStage | None]:
+    """What :class:`~agent.audio.capture.Capture` calls at each mic open (with its rate).
+
+    Without the library (``echo_cancel = "auto"`` on a device without the extra, the
+    config check lets that pass in hold/toggle mode) it logs once and returns None:
+    the mic goes on unprocessed.
+    """
+    told = False
+
+    def build(mic_rate: int) -> HandsFreeStage | None:
+        nonlocal told
+        try:
+            handsfree = HandsFree(settings, metrics=metrics)
+        except HandsFreeUnavailable as exc:
+            if not told:
+                told = True
+                logger.warning("hands-free processing off: %s", exc)
+            if metrics is not None:
+                metrics.inc("handsfree_errors_total", reason="unavailable")
+            return None
+        return HandsFreeStage(handsfree, tap, mic_rate, active=active)
+
+    return build

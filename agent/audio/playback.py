@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
 from agent.audio.mixer import Mixer
@@ -22,6 +23,9 @@ from agent.errors import AudioError
 from agent.hw.ports import AudioSink, device_name
 from agent.metrics import Metrics
 from agent.status import StatusBoard
+
+if TYPE_CHECKING:
+    from agent.audio.handsfree import FarEndTap
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,10 @@ class Playback:
         status: StatusBoard,
         heartbeat: Callable[[], None] | None = None,
         reopen_backoff: BackoffPolicy = DEVICE_BACKOFF,
+        tap: FarEndTap | None = None,
     ) -> None:
         self.sink = sink
+        self.tap = tap  # hands-free: gets each period as written (the echo's reference)
         self.mixer = mixer
         self.periods_written = 0
         self._metrics = metrics
@@ -120,6 +126,8 @@ class Playback:
             if resampler is not None:
                 pcm = resampler.process(pcm)
             sink.write(pcm)
+            if self.tap is not None:  # playout delay: the core's to give (issue 18)
+                self.tap.rendered(pcm, sink.rate, sink.channels, None)
             self.periods_written += 1
             self._metrics.inc("playback_periods_total")
             if heartbeat is not None:
