@@ -212,8 +212,7 @@ class HandsFree:
         self._cpu_s = 0.0
         self._audio_samples = 0
         self._errors = 0
-        self._mic_power = 0.0
-        self._out_power = 0.0
+        self._erle_db = 0.0
         self._erle_weight = 0.0
         self._voice = 0.0
         self._gain: float | None = None
@@ -260,8 +259,8 @@ class HandsFree:
 
     def stats(self) -> HandsFreeStats:
         erle = None
-        if self.settings.echo_cancel and self._erle_weight > 0.5 and self._out_power > 0:
-            erle = 10.0 * math.log10(max(self._mic_power, 1e-9) / self._out_power)
+        if self.settings.echo_cancel and self._erle_weight > 0.5:
+            erle = self._erle_db
         return HandsFreeStats(
             erle_db=erle,
             gain_db=self._gain,
@@ -305,14 +304,20 @@ class HandsFree:
                 self._bad("library", "delay hint refused: %s", exc)
 
     def _update_erle(self, near: Pcm, far: Pcm, out: Pcm) -> None:
+        """ERLE estimate: mic-to-uplink level ratio (dB) while the far end plays, averaged
+        in dB over ~2 s (so a transient while the canceller adapts does not dominate)."""
         if not self.settings.echo_cancel:
             return
-        pf = _power(far)
-        if pf <= (32768.0 * 10.0 ** (FAR_ACTIVE_DBFS / 20.0)) ** 2:
+        if _power(far) <= (32768.0 * 10.0 ** (FAR_ACTIVE_DBFS / 20.0)) ** 2:
             return
+        pm, po = _power(near), _power(out)
+        if pm <= 1.0:  # the mic hears nothing of it (speaker off, unplugged): no figure
+            return
+        ratio_db = 10.0 * math.log10(pm / max(po, 1e-2))
         a = min(1.0, near.size / (ERLE_TIME_CONSTANT_S * PROCESS_RATE))
-        self._mic_power += a * (_power(near) - self._mic_power)
-        self._out_power += a * (max(_power(out), 1e-3) - self._out_power)
+        if self._erle_weight == 0.0:
+            self._erle_db = ratio_db
+        self._erle_db += a * (ratio_db - self._erle_db)
         self._erle_weight = min(1.0, self._erle_weight + a)
 
     def _bad(self, reason: str, msg: str, *args: object) -> None:

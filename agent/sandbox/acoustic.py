@@ -115,6 +115,7 @@ def record(
     from agent.hw.alsa import AlsaSource
 
     tap = FarEndTap()
+    tap.listening = True  # the processors below take from it (as a capture stage would)
     processors = [HandsFree(s) for s in settings]
     stop = threading.Event()
     errors: list[str] = []
