@@ -280,8 +280,9 @@ class Capture:
                     level = dbfs(frame.pcm)
                     self.level_dbfs = level
                     loop.call(self._status.set_mic_level, level)
-                if processor.stage is not None and frame.seq % 50 == 0:
-                    processor.stage.publish(self._metrics)  # ERLE, gain, CPU: once a second
+                if processor.stage is not None and frame.seq % 50 == 0:  # once a second
+                    hf = processor.stage.publish(self._metrics)  # ERLE, gain, CPU
+                    loop.call(self._status.set_handsfree, hf.erle_db, hf.gain_db, hf.cpu_percent)
             if processor.silence_alarm:
                 processor.silence_alarm = False
                 self._report_silence(loop)

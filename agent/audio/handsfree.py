@@ -136,6 +136,11 @@ class HandsFreeStats:
     def cpu_per_audio_s(self) -> float:
         return self.cpu_s / self.audio_s if self.audio_s > 0 else 0.0
 
+    @property
+    def cpu_percent(self) -> float:
+        """CPU as a percentage of the audio's duration (one core)."""
+        return 100.0 * self.cpu_per_audio_s
+
 
 class Processor(Protocol):
     """What :class:`HandsFree` needs of the library's ``AudioProcessor``."""
@@ -270,8 +275,8 @@ class HandsFree:
             errors=self._errors,
         )
 
-    def publish(self, metrics: Metrics) -> None:
-        """Gauges for /metrics (call now and then, not per block)."""
+    def publish(self, metrics: Metrics) -> HandsFreeStats:
+        """Gauges for /metrics (call now and then, not per block); returns the figures."""
         s = self.stats()
         if s.erle_db is not None:
             metrics.set("handsfree_erle_db", round(s.erle_db, 1))
@@ -280,6 +285,7 @@ class HandsFree:
         metrics.set("handsfree_voice_probability", round(s.voice_probability, 3))
         metrics.set("handsfree_cpu_seconds", round(s.cpu_s, 3))
         metrics.set("handsfree_cpu_ratio", round(s.cpu_per_audio_s, 4))
+        return s
 
     # -- helpers ---------------------------------------------------------------------
     def _clean(self, x: Pcm, what: str) -> Pcm:
@@ -446,12 +452,13 @@ class HandsFreeStage:
             far, delay = np.zeros(x.size, np.int16), None
         return self._to_uplink.process(self.handsfree.process(x, far, delay))
 
-    def publish(self, metrics: Metrics) -> None:
+    def publish(self, metrics: Metrics) -> HandsFreeStats:
         """ERLE, gain, voice probability, CPU and the reference's realignments as gauges."""
-        self.handsfree.publish(metrics)
+        stats = self.handsfree.publish(metrics)
         if self.tap is not None:
             metrics.set("handsfree_reference_dropped_samples", self.tap.dropped_samples)
             metrics.set("handsfree_reference_padded_samples", self.tap.padded_samples)
+        return stats
 
 
 def stage_factory(

@@ -116,6 +116,16 @@ def format_status(doc: dict[str, Any]) -> str:
     if doc.get("mic_dbfs") is not None:
         head.append(f"mic {float(doc['mic_dbfs']):.0f} dBFS")
     lines = [" · ".join(head), ""]
+    hf = doc.get("handsfree")
+    if isinstance(hf, dict):
+        erle, gain = hf.get("erle_db"), hf.get("gain_db")
+        parts = [
+            "hands-free:",
+            "echo -" if erle is None else f"echo {float(erle):.0f} dB down (ERLE)",
+            f"gain {float(gain):+.0f} dB" if gain is not None else "gain off",
+            f"CPU {float(hf.get('cpu_percent') or 0.0):.1f} % of the audio's time",
+        ]
+        lines[-1:-1] = [" ".join(parts[:2]) + " · " + " · ".join(parts[2:])]
 
     links = doc.get("links", {})
     if links:
