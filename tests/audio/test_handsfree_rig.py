@@ -166,3 +166,32 @@ def test_vox_room_audio_alone_opens_the_gate_only_without_cancellation(
     # what status and /metrics show: the echo well down, the CPU it took
     assert stats is not None and stats.erle_db is not None and stats.erle_db >= 15.0, stats
     assert stats.errors == 0 and 0 < stats.cpu_s < stats.audio_s
+
+
+def test_selftest_echo_check_prints_the_probe_with_and_without_cancellation(
+    rig: PulseRig, tmp_path: Path
+) -> None:
+    import re
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        '[device]\nid = "d"\n[videosdk]\nroom_id = "r"\n[audio]\ncapture_device = "pamon"\n'
+        'capture_rate = 16000\nplayback_device = "paspk"\necho_cancel = "on"\n'
+    )
+    exe = Path(sys.executable).parent / "field-agent"
+    out = subprocess.run(
+        [str(exe), "selftest", "--config", str(cfg), "--seconds", "2"],
+        env={**os.environ, **rig.env()}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    m = re.search(
+        r"echo check: the mic hears the speaker's probe at (-?[\d.]+) dBFS without "
+        r"cancellation, (-?[\d.]+) dBFS with it \(([\d.]+) dB down\)",
+        out.stdout,
+    )
+    assert m, out.stdout
+    heard, cancelled = float(m[1]), float(m[2])
+    assert heard > -35 and heard - cancelled >= 20, out.stdout
+    assert "selftest: PASS" in out.stdout
