@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -187,13 +188,19 @@ def record_and_measure(save: Path | None) -> dict[str, Any]:
     # measures the noise suppression on its own take)
     scene = acoustic.Scene(SECONDS, far=far, near=near, near_start_s=NEAR_START_S)
     with tempfile.TemporaryDirectory() as d, PulseRig(Path(d)) as rig:
-        take = acoustic.record(rig, scene, list(configs.values()), keep_far=save is not None)
+        # a take in which the machine starved the speaker (underruns) is taken again
+        take = acoustic.record_steady(rig, scene, list(configs.values()), keep_far=True)
     if save is not None and take.far is not None:
         np.savez(save, mic=take.mic, far=take.far)
     ref = np.concatenate((np.zeros(round(NEAR_START_S * RATE), np.int16), near))
     dt = (NEAR_START_S + 0.5, SECONDS - 0.5)
     raw_near = acoustic.component_db(take.mic, ref, *dt)
-    out: dict[str, Any] = {"wall_s": take.wall_s, "configs": {}}
+    out: dict[str, Any] = {
+        "wall_s": take.wall_s,
+        "speaker_starved_s": take.tap_padded / RATE,
+        "reference_cut_s": take.tap_dropped / RATE,
+        "configs": {},
+    }
     for (name, _), y, st in zip(configs.items(), take.outs, take.stats, strict=True):
         out["configs"][name] = {
             "erle_db": level_db(seg(take.mic, 2, NEAR_START_S - 0.5))
@@ -227,6 +234,10 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(f"machine: {_cpu_model()}, {_ncpu()} cores; take {result['wall_s']:.1f} s wall")
+    print(
+        f"loop: speaker starved {result['speaker_starved_s']:.2f} s, reference cut "
+        f"{result['reference_cut_s']:.2f} s (realignments); load {os.getloadavg()[0]:.1f}"
+    )
     print(f"floor: an empty 20 ms asyncio timer costs {floor:.2f} ms CPU per s here")
     print(f"{'config':24} {'ERLE dB':>8} {'DT near dB':>10} {'CPU ms/s':>9} {'x floor':>8}")
     for name, r in result["configs"].items():
@@ -246,8 +257,6 @@ def _cpu_model() -> str:
 
 
 def _ncpu() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 

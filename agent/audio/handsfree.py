@@ -348,17 +348,19 @@ class FarEndTap:
     over each second (what the writer is ahead for good, beyond the jitter: the
     order things started in, two cards drifting apart, mic audio lost in an overrun)
     is cut to :attr:`keep_s` when above :attr:`realign_s`, and at once past
-    :attr:`max_lead_s`. Measured on the rig under load (2 busy loops on 2 cores):
-    cutting the queue at every take lost the alignment (ERLE 6-18 dB); never cutting
-    it let the start's order put the reference 100 ms after its echo (ERLE 0 dB).
+    :attr:`max_lead_s`. Measured on the rig: cutting the queue at every take lost the
+    alignment under load (ERLE 6-18 dB); never cutting it let the start's order put
+    the reference 100 ms after its echo (ERLE 0 dB); keeping only 5 ms made every
+    late write of the speaker thread a spurious pad that moved the reference 15 ms
+    (ERLE 11-13 dB in one take of three); 25 ms kept, 37-64 dB in every take.
     """
 
     def __init__(
         self,
         *,
         rate: int = PROCESS_RATE,
-        realign_s: float = 0.03,
-        keep_s: float = 0.005,
+        realign_s: float = 0.045,
+        keep_s: float = 0.025,
         max_lead_s: float = 0.4,
     ) -> None:
         self.rate = rate
