@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("run", help="run the agent (what systemd starts)"))
     with_config(sub.add_parser("check-config", help="validate the config; one line per problem"))
     sub.add_parser("devices", help="list ALSA capture/playback devices with stable names")
-    selftest = sub.add_parser("selftest", help="tone, mic meter, LED walk, PTT press")
+    selftest = sub.add_parser(
+        "selftest", help="tone, mic meter, echo check (hands-free), LED walk, PTT press"
+    )
     with_config(selftest)
     selftest.add_argument("--seconds", type=float, default=5.0, help="tone and meter time (5)")
     selftest.add_argument(
@@ -262,6 +264,8 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         playback_rate=a.playback_rate, seconds=args.seconds, out=print,
     )  # fmt: skip
     print(report)
+    if ok:
+        ok = _selftest_echo(cfg, args.seconds) and ok
     if cfg.gpio.pins():
         gpio_ok, gpio_report = asyncio.run(_selftest_gpio(cfg, args.ptt_timeout))
         print(gpio_report)
@@ -274,6 +278,29 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         ok = ok and pixels_ok
     print("selftest:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+def _selftest_echo(cfg: config.Config, seconds: float) -> bool:
+    """With hands-free asked for (``echo_cancel`` "on"/"auto", the library installed):
+    play a probe and print how much of it the mic hears with and without cancellation."""
+    a = cfg.audio
+    if a.echo_cancel == "off":
+        print('echo check: skipped (audio.echo_cancel = "off")')
+        return True
+    from agent.audio.handsfree import INSTALL_HINT, library_available
+
+    if not library_available():
+        print(f"echo check: skipped (the hands-free library is not installed: {INSTALL_HINT})")
+        return True
+    from agent.audio.echotest import echo_report
+
+    print(f"echo check: probe on {a.playback_device}, cancelled in {a.capture_device}:")
+    ok, lines = echo_report(
+        a.capture_device, a.playback_device, capture_rate=a.capture_rate,
+        playback_rate=a.playback_rate, seconds=max(seconds, 6.0),
+    )  # fmt: skip
+    print(lines)
+    return ok
 
 
 async def _selftest_gpio(cfg: config.Config, ptt_timeout_s: float) -> tuple[bool, str]:

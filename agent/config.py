@@ -30,6 +30,7 @@ from agent.config_checks import (
     device_rate,
     doc,
     gpio_pin,
+    handsfree_library,
     host_port,
     in_range,
     is_loopback_host,
@@ -69,6 +70,22 @@ class AudioConfig:
     mic_gain_db: float = field(
         default=0.0, metadata=doc("Mic gain in dB, saturating.", in_range(-40, 40, " dB"))
     )
+    echo_cancel: str = field(
+        default="off",
+        metadata=doc(
+            "Echo cancellation: auto (on in ptt.mode open/vox), on, off.",
+            one_of("auto", "on", "off"),
+        ),
+    )
+    noise_suppression: int = field(
+        default=0, metadata=doc("Noise suppression 0..3 (0 off).", in_range(0, 3))
+    )
+    auto_gain: bool = field(default=False, metadata=doc("Automatic gain on the uplink."))
+
+    @property
+    def handsfree_asked(self) -> bool:
+        """A key asks for the hands-free processing (echo_cancel "auto" only may)."""
+        return self.echo_cancel == "on" or self.noise_suppression > 0 or self.auto_gain
 
 
 @dataclass(frozen=True)
@@ -525,6 +542,20 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
             "gpio.emergency_button",
             "an emergency alert needs videosdk.enabled = true and a videosdk.alert_topic",
         )
+    audio = cfg.audio
+    if audio.handsfree_asked or (audio.echo_cancel == "auto" and cfg.ptt.mode in ("open", "vox")):
+        reason = handsfree_library()
+        if reason is not None:
+            if audio.echo_cancel == "on":
+                key = "audio.echo_cancel"
+            elif audio.noise_suppression > 0:
+                key = "audio.noise_suppression"
+            elif audio.auto_gain:
+                key = "audio.auto_gain"
+            else:
+                key = "audio.echo_cancel"
+                reason = f'"auto" with ptt.mode = "{cfg.ptt.mode}" {reason}'
+            bad(key, reason)
 
     seen: dict[int, str] = {}
     for key, pin in cfg.gpio.pins().items():

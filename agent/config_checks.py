@@ -20,6 +20,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+# The hands-free processing library (the optional extra field-agent[handsfree]); the
+# config checks that it loads when a key asks for it (agent.audio.handsfree uses it).
+HANDSFREE_MODULE = "pywebrtc_audio"
+HANDSFREE_DISTRIBUTION = "pywebrtc-audio"
+HANDSFREE_INSTALL = "pip install 'field-agent[handsfree]' (or: pip install pywebrtc-audio)"
+
 # A validator returns None when the value is fine, else the reason.
 Check = Callable[[Any], str | None]
 
@@ -287,3 +293,15 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def handsfree_library() -> str | None:
+    """None when the hands-free library loads, else what to install (imports it: call
+    only when a key asks for the processing)."""
+    import importlib
+
+    try:
+        importlib.import_module(HANDSFREE_MODULE)
+    except ImportError as exc:
+        return f"needs {HANDSFREE_DISTRIBUTION}, which does not load ({exc}): {HANDSFREE_INSTALL}"
+    return None

@@ -41,6 +41,7 @@ from agent.status import LinkState
 if TYPE_CHECKING:
     from agent.app import Agent
     from agent.audio.capture import Capture
+    from agent.audio.handsfree import FarEndTap, HandsFreeStage
     from agent.audio.mixer import Mixer
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ class Generation:
         self.failed = ""  # why the generation could not be built ("" = it was)
         self.mixer: Mixer | None = None
         self.gate: PttGate | None = None
+        # what the speaker played, for the echo canceller (built with the mixer when the
+        # config may want hands-free; costs nothing until a capture stage listens)
+        self.tap: FarEndTap | None = None
         self.fanout = Fanout(agent.metrics)
         self.duplex = Duplex()  # one audio clock: the mic's reads also feed the speaker
         self.capture: Capture | None = None  # the running one (mic gain applies live)
@@ -151,6 +155,10 @@ class Generation:
         from agent.audio.mixer import Mixer
 
         self.mixer = Mixer(cfg.audio.playback_rate, metrics=self.agent.metrics)
+        if self.tap is None and (cfg.audio.handsfree_asked or cfg.audio.echo_cancel == "auto"):
+            from agent.audio.handsfree import FarEndTap
+
+            self.tap = FarEndTap()
         assert self.gate is not None
         self.agent.controls.attach(self.gate, self.mixer)  # volume and mute carry over
         if self.gate.transmitting:
@@ -320,6 +328,7 @@ class Generation:
             gain_db=cfg.audio.mic_gain_db,
             heartbeat=agent.heartbeats.register("capture", 5.0).beat,
             duplex=self.duplex,
+            handsfree=self._handsfree_stage(),
         )
         self.capture = capture
 
@@ -328,6 +337,27 @@ class Generation:
             await self._pump(capture)
 
         return run
+
+    def _handsfree_stage(self) -> Callable[[int], HandsFreeStage | None] | None:
+        """The capture's hands-free stage builder, or None when [audio] asks for none."""
+        audio = self.cfg.audio
+        if not (audio.handsfree_asked or audio.echo_cancel == "auto"):
+            return None
+        from agent.audio.handsfree import HANDSFREE_MODES, HandsFreeSettings, stage_factory
+
+        gate = self.gate
+        active: Callable[[], bool] | None = None
+        if audio.echo_cancel == "auto" and not (audio.noise_suppression or audio.auto_gain):
+            # on in open/vox only, following the PTT mode as it changes (a command, a reload)
+            def active() -> bool:
+                return gate is not None and gate.mode in HANDSFREE_MODES
+
+        settings = HandsFreeSettings(
+            echo_cancel=audio.echo_cancel != "off",
+            noise_suppression=audio.noise_suppression,
+            auto_gain=audio.auto_gain,
+        )
+        return stage_factory(settings, self.tap, metrics=self.agent.metrics, active=active)
 
     def _playback(self) -> Runner:
         from agent.audio.playback import Playback
@@ -341,6 +371,7 @@ class Generation:
             status=agent.status,
             heartbeat=agent.heartbeats.register("playback", 5.0).beat,
             duplex=self.duplex,
+            tap=self.tap,
         )
 
         async def run(ready: Callable[[], None]) -> None:

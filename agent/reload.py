@@ -30,7 +30,16 @@ LINK_SECTIONS: dict[str, frozenset[str]] = {
 }
 # credentials a link reads once, when it starts (the others read theirs at each attempt)
 READ_AT_START: dict[str, tuple[str, ...]] = {"pbx": ("pbx-secret",)}
-CAPTURE_KEYS = frozenset({"audio.capture_device", "audio.capture_rate"})  # reopen the mic
+# reopen the mic (the hands-free keys rebuild its processing stage)
+CAPTURE_KEYS = frozenset(
+    {
+        "audio.capture_device",
+        "audio.capture_rate",
+        "audio.echo_cancel",
+        "audio.noise_suppression",
+        "audio.auto_gain",
+    }
+)
 PLAYBACK_KEYS = frozenset({"audio.playback_device"})  # reopen the speaker
 MIXER_KEYS = frozenset({"audio.playback_rate"})  # new mixer: speaker + every link restart
 AT_NEXT_START = frozenset({"metrics.listen"})  # bound once, at start

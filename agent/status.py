@@ -75,6 +75,8 @@ class StatusBoard:
     volume: float = 0.8
     muted: bool = False
     mic_dbfs: float | None = None
+    # hands-free processing, when it runs: {"erle_db", "gain_db", "cpu_percent"} (sampled)
+    handsfree: dict[str, float | None] | None = None
     last_error: str = ""
     channel: Callable[[], dict[str, Any] | None] | None = None  # agent.channels: the room
     emergency: dict[str, Any] | None = None  # an active emergency (agent.emergency), or None
@@ -136,6 +138,16 @@ class StatusBoard:
     def set_mic_level(self, dbfs: float) -> None:
         """Sampled, not a significant change: does not call listeners."""
         self.mic_dbfs = dbfs
+
+    def set_handsfree(
+        self, erle_db: float | None, gain_db: float | None, cpu_percent: float
+    ) -> None:
+        """Hands-free figures (sampled, like the mic level: does not call listeners)."""
+        self.handsfree = {
+            "erle_db": None if erle_db is None else round(erle_db, 1),
+            "gain_db": None if gain_db is None else round(gain_db, 1),
+            "cpu_percent": round(cpu_percent, 2),
+        }
 
     def add_listener(self, callback: Callable[[StatusBoard], None]) -> None:
         self._listeners.append(callback)
@@ -207,6 +219,7 @@ class StatusBoard:
             "volume": round(self.volume, 3),
             "muted": self.muted,
             "mic_dbfs": None if self.mic_dbfs is None else round(self.mic_dbfs, 1),
+            "handsfree": self.handsfree,
             "led": self.led.value,
             "uptime_s": round(now - self.started_at, 1),
             "last_error": self.last_error,

@@ -11,8 +11,11 @@ in one ``loop.call_soon_threadsafe``. Each read is converted to the uplink forma
 is :class:`CaptureProcessor`, which does no I/O) and queued in a bounded queue (oldest
 dropped and counted when the consumer falls behind). Given a
 :class:`~agent.audio.duplex.Duplex`, each read also ticks the speaker (the mic's clock
-drives both) and hands the processor the far end, the period last played
-(:class:`~agent.audio.duplex.FarEndPeriod`), for an echo canceller (:class:`EchoStage`).
+drives both); the speaker's periods, with their playout delay, go to the hands-free
+tap (:class:`~agent.audio.handsfree.FarEndTap`) as they are written, and the mic's
+hands-free stage (echo cancellation, noise suppression, gain; built only when
+``[audio]`` asks for it) runs on each read before frames are cut, so the far end it
+cancels is the period just played, from the same tick.
 """
 from __future__ import annotations
 
@@ -22,12 +25,12 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
-from agent.audio.duplex import Duplex, FarEndPeriod
+from agent.audio.duplex import Duplex
 from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy
 from agent.errors import AudioError
@@ -36,25 +39,14 @@ from agent.metrics import Metrics
 from agent.pcm import UPLINK_RATE, UPLINK_SAMPLES, Frame, Pcm, dbfs, downmix, to_int16
 from agent.status import StatusBoard
 
+if TYPE_CHECKING:  # the hands-free stage is built (and its library loaded) only when asked
+    from agent.audio.handsfree import HandsFreeStage
+
 logger = logging.getLogger(__name__)
 
 SILENCE_ALARM_S = 10.0  # a mic delivering only exact zeros this long is reported
 _HANDBACK_WAIT_S = 0.5  # how often the device's thread checks for a stop meanwhile
 _MAX_EMPTY_WAKEUPS = 50  # more in a row: the descriptor does not mean "audio captured"
-
-
-class EchoStage(Protocol):
-    """Removes the speaker's echo from the mic (issue #20): one uplink frame at a time.
-
-    ``mic`` is one uplink frame before the gain (8 kHz mono int16, 160 samples);
-    ``far_end`` the period last written to the speaker when the mic read that
-    completed the frame returned (None: no speaker, or nothing played yet). Its
-    ``playout_delay_s`` and ``t_played`` place it in time against the frame's
-    ``t_capture``. Returns the cleaned frame, same length. Runs in the capture
-    thread: it must not block.
-    """
-
-    def cancel(self, mic: Pcm, far_end: FarEndPeriod | None, t_capture: float) -> Pcm: ...
 
 
 def _gain_factor(gain_db: float) -> float:
@@ -81,10 +73,10 @@ class CaptureProcessor:
         silence_alarm_s: float = SILENCE_ALARM_S,
         first_seq: int = 1,
         metrics: Metrics | None = None,
-        echo: EchoStage | None = None,
+        stage: HandsFreeStage | None = None,
     ) -> None:
         self.in_rate = in_rate
-        self.echo = echo
+        self.stage = stage  # hands-free: mono at in_rate -> processed 8 kHz, before the gate
         self.channels = channels
         self.gain_db = gain_db
         self._metrics = metrics
@@ -101,12 +93,8 @@ class CaptureProcessor:
         self._repeat_reported = False
         self.stuck_alarm = False  # set once per stretch of one repeating read >= silence_alarm_s
 
-    def process(
-        self, pcm: Pcm, t_capture: float, far_end: FarEndPeriod | None = None
-    ) -> list[Frame]:
-        """One device read (interleaved, any length) -> zero or more uplink frames.
-
-        ``far_end``: the speaker's latest period (for the echo stage, if any)."""
+    def process(self, pcm: Pcm, t_capture: float) -> list[Frame]:
+        """One device read (interleaved, any length) -> zero or more uplink frames."""
         if pcm.dtype != np.int16:
             if self._metrics is not None:
                 self._metrics.inc("audio_rejected_total", source="mic", reason="dtype")
@@ -136,16 +124,15 @@ class CaptureProcessor:
             if self._zero_samples >= self._silence_limit and not self._silence_reported:
                 self._silence_reported = True
                 self.silence_alarm = True
-        if self._resampler is not None:
+        if self.stage is not None:
+            pcm = self.stage.process(pcm)
+        elif self._resampler is not None:
             pcm = self._resampler.process(pcm)
         pending = pcm if self._pending.size == 0 else np.concatenate((self._pending, pcm))
         frames: list[Frame] = []
         gain_db = self.gain_db
-        echo = self.echo
         while pending.size >= UPLINK_SAMPLES:
             chunk, pending = pending[:UPLINK_SAMPLES], pending[UPLINK_SAMPLES:]
-            if echo is not None:
-                chunk = echo.cancel(chunk, far_end, t_capture)
             if gain_db != 0.0:
                 chunk = to_int16(chunk.astype(np.float32) * np.float32(_gain_factor(gain_db)))
             else:
@@ -172,12 +159,13 @@ class Capture:
         level_every: int = 5,
         silence_alarm_s: float = SILENCE_ALARM_S,
         duplex: Duplex | None = None,
-        echo: EchoStage | None = None,
+        handsfree: Callable[[int], HandsFreeStage | None] | None = None,
         on_loop: bool = True,
     ) -> None:
         self.source = source
         self.duplex = duplex
-        self.echo = echo
+        # hands-free: builds the processing stage for the mic's rate at each open
+        self.handsfree = handsfree
         # a mic with poll descriptors (ALSA) is read by the event loop itself: no thread
         # wakeup and no handoff per period (the thread only opens and reopens it)
         self.on_loop = on_loop
@@ -310,7 +298,7 @@ class Capture:
             silence_alarm_s=self._silence_alarm_s,
             first_seq=self._seq + 1,
             metrics=self._metrics,
-            echo=self.echo,
+            stage=self.handsfree(source.rate) if self.handsfree is not None else None,
         )
         # the loop reads the mic when its poll descriptor says a period is there; this
         # thread keeps the device (reopening, backoff) and waits until it comes back.
@@ -344,16 +332,22 @@ class Capture:
         if duplex is not None:
             # the speaker first, from the same wakeup: the loop, woken below, then
             # runs while this thread waits for the next read (no fight for the GIL),
-            # and the echo stage gets the period just played
+            # and the hands-free stage's reference (the tap) has the period just played
             duplex.tick(t_capture)
-        frames = processor.process(
-            pcm, t_capture, duplex.far_end.latest() if duplex is not None else None
-        )
+        frames = processor.process(pcm, t_capture)
         level: float | None = None
+        stage = processor.stage
         for frame in frames:
             if frame.seq % self._level_every == 0:
                 level = dbfs(frame.pcm)
                 self.level_dbfs = level
+            if stage is not None and frame.seq % 50 == 0:  # once a second
+                hf = stage.publish(self._metrics)  # ERLE, gain, CPU
+                figures = (hf.erle_db, hf.gain_db, hf.cpu_percent)
+                if on_loop:
+                    self._status.set_handsfree(*figures)
+                else:
+                    loop.call(self._status.set_handsfree, *figures)
         if frames:
             self._seq = frames[-1].seq
             self._metrics.inc("frames_captured_total", len(frames))
@@ -414,9 +408,14 @@ class Capture:
         def start() -> None:  # on the loop
             if back.is_set():
                 return
-            fds.extend(polled)
-            for fd in fds:
-                loop.loop.add_reader(fd, ready)
+            for fd in polled:
+                try:
+                    loop.loop.add_reader(fd, ready)
+                except OSError as e:  # not pollable (EPERM: a plain file, ALSA's null)
+                    logger.debug("%s: poll descriptor %d: %s; read in a thread", source, fd, e)
+                    release()
+                    return
+                fds.append(fd)
             self._release_loop = release
 
         # the first read here: it starts the stream (a prepared capture PCM's poll

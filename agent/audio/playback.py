@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
 from agent.audio.duplex import Duplex, FarEndPeriod
@@ -32,6 +33,9 @@ from agent.hw.ports import AudioSink, PolledSink, device_name
 from agent.metrics import Metrics
 from agent.pcm import Pcm, samples_per_frame
 from agent.status import StatusBoard
+
+if TYPE_CHECKING:
+    from agent.audio.handsfree import FarEndTap
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +56,10 @@ class Playback:
         heartbeat: Callable[[], None] | None = None,
         reopen_backoff: BackoffPolicy = DEVICE_BACKOFF,
         duplex: Duplex | None = None,
+        tap: FarEndTap | None = None,
     ) -> None:
         self.sink = sink
+        self.tap = tap  # hands-free: gets each period as written (the echo's reference)
         self.mixer = mixer
         self.duplex = duplex
         self.periods_written = 0
@@ -139,6 +145,8 @@ class Playback:
             if resampler is not None:
                 pcm = resampler.process(pcm)
             sink.write(pcm)
+            if self.tap is not None:  # this path writes blocking: no delay to give
+                self.tap.rendered(pcm, sink.rate, sink.channels, None)
             self.periods_written += 1
             self._metrics.inc("playback_periods_total")
             if heartbeat is not None:
@@ -168,9 +176,10 @@ class Playback:
                 pcm = resampler.process(pcm)
             sink.write(pcm)
             now = time.monotonic()
-            duplex.far_end.publish(
-                FarEndPeriod(pcm, sink.rate, sink.channels, queued / sink.rate, now)
-            )
+            delay_s = queued / sink.rate
+            duplex.far_end.publish(FarEndPeriod(pcm, sink.rate, sink.channels, delay_s, now))
+            if self.tap is not None:  # the echo's reference, with the device's playout delay
+                self.tap.rendered(pcm, sink.rate, sink.channels, delay_s)
             self.periods_written += 1
             metrics.inc("playback_periods_total")
 

@@ -385,13 +385,15 @@ class VideoSDKLink:
     async def _pump_uplink(self) -> None:
         """One media frame per uplink frame while up; drain and count while down.
 
-        Frames from before the first call of this run are drained without counting:
-        there was no stream yet to lose them from (a healthy start shows no drops)."""
+        Frames from before the first call of this run are not drops (there was no
+        stream yet to lose them from: a healthy start shows none); they are counted
+        apart, in ``frames_before_call_total``."""
         while True:
             self._hb.pause()
             frame = await self._uplink.get()
             self._hb.beat()
             if self._live is None and not self._was_live:
+                self._metrics.inc("frames_before_call_total", link=LINK)
                 continue
             sent = await send_media(
                 self._live,

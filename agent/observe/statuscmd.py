@@ -127,6 +127,16 @@ def format_status(doc: dict[str, Any]) -> str:
             f"EMERGENCY since {emergency.get('since', '?')} "
             f"({_n(emergency.get('active_s'))} s, by {emergency.get('by', '?')}, {mic})"
         )
+    hf = doc.get("handsfree")
+    if isinstance(hf, dict):
+        erle, gain = hf.get("erle_db"), hf.get("gain_db")
+        parts = [
+            "hands-free:",
+            "echo -" if erle is None else f"echo {float(erle):.0f} dB down (ERLE)",
+            f"gain {float(gain):+.0f} dB" if gain is not None else "gain off",
+            f"CPU {float(hf.get('cpu_percent') or 0.0):.1f} % of the audio's time",
+        ]
+        lines.append(" ".join(parts[:2]) + " · " + " · ".join(parts[2:]))
     lines.append("")
 
     links = doc.get("links", {})

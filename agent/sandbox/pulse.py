@@ -8,7 +8,10 @@ see :meth:`PulseRig.env`):
 - ``pacedmic``: capture; returns the raw S16_LE samples of ``mic`` (a file; zeros
   after its end), paced by the null source's clock (20 ms periods in real time);
 - ``pasrc``: the null source itself (zeros, paced);
-- ``paspk``: playback into the null sink, consumed in real time.
+- ``paspk``: playback into the null sink, consumed in real time;
+- ``pamon``: capture from the null sink's monitor: whatever any client plays into
+  ``paspk`` comes back, mixed, with a real device-clocked delay (an acoustic loop
+  for the echo canceller's tests, :mod:`agent.sandbox.acoustic`).
 
 Each :meth:`PulseRig.add_mic` adds another ``pacedmic``-like device reading its own
 file (two processes can each have their own mic). ::
@@ -134,6 +137,7 @@ class PulseRig:
         lines = [
             f'pcm.pasrc {{ type pulse server "unix:{self.socket}" device "nullsrc" }}',
             f'pcm.paspk {{ type pulse server "unix:{self.socket}" device "nullsink" }}',
+            f'pcm.pamon {{ type pulse server "unix:{self.socket}" device "nullsink.monitor" }}',
         ]
         lines += [
             f'pcm.{name} {{ type file slave.pcm "pasrc" file "/dev/null" '

@@ -1,6 +1,6 @@
 """One audio clock: the mic's reads feed the speaker (agent/audio/duplex.py), on simulated
 devices paced in real time: a speaker whose clock runs fast or slow, a missing mic, and
-the far end handed to an echo stage."""
+the far end handed to the hands-free tap (the echo's reference)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from agent.audio.capture import Capture
-from agent.audio.duplex import Duplex, FarEndPeriod
+from agent.audio.duplex import Duplex
 from agent.audio.jitter import JitterPolicy
 from agent.audio.mixer import Mixer
 from agent.audio.playback import Playback
@@ -41,7 +41,7 @@ class WriterThreads(ClockedSink):
 
 
 async def run_duplex(
-    sink: ClockedSink, mic: ToneSource, seconds: float, *, echo: object = None
+    sink: ClockedSink, mic: ToneSource, seconds: float, *, tap: object = None
 ) -> tuple[Playback, Capture, int]:
     """Mic and speaker on one Duplex for ``seconds``; returns the parts and the frames."""
     metrics, status = Metrics(), StatusBoard()
@@ -49,11 +49,11 @@ async def run_duplex(
     mixer = Mixer(sink.rate, metrics=metrics, jitter=policy)  # holds the whole tone
     mixer.add_source("room", 8000).push(tone(8000, 1000, seconds + 2, dbfs=-20.0))
     duplex = Duplex()
-    playback = Playback(sink, mixer, metrics=metrics, status=status, duplex=duplex)
-    capture = Capture(
-        mic, metrics=metrics, status=status, duplex=duplex, reopen_backoff=FAST,
-        echo=echo,  # type: ignore[arg-type]
+    playback = Playback(
+        sink, mixer, metrics=metrics, status=status, duplex=duplex,
+        tap=tap,  # type: ignore[arg-type]
     )  # fmt: skip
+    capture = Capture(mic, metrics=metrics, status=status, duplex=duplex, reopen_backoff=FAST)
     frames = 0
     play = asyncio.create_task(playback.run())
     try:
@@ -116,31 +116,35 @@ async def test_a_mic_coming_back_takes_over_the_speaker() -> None:
     assert sink.writers[-30:-10] == ["audio-capture"] * 20
 
 
-class RecordingEcho:
-    """An echo stage that keeps what it was given and returns the mic unchanged."""
+class RecordingTap:
+    """A hands-free tap (agent.audio.handsfree.FarEndTap's interface) that keeps what
+    the speaker's writes handed it."""
+
+    listening = True
 
     def __init__(self) -> None:
-        self.calls: list[tuple[FarEndPeriod | None, float]] = []
+        self.calls: list[tuple[float, str, Pcm, int, int, float | None]] = []
 
-    def cancel(self, mic: Pcm, far_end: FarEndPeriod | None, t_capture: float) -> Pcm:
-        assert mic.size == 160
-        self.calls.append((far_end, t_capture))
-        return mic
+    def rendered(
+        self, pcm: Pcm, rate: int, channels: int = 1, playout_delay_s: float | None = None
+    ) -> None:
+        now, thread = time.monotonic(), threading.current_thread().name
+        self.calls.append((now, thread, pcm.copy(), rate, channels, playout_delay_s))
 
 
-async def test_the_echo_stage_gets_the_period_just_played_and_its_playout_delay() -> None:
+async def test_the_echo_reference_is_the_period_just_played_with_its_playout_delay() -> None:
     sink = ClockedSink(48000, 1)
-    echo = RecordingEcho()
-    await run_duplex(sink, ToneSource(8000, paced=True), 2.0, echo=echo)
-    later = echo.calls[-40:]
+    tap = RecordingTap()
+    await run_duplex(sink, ToneSource(8000, paced=True), 2.0, tap=tap)
+    ticked = [c for c in tap.calls if c[1] == "audio-capture"]  # the mic's ticks wrote these
+    later = ticked[-40:]
     assert len(later) == 40
-    for far_end, t_capture in later:
-        assert far_end is not None
-        assert (far_end.rate, far_end.channels, far_end.pcm.size) == (48000, 1, 960)
+    for _t, _thread, pcm, rate, channels, delay_s in later:
+        assert (rate, channels, pcm.size) == (48000, 1, 960)
         # the room's -20 dBFS tone, as the speaker got it (volume 1)
-        assert dbfs(far_end.pcm) == pytest.approx(-20.0, abs=0.5)
-        # the latest period: written just after this mic read returned, or in the tick
-        # before when the speaker had no room (its clock is not in phase with the mic's)
-        assert -0.005 < t_capture - far_end.t_written < 0.045
-        assert 0.0 < far_end.playout_delay_s <= sink.buffer_frames / 48000
-        assert far_end.t_played >= far_end.t_written
+        assert dbfs(pcm) == pytest.approx(-20.0, abs=0.5)
+        # what was queued in the device ahead of it: the delay the canceller is told
+        assert delay_s is not None and 0.0 < delay_s <= sink.buffer_frames / 48000
+    # one period per period of the mic's clock: the reference keeps up, no gaps
+    span = later[-1][0] - later[0][0]
+    assert span == pytest.approx(39 * 0.020, abs=0.2)

@@ -335,10 +335,12 @@ class UplinkRig(LinkRig):
             await asyncio.sleep(max(0.0, t0 + self.published * 0.02 - loop.time()))
 
     def uplink_accounted(self) -> tuple[int, float]:
-        """(frames published, frames sent + dropped + still queued): must be equal."""
+        """(frames published, frames sent + dropped + from before the first call + still
+        queued): must be equal."""
         sent = self.metric("frames_sent_total")
         dropped = self.metric("frames_dropped_total")
-        return self.published, sent + dropped + self.uplink.qsize()
+        early = self.metric("frames_before_call_total")
+        return self.published, sent + dropped + early + self.uplink.qsize()
 
     def check_uplink(self) -> None:
         published, accounted = self.uplink_accounted()
