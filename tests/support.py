@@ -7,6 +7,7 @@ is about what a link delivers (formats, exact samples), not about mixing.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pytest
 
 from agent.metrics import Metrics
 from agent.pcm import Pcm
@@ -164,3 +166,17 @@ def journal_datagram(tmp_path: Path, log_code: str) -> bytes:
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def run_only_when_selected(
+    config: pytest.Config, items: list[pytest.Item], marker: str, how: str
+) -> None:
+    """Tests marked ``marker`` run only when ``-m`` selects it (``-m vm``); a plain
+    ``pytest`` skips them at collection, saying ``how`` to run them."""
+    expr = config.option.markexpr or ""
+    if re.search(rf"\b{marker}\b", expr) and not re.search(rf"\bnot\s+{marker}\b", expr):
+        return
+    skip = pytest.mark.skip(reason=how)
+    for item in items:
+        if item.get_closest_marker(marker):
+            item.add_marker(skip)

@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -151,12 +151,14 @@ def record_steady(
     *,
     keep_far: bool = False,
     attempts: int = 3,
+    usable: Callable[[Take], bool] | None = None,
 ) -> Take:
     """:func:`record`, again (up to ``attempts`` times) while a take is
-    :attr:`~Take.disturbed`; the last take if none is steady."""
+    :attr:`~Take.disturbed` or not ``usable`` (the scene did not reach the mic as
+    played: on a loaded machine a stream starts late); the last take if none is."""
     take = record(rig, scene, settings, keep_far=keep_far)
     for _ in range(attempts - 1):
-        if not take.disturbed:
+        if not take.disturbed and (usable is None or usable(take)):
             break
         take = record(rig, scene, settings, keep_far=keep_far)
     return take

@@ -6,23 +6,15 @@ tests at collection, so the fast tier never builds an image or boots QEMU.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-
-def _vm_selected(config: pytest.Config) -> bool:
-    expr = config.option.markexpr or ""
-    return bool(re.search(r"\bvm\b", expr)) and not re.search(r"\bnot\s+vm\b", expr)
+from tests.support import run_only_when_selected
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _vm_selected(config):
-        return
-    skip = pytest.mark.skip(reason="VM tier: run it with `.venv/bin/pytest -m vm tests/vm`")
-    for item in items:
-        if item.get_closest_marker("vm"):
-            item.add_marker(skip)
+    run_only_when_selected(
+        config, items, "vm", "VM tier: run it with `.venv/bin/pytest -m vm tests/vm`"
+    )
 
 
 def pytest_terminal_summary(
