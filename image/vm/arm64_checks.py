@@ -1,0 +1,265 @@
+"""The Raspberry Pi image's boot checks, run inside the arm64 guest over ssh (image/vm-run-arm64).
+
+The guest is the card image as built (image/build --arch arm64), booted once under
+``qemu-system-aarch64 -M virt``; the host put the first-boot files on its FAT partition
+and copies this file and the VM tier's ``checks.py`` (whose helpers and checks it
+reuses) to the guest. Prints, like the VM tier::
+
+    VMCHECK <name> PASS|FAIL (<s> s) <detail>
+    VMINFO <key> <value>
+    VMDONE passed=N failed=M
+
+The sandbox servers (``python -m agent.sandbox.serve``) are started here, after the
+boot, as the transient unit ``field-agent-sandbox.service``: at boot the agent came up
+with nothing to connect to, as a device does before its network, and must connect
+when they appear, without a restart.
+
+    python arm64_checks.py --ssh-s S --disk-mib MIB --image-mib MIB
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import checks  # image/vm/checks.py, copied next to this file
+from checks import (
+    CONFIG,
+    CREDENTIALS,
+    MIC_TONE_HZ,
+    UNIT,
+    WPA_CONF,
+    check,
+    control,
+    expect,
+    info,
+    out,
+    prop,
+    props,
+    rms_dbfs,
+    sh,
+    wait_until,
+)
+
+FAT = Path("/boot/firmware")
+OWNER_FILES = ("agent.toml", "field-agent-credentials", "wpa_supplicant.conf", "authorized_keys")
+ARGS = argparse.Namespace()
+
+
+def first_boot_timeline() -> dict[str, float]:
+    """The agent's start at boot (before anything here touched it), in s since the kernel."""
+    p = props("ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic", "NRestarts")
+    user = sh("systemctl", "show", "-P", "UserspaceTimestampMonotonic").stdout.strip()
+    return {
+        "start": int(p["ExecMainStartTimestampMonotonic"] or 0) / 1e6,
+        "ready": int(p["ActiveEnterTimestampMonotonic"] or 0) / 1e6,
+        "userspace": int(user or 0) / 1e6,
+        "restarts": float(p["NRestarts"] or 0),
+    }
+
+
+@check("13-ssh-first-boot")
+def check_ssh() -> str:
+    keys = sorted(p.name for p in Path("/etc/ssh").glob("ssh_host_*_key"))
+    expect(keys, "no host keys in /etc/ssh")
+    hk = props("Result", "ActiveState", unit="field-agent-ssh-hostkeys.service")
+    expect(hk["Result"] == "success", f"field-agent-ssh-hostkeys: {hk}")
+    ssh = props("ActiveState", "NRestarts", unit="ssh.service")
+    expect(ssh["ActiveState"] == "active", f"ssh.service: {ssh}")
+    pw = sh("passwd", "-S", "root").stdout.split()
+    info("ssh_up_after_power_on_s", ARGS.ssh_s)
+    return (
+        f"ssh up {ARGS.ssh_s} s after power-on, logged in with the key from the FAT partition; "
+        f"host keys made on the card: {keys}; ssh.service {ssh}; root password "
+        f"{'locked' if pw[1:2] == ['L'] else pw[1:2]}"
+    )
+
+
+@check("8-provisioned-path-and-first-boot-files")
+def check_first_boot() -> str:
+    cmd = "command -v field-agent && field-agent --version"
+    login = sh("su", "-l", "root", "-s", "/bin/sh", "-c", cmd)
+    where, _, version = login.stdout.strip().partition("\n")
+    expect(login.returncode == 0 and where == "/usr/local/bin/field-agent", f"su -l: {login}")
+    target = os.readlink(where)
+    expect(target == "/opt/field-agent/bin/field-agent", f"{where} -> {target}")
+    mounted = sh("findmnt", "-no", "FSTYPE,SOURCE", str(FAT)).stdout.split()
+    expect(mounted[:1] == ["vfat"], f"{FAT} is not the FAT partition: {mounted}")
+    left = sorted(n for n in os.listdir(FAT) if n in OWNER_FILES)
+    expect(not left, f"still on the FAT partition: {left}")
+    p = props("Result", "ExecMainStatus", unit="field-agent-firstboot.service")
+    expect(p == {"Result": "success", "ExecMainStatus": "0"}, f"field-agent-firstboot: {p}")
+    st = CREDENTIALS.stat()
+    expect((st.st_mode & 0o777, st.st_uid) == (0o700, 0), f"{CREDENTIALS}: {st.st_mode:o}")
+    for name in ("videosdk-token", "orgo-api-key"):
+        st = (CREDENTIALS / name).stat()
+        mode = st.st_mode & 0o777
+        expect((mode, st.st_uid) == (0o600, 0), f"{name}: mode {mode:o}, uid {st.st_uid}")
+    token = (CREDENTIALS / "videosdk-token").read_bytes()
+    expect(token.startswith(b"arm64-videosdk-token-") and b"\r" not in token, "token as sent")
+    expect('id = "arm64_device"' in CONFIG.read_text(), "agent.toml is not the FAT one")
+    previous = CONFIG.with_name("agent.toml.previous")
+    expect('id = "dev_12"' in previous.read_text(), "the image's config not kept as .previous")
+    wpa = WPA_CONF.stat()
+    expect(wpa.st_mode & 0o777 == 0o600 and "GROUP" not in WPA_CONF.read_text(), "Wi-Fi file")
+    keys = Path("/root/.ssh/authorized_keys").read_text().splitlines()
+    expect(any(k.endswith(" vm-run-arm64") for k in keys), f"no run key among {len(keys)}")
+    journal = sh("journalctl", "-b", "-u", "field-agent-firstboot", "-o", "cat").stdout
+    summary = next((ln for ln in journal.splitlines() if "set up from" in ln), "")
+    expect(summary, f"no summary line in the journal: {journal[-300:]}")
+    log = (FAT / "field-agent-setup.log").read_text()
+    expect(summary in log, "the journal's summary is not in field-agent-setup.log")
+    return f"{where} -> {target} ({version}); {FAT} consumed; journal and setup.log: '{summary}'"
+
+
+@check("12-root-grown-to-card")
+def check_growroot() -> str:
+    grow = props("Result", "ExecMainStatus", unit="field-agent-growroot.service")
+    expect(grow["Result"] == "success", f"field-agent-growroot: {grow}")
+    marker = Path("/var/lib/field-agent-image/root-grown")
+    expect(marker.exists(), f"no {marker}")
+    src = sh("findmnt", "-no", "SOURCE", "/").stdout.strip()
+    dev = Path("/sys/class/block") / Path(src).name
+    disk = dev.resolve().parent
+    part_end_mib = (int((dev / "start").read_text()) + int((dev / "size").read_text())) // 2048
+    disk_mib = int((disk / "size").read_text()) // 2048
+    st = os.statvfs("/")
+    fs_mib = st.f_blocks * st.f_frsize // 2**20
+    part_mib = int((dev / "size").read_text()) // 2048
+    expect(disk_mib == ARGS.disk_mib, f"the disk is {disk_mib} MiB, not {ARGS.disk_mib}")
+    expect(disk_mib - part_end_mib <= 16, f"{src} ends at {part_end_mib} of {disk_mib} MiB")
+    expect(fs_mib >= part_mib * 0.9, f"ext4 is {fs_mib} MiB on a {part_mib} MiB partition")
+    log = sh("journalctl", "-b", "-u", "field-agent-growroot", "-o", "cat").stdout
+    grown = " ".join(ln for ln in log.splitlines() if ln.startswith("growroot:"))
+    return (
+        f"{src}: partition {part_mib} MiB to {part_end_mib} of {disk_mib} MiB, ext4 {fs_mib} MiB "
+        f"(image {ARGS.image_mib} MiB); {grown}"
+    )
+
+
+@check("14-native-modules-aarch64")
+def check_native() -> str:
+    expect(platform.machine() == "aarch64", f"machine {platform.machine()}")
+    code = (
+        "import numpy, soxr, alsaaudio, lgpio, systemd.journal, websockets, platform; "
+        "print(platform.machine(), 'numpy', numpy.__version__, 'soxr', soxr.__version__, "
+        "'alsaaudio', alsaaudio.__version__, 'websockets', websockets.__version__)"
+    )
+    r = sh("/opt/field-agent/bin/python", "-c", code)
+    expect(r.returncode == 0, f"import failed: {r.stderr.strip()[-300:]}")
+    return r.stdout.strip()
+
+
+@check("2-mic-tone-reaches-room")
+def check_mic() -> str:
+    """ptt.mode = "open": silence, the 1 kHz tone for as long as it plays, silence."""
+    checks.ensure_sound()
+    t_before = time.monotonic()
+    time.sleep(1.5)
+    mic = checks.MicTone(MIC_TONE_HZ)
+    t_on = time.monotonic()
+    mic.start()
+    time.sleep(3.0)
+    mic.stop.set()
+    mic.join(5)
+    t_off = time.monotonic()
+    expect(mic.error is None, f"mic tone: {mic.error}")
+    time.sleep(2.5)
+    frames = control(f"/videosdk/frames?since={t_before}")["frames"]
+    pcm = [np.frombuffer(base64.b64decode(f["pcm"]), dtype="<i2") for f in frames]
+    expect(pcm, "no uplink frames at all")
+
+    def kind(p: np.ndarray) -> str:
+        if not np.any(p):
+            return "s"
+        tone = rms_dbfs(p) > -30 and abs(checks.dominant_hz(p, 8000) - MIC_TONE_HZ) <= 50
+        return "v" if tone else "x"
+
+    shape = "".join(kind(p) for p in pcm)
+    runs = " ".join(f"{m.group()[0]}{len(m.group())}" for m in re.finditer(r"(.)\1*", shape))
+    info("mic_frames", runs)
+    # the tone's first and last frame may be partial ("x"): the stream's edges
+    run = re.fullmatch(r"(s+)x?(v+)x?(s+)", shape)
+    expect(run, f"uplink frames are not silence, tone, silence: {runs}")
+    assert run is not None
+    before, voiced, after = (len(g) for g in run.groups())
+    played_s = t_off - t_on
+    expect(abs(voiced / 50 - played_s) <= 0.6, f"{voiced} tone frames for {played_s:.2f} s")
+    level = rms_dbfs(np.concatenate([p for p, k in zip(pcm, shape, strict=True) if k == "v"]))
+    expect(abs(level - (-15.0)) < 0.5, f"the tone arrives at {level:.2f} dBFS rms, sent at -15.0")
+    return (
+        f"{before} silent frames, {voiced} frames ({voiced / 50:.2f} s) of the "
+        f"{MIC_TONE_HZ:.0f} Hz tone at {level:.2f} dBFS rms for {played_s:.2f} s played, "
+        f"{after} silent ({runs})"
+    )
+
+
+def start_sandbox() -> float:
+    t0 = time.monotonic()
+    r = sh(
+        "systemd-run", "--unit=field-agent-sandbox", "--property=Type=notify",
+        "--property=TimeoutStartSec=300", "--property=CPUWeight=20",
+        "/opt/field-agent/bin/python", "-m", "agent.sandbox.serve", "--base-port", "7000",
+        "--videosdk-token-file", str(CREDENTIALS / "videosdk-token"),
+        "--orgo-key-file", str(CREDENTIALS / "orgo-api-key"),
+    )  # fmt: skip
+    if r.returncode != 0:
+        out(f"systemd-run: rc {r.returncode}: {r.stderr.strip()}")
+    wait_until(
+        lambda: prop("ActiveState", "field-agent-sandbox.service") == "active", 300, "sandbox"
+    )
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ssh-s", type=int, default=0)
+    parser.add_argument("--disk-mib", type=int, default=0)
+    parser.add_argument("--image-mib", type=int, default=0)
+    parser.parse_args(namespace=ARGS)
+    out("VMSTART field-agent arm64 boot checks")
+    info("kernel", os.uname().release)
+    info("machine", platform.machine())
+    info("agent_version", sh("/opt/field-agent/bin/field-agent", "--version").stdout.strip())
+    # the agent's own start at boot, before the sandbox appears
+    wait_until(lambda: prop("ActiveState") in ("active", "failed"), 300, "field-agent active")
+    boot = first_boot_timeline()
+    info("kernel_to_userspace_s", f"{boot['userspace']:.1f}")
+    info("boot_to_ready_s", f"{boot['ready']:.1f}")
+    info("start_to_ready_s", f"{boot['ready'] - boot['start']:.1f}")
+    info("status_before_servers", prop("StatusText"))
+    for run in (check_ssh, check_first_boot, check_growroot, check_native):
+        run()
+    info("sandbox_start_s", f"{start_sandbox():.1f}")
+    t0 = time.monotonic()
+    try:
+        wait_until(checks.links_up, 180, "the agent's links to the sandbox")
+        info("sandbox_up_to_links_up_s", f"{time.monotonic() - t0:.1f}")
+    except checks.CheckFailed as e:
+        out(f"links: {e}")
+    # the VM tier's check 1 (no restart since boot: its timings are the boot's)
+    checks.check_starts()
+    info("cpu_30s_links_up", checks.cpu_load(30.0))
+    for run in (check_mic, checks.check_room_audio, checks.check_journal,
+                checks.check_watchdog, checks.check_bad_config):  # fmt: skip
+        run()
+    results = checks.results
+    failed = [name for name, ok, _ in results if not ok]
+    if failed:
+        out("---- journalctl -u field-agent (last 60) ----")
+        out(sh("journalctl", "-u", UNIT, "-b", "-n", "60", "--no-pager").stdout)
+    out(f"VMDONE passed={len(results) - len(failed)} failed={len(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
