@@ -174,9 +174,20 @@ def check_mic() -> str:
     mic.join(5)
     t_off = time.monotonic()
     expect(mic.error is None, f"mic tone: {mic.error}")
-    time.sleep(2.5)
-    frames = control(f"/videosdk/frames?since={t_before}")["frames"]
-    pcm = [np.frombuffer(base64.b64decode(f["pcm"]), dtype="<i2") for f in frames]
+
+    def frames_with_silence_after() -> list[np.ndarray]:
+        """The frames since t_before, once 25 silent ones follow the tone (the uplink lags
+        under TCG)."""
+        frames = control(f"/videosdk/frames?since={t_before}")["frames"]
+        pcm = [np.frombuffer(base64.b64decode(f["pcm"]), dtype="<i2") for f in frames]
+        tone = [i for i, p in enumerate(pcm) if np.any(p)]
+        return pcm if tone and not any(np.any(p) for p in pcm[-25:]) else []
+
+    try:
+        pcm = wait_until(frames_with_silence_after, 40, "silence after the tone", every_s=1.0)
+    except checks.CheckFailed:
+        frames = control(f"/videosdk/frames?since={t_before}")["frames"]
+        pcm = [np.frombuffer(base64.b64decode(f["pcm"]), dtype="<i2") for f in frames]
     expect(pcm, "no uplink frames at all")
 
     def kind(p: np.ndarray) -> str:
@@ -255,20 +266,42 @@ def check_room_audio() -> str:
 
 
 def agent_cpu(seconds: float) -> str:
-    """The agent's CPU time over SECONDS as a share of one emulated core, and the guest's."""
+    """The agent's CPU time over SECONDS as a share of one emulated core (and per thread),
+    and the guest's."""
     hz = os.sysconf("SC_CLK_TCK")
     pid = prop("MainPID")
 
-    def sample() -> tuple[int, list[int]]:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return int(fields[11]) + int(fields[12]), total
+    def ticks(stat: Path) -> tuple[str, int]:
+        text = stat.read_text()
+        fields = text.rsplit(")", 1)[1].split()
+        return text[text.index("(") + 1 : text.rindex(")")], int(fields[11]) + int(fields[12])
 
-    (a0, t0), w0 = sample(), time.monotonic()
+    def sample() -> tuple[int, dict[str, int], list[int]]:
+        threads: dict[str, int] = {}
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name, n = ticks(task / "stat")
+            except OSError:
+                continue
+            threads[name] = threads.get(name, 0) + n
+        total = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return ticks(Path(f"/proc/{pid}/stat"))[1], threads, total
+
+    (a0, th0, t0), w0 = sample(), time.monotonic()
     time.sleep(seconds)
-    (a1, t1), w1 = sample(), time.monotonic()
+    (a1, th1, t1), w1 = sample(), time.monotonic()
     busy = 1 - (t1[3] + t1[4] - t0[3] - t0[4]) / max(1, sum(t1) - sum(t0))
-    return f"agent {(a1 - a0) / hz / (w1 - w0):.1%} of a CPU; guest {busy:.0%} busy"
+    per = sorted(((th1[n] - th0.get(n, 0), n) for n in th1), reverse=True)
+    shares = ", ".join(f"{n} {d / hz / (w1 - w0):.0%}" for d, n in per[:4] if d > 0)
+    return (
+        f"agent {(a1 - a0) / hz / (w1 - w0):.1%} of a CPU ({shares}); guest {busy:.0%} busy "
+        f"of {os.cpu_count()} CPUs"
+    )
+
+
+def watchdog_kills() -> int:
+    log = sh("journalctl", "-b", "-u", UNIT, "-o", "cat").stdout
+    return sum("Watchdog timeout" in line for line in log.splitlines())
 
 
 def start_sandbox() -> float:
@@ -309,9 +342,15 @@ def main() -> int:
         run()
     # idle: no server to talk to (each link retrying with its backoff), the mic open
     info("cpu_30s_no_links", agent_cpu(30.0))
-    # as the VM tier's drop-in (image/vm/field-agent-vm.conf): the agent before the test
-    # scaffolding on the scarce emulated cores (the sandbox gets CPUWeight=20)
-    sh("systemctl", "set-property", "--runtime", UNIT, "CPUWeight=1000")
+    # Scaffolding for emulation, for the checks' restarts (the boot above ran the unit as
+    # shipped): as the VM tier's drop-in (image/vm/field-agent-vm.conf), the agent before
+    # the sandbox (CPUWeight=20) on the scarce emulated cores; and under TCG on a busy
+    # host its start (25-29 s at boot) can pass the unit's TimeoutStartSec=30s, and the
+    # guest stalls for more than WatchdogSec=10s now and then (watchdog_kills_unasked).
+    drop_in = Path(f"/run/systemd/system/{UNIT}.d/arm64-check.conf")
+    drop_in.parent.mkdir(parents=True, exist_ok=True)
+    drop_in.write_text("[Service]\nCPUWeight=1000\nTimeoutStartSec=120s\nWatchdogSec=30s\n")
+    sh("systemctl", "daemon-reload", check_rc=True)
     info("sandbox_start_s", f"{start_sandbox():.1f}")
     t0 = time.monotonic()
     try:
@@ -321,9 +360,11 @@ def main() -> int:
         out(f"links: {e}")
     # the VM tier's check 1 (no restart since boot: its timings are the boot's)
     checks.check_starts()
-    info("cpu_30s_links_up", checks.cpu_load(30.0))
-    for run in (check_mic, check_room_audio, checks.check_watchdog, checks.check_bad_config,
-                checks.check_journal):  # fmt: skip
+    info("cpu_30s_links_up", agent_cpu(30.0))
+    for run in (check_mic, check_room_audio):
+        run()
+    info("watchdog_kills_unasked", watchdog_kills())
+    for run in (checks.check_watchdog, checks.check_bad_config, checks.check_journal):
         run()
     results = checks.results
     failed = [name for name, ok, _ in results if not ok]
