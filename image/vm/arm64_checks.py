@@ -345,11 +345,12 @@ def main() -> int:
     # Scaffolding for emulation, for the checks' restarts (the boot above ran the unit as
     # shipped): as the VM tier's drop-in (image/vm/field-agent-vm.conf), the agent before
     # the sandbox (CPUWeight=20) on the scarce emulated cores; and under TCG on a busy
-    # host its start (25-29 s at boot) can pass the unit's TimeoutStartSec=30s, and the
-    # guest stalls for more than WatchdogSec=10s now and then (watchdog_kills_unasked).
+    # host its start (16-29 s at boot) can pass the unit's TimeoutStartSec=30s. The
+    # watchdog stays as shipped (10 s): on a busy host the guest can stall for longer,
+    # and the agent is killed unasked (watchdog_kills_unasked counts it).
     drop_in = Path(f"/run/systemd/system/{UNIT}.d/arm64-check.conf")
     drop_in.parent.mkdir(parents=True, exist_ok=True)
-    drop_in.write_text("[Service]\nCPUWeight=1000\nTimeoutStartSec=120s\nWatchdogSec=30s\n")
+    drop_in.write_text("[Service]\nCPUWeight=1000\nTimeoutStartSec=120s\n")
     sh("systemctl", "daemon-reload", check_rc=True)
     info("sandbox_start_s", f"{start_sandbox():.1f}")
     t0 = time.monotonic()
