@@ -14,7 +14,7 @@ boot, as the transient unit ``field-agent-sandbox.service``: at boot the agent c
 with nothing to connect to, as a device does before its network, and must connect
 when they appear, without a restart.
 
-    python arm64_checks.py --ssh-s S --disk-mib MIB --image-mib MIB
+    python arm64_checks.py --ssh-s S --disk-mib MIB --image-mib MIB --ssh-port PORT
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import base64
 import os
 import platform
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -158,6 +159,23 @@ def check_native() -> str:
     r = sh("/opt/field-agent/bin/python", "-c", code)
     expect(r.returncode == 0, f"import failed: {r.stderr.strip()[-300:]}")
     return r.stdout.strip()
+
+
+@check("15-guest-network-restricted")
+def check_network() -> str:
+    """QEMU user mode with restrict=on: the guest has its DHCP lease and route, and
+    reaches nothing through them, not even the host (10.0.2.2 is the host's loopback,
+    where the ssh forward listens)."""
+    route = sh("ip", "route", "show", "default").stdout.strip()
+    expect(route, "no default route (DHCP from QEMU's user-mode network)")
+    why = ""
+    try:
+        with socket.create_connection(("10.0.2.2", ARGS.ssh_port), timeout=10):
+            reached = True
+    except OSError as e:
+        reached, why = False, f"{e.__class__.__name__}: {e}"
+    expect(not reached, f"the guest reached the host at 10.0.2.2:{ARGS.ssh_port}")
+    return f"default route '{route}'; 10.0.2.2:{ARGS.ssh_port} (the host) unreachable: {why}"
 
 
 @check("2-mic-tone-reaches-room")
@@ -326,6 +344,7 @@ def main() -> int:
     parser.add_argument("--ssh-s", type=int, default=0)
     parser.add_argument("--disk-mib", type=int, default=0)
     parser.add_argument("--image-mib", type=int, default=0)
+    parser.add_argument("--ssh-port", type=int, default=22)
     parser.parse_args(namespace=ARGS)
     out("VMSTART field-agent arm64 boot checks")
     info("kernel", os.uname().release)
@@ -338,7 +357,7 @@ def main() -> int:
     info("boot_to_ready_s", f"{boot['ready']:.1f}")
     info("start_to_ready_s", f"{boot['ready'] - boot['start']:.1f}")
     info("status_before_servers", prop("StatusText"))
-    for run in (check_ssh, check_first_boot, check_growroot, check_native):
+    for run in (check_ssh, check_first_boot, check_growroot, check_native, check_network):
         run()
     # idle: no server to talk to (each link retrying with its backoff), the mic open
     info("cpu_30s_no_links", agent_cpu(30.0))
