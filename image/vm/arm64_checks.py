@@ -166,8 +166,15 @@ def check_network() -> str:
     """QEMU user mode with restrict=on: the guest has its DHCP lease and route, and
     reaches nothing through them, not even the host (10.0.2.2 is the host's loopback,
     where the ssh forward listens)."""
-    route = sh("ip", "route", "show", "default").stdout.strip()
-    expect(route, "no default route (DHCP from QEMU's user-mode network)")
+
+    def default_route() -> str:
+        return sh("ip", "route", "show", "default").stdout.strip()
+
+    try:
+        route = wait_until(default_route, 90, "a default route (DHCP)", every_s=1.0)
+    except checks.CheckFailed:
+        links = sh("networkctl", "--no-pager", "status").stdout[-600:]
+        raise checks.CheckFailed(f"no default route (DHCP, QEMU user mode): {links}") from None
     why = ""
     try:
         with socket.create_connection(("10.0.2.2", ARGS.ssh_port), timeout=10):
@@ -317,6 +324,22 @@ def agent_cpu(seconds: float) -> str:
     )
 
 
+def settle() -> None:
+    """Before an audio check: the agent active with its links up (after an unasked watchdog
+    restart, too: see watchdog_kills)."""
+
+    def up() -> bool:
+        try:
+            return prop("ActiveState") == "active" and bool(checks.links_up())
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 120, "the agent active with its links up", every_s=1.0)
+    except checks.CheckFailed as e:
+        out(f"settle: {e}")
+
+
 def watchdog_kills() -> int:
     log = sh("journalctl", "-b", "-u", UNIT, "-o", "cat").stdout
     return sum("Watchdog timeout" in line for line in log.splitlines())
@@ -382,6 +405,7 @@ def main() -> int:
     checks.check_starts()
     info("cpu_30s_links_up", agent_cpu(30.0))
     for run in (check_mic, check_room_audio):
+        settle()
         run()
     info("watchdog_kills_unasked", watchdog_kills())
     for run in (checks.check_watchdog, checks.check_bad_config, checks.check_journal):
