@@ -163,18 +163,21 @@ def check_native() -> str:
 
 @check("15-guest-network-restricted")
 def check_network() -> str:
-    """QEMU user mode with restrict=on: the guest has its DHCP lease and route, and
-    reaches nothing through them, not even the host (10.0.2.2 is the host's loopback,
-    where the ssh forward listens)."""
+    """QEMU user mode with restrict=on: the guest reaches nothing, not even the host
+    (10.0.2.2 is the host's loopback there, where the ssh forward listens)."""
 
     def default_route() -> str:
-        return sh("ip", "route", "show", "default").stdout.strip()
+        return " | ".join(
+            r
+            for r in (sh("ip", *v, "route", "show", "default").stdout.strip() for v in ([], ["-6"]))
+            if r
+        )
 
     try:
-        route = wait_until(default_route, 90, "a default route (DHCP)", every_s=1.0)
+        route = wait_until(default_route, 30, "a default route", every_s=1.0)
     except checks.CheckFailed:
-        links = sh("networkctl", "--no-pager", "status").stdout[-600:]
-        raise checks.CheckFailed(f"no default route (DHCP, QEMU user mode): {links}") from None
+        route = "none"
+    addr4 = sh("ip", "-4", "-br", "addr", "show", "scope", "global").stdout.strip() or "none"
     why = ""
     try:
         with socket.create_connection(("10.0.2.2", ARGS.ssh_port), timeout=10):
@@ -182,7 +185,10 @@ def check_network() -> str:
     except OSError as e:
         reached, why = False, f"{e.__class__.__name__}: {e}"
     expect(not reached, f"the guest reached the host at 10.0.2.2:{ARGS.ssh_port}")
-    return f"default route '{route}'; 10.0.2.2:{ARGS.ssh_port} (the host) unreachable: {why}"
+    return (
+        f"10.0.2.2:{ARGS.ssh_port} (the host's loopback, the ssh forward) unreachable: {why}; "
+        f"default routes: {route}; IPv4 addresses: {addr4}"
+    )
 
 
 @check("2-mic-tone-reaches-room")
