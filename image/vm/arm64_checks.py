@@ -393,7 +393,7 @@ def main() -> int:
     # Scaffolding for emulation, for the checks' restarts (the boot above ran the unit as
     # shipped): as the VM tier's drop-in (image/vm/field-agent-vm.conf), the agent before
     # the sandbox (CPUWeight=20) on the scarce emulated cores; and under TCG on a busy
-    # host its start (15-29 s at boot) can pass the unit's TimeoutStartSec=30s. The
+    # host its start (13-29 s at boot) can pass the unit's TimeoutStartSec=30s. The
     # watchdog stays as shipped (10 s): on a busy host the guest can stall for longer,
     # and the agent is killed unasked (watchdog_kills_unasked counts it).
     drop_in = Path(f"/run/systemd/system/{UNIT}.d/arm64-check.conf")
