@@ -329,6 +329,10 @@ class Generation:
             heartbeat=agent.heartbeats.register("capture", 5.0).beat,
             duplex=self.duplex,
             handsfree=self._handsfree_stage(),
+            # the mic is read (and the speaker ticked) by the capture thread, not the loop:
+            # under QEMU TCG the loop-read path starved the loop into watchdog kills (VM
+            # tier, issue 18); kept and tested in agent/audio/capture.py until that is found
+            on_loop=False,
         )
         self.capture = capture
 
