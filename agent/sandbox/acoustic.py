@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from agent.errors import AudioError
 from agent.metrics import Metrics
 from agent.pcm import Pcm, samples_per_frame
 from agent.sandbox.pulse import PulseRig
+
+if TYPE_CHECKING:
+    from agent.hw.alsa import AlsaSink
 
 SPEAKER_RATE = 48000
 MIC_RATE = PROCESS_RATE
@@ -68,9 +72,12 @@ class Take:
 
     @property
     def disturbed(self) -> bool:
-        """The machine starved the loop: the speaker ran dry for over 0.1 s in all
-        (underruns), so the take measures the load, not the processing."""
-        return self.tap_padded > MIC_RATE // 10 or bool(self.errors)
+        """The machine starved the loop: the speaker ran dry for a period or more in
+        all (underruns), so the take measures the load, not the processing. (Each
+        underrun moves the echo against its reference and the canceller takes a few
+        hundred ms to find it again: 60 ms of them in one take, at load 3.8, left an
+        ERLE of 10.6 dB over the window.)"""
+        return self.tap_padded >= MIC_RATE // 50 or bool(self.errors)
 
 
 NICE = -5  # the systemd unit's Nice=: the agent's audio threads run at this priority
@@ -109,16 +116,60 @@ def alsa_env(rig: PulseRig) -> Iterator[None]:
                 os.environ[k] = v
 
 
+WARM_S = 0.3  # a player's stream has played this long in real time before the scene starts
+START_TIMEOUT_S = 10.0
+
+
+@dataclass
+class _Start:
+    """The scene's common start. A new stream into the rig's daemon does not play at
+    once: measured here, its first writes stalled 1.7-1.9 s, a different time for
+    each stream, so a scene started at once reached the mic with its streams shifted
+    by up to a second against each other and against the take's windows (a fan at
+    -45 to -49 dBFS in a window where -40 was sent; the noise suppressor judged on
+    its onset). So each player writes silence until its stream has played
+    :data:`WARM_S` in real time (its writes block on the device clock), says so, and
+    starts its signal only when every player is ready; the mic's take starts then too.
+    """
+
+    stop: threading.Event
+    go: threading.Event = field(default_factory=threading.Event)
+    ready: list[threading.Event] = field(default_factory=list)
+
+    def player(self) -> threading.Event:
+        event = threading.Event()
+        self.ready.append(event)
+        return event
+
+    @property
+    def all_ready(self) -> bool:
+        return all(e.is_set() for e in self.ready)
+
+
 def _player(
-    name: str, pcm: Pcm, rate: int, start_s: float, stop: threading.Event,
+    name: str, pcm: Pcm, rate: int, start_s: float, start: _Start, ready: threading.Event,
     errors: list[str], tap: FarEndTap | None = None,
 ) -> None:  # fmt: skip
     with thread_nice():
-        _play(name, pcm, rate, start_s, stop, errors, tap)
+        _play(name, pcm, rate, start_s, start, ready, errors, tap)
+
+
+def _warm_up(sink: AlsaSink, period: int, start: _Start, ready: threading.Event) -> None:
+    """Silence until the stream plays in real time and every player is ready (or stop)."""
+    silence = np.zeros(period, np.int16)
+    blocking_since: float | None = None
+    while not start.stop.is_set() and not start.go.is_set():
+        t = time.monotonic()
+        sink.write(silence)
+        now = time.monotonic()
+        if blocking_since is None and now - t >= 0.005:  # the device takes it in real time
+            blocking_since = now
+        if blocking_since is not None and now - blocking_since >= WARM_S:
+            ready.set()
 
 
 def _play(
-    name: str, pcm: Pcm, rate: int, start_s: float, stop: threading.Event,
+    name: str, pcm: Pcm, rate: int, start_s: float, start: _Start, ready: threading.Event,
     errors: list[str], tap: FarEndTap | None,
 ) -> None:  # fmt: skip
     from agent.hw.alsa import AlsaSink  # pyalsaaudio: only where the rig plays
@@ -127,8 +178,10 @@ def _play(
     period = samples_per_frame(rate)
     lead = np.zeros(round(start_s * rate), np.int16)
     signal = np.concatenate((lead, pcm))
+    stop = start.stop
     try:
         sink.open()
+        _warm_up(sink, period, start, ready)
         i = 0
         while not stop.is_set():
             chunk = signal[i : i + period]
@@ -179,6 +232,7 @@ def record(
     mic_parts: list[Pcm] = []
     far_parts: list[Pcm] = []
     outs: list[list[Pcm]] = [[] for _ in settings]
+    start = _Start(stop)
     t0 = time.monotonic()
     with alsa_env(rig), thread_nice():
         source = AlsaSource("pamon", MIC_RATE, metrics=Metrics())
@@ -189,15 +243,24 @@ def record(
                 ("talker", scene.near, MIC_RATE, scene.near_start_s, None),
                 ("noise", scene.noise, MIC_RATE, 0.0, None),
             ]
-            for name, pcm, rate, start, stream_tap in streams:
+            for name, pcm, rate, start_s, stream_tap in streams:
                 if pcm is None:
                     continue
                 t = threading.Thread(
-                    target=_player, args=(name, pcm, rate, start, stop, errors, stream_tap),
+                    target=_player,
+                    args=(name, pcm, rate, start_s, start, start.player(), errors, stream_tap),
                     name=f"rig-{name}", daemon=True,
                 )  # fmt: skip
                 t.start()
                 players.append(t)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not start.all_ready and not errors:  # the mic runs (unkept) meanwhile
+                if time.monotonic() > deadline:
+                    errors.append(f"the rig's streams did not start in {START_TIMEOUT_S:g} s")
+                    break
+                source.read()
+            start.go.set()
+            t0 = time.monotonic()
             captured = 0
             want = round(scene.seconds * MIC_RATE)
             while captured < want:
