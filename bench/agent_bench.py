@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/agent_bench.py [--seconds 60] [--warmup 3] [--down 1.0]
                                           [--json bench-results/agent_bench.jsonl]
-                                          [--baseline DIR]
+                                          [--baseline DIR [--baseline-job agent-hf]]
 
 One run (about ``seconds + 25`` s; needs ``pulseaudio`` and ``libasound2-plugins``):
 
@@ -33,7 +33,9 @@ One run (about ``seconds + 25`` s; needs ``pulseaudio`` and ``libasound2-plugins
 
 ``--baseline DIR`` adds a fourth peer, **baseline**: the full agent's job run on the
 code in DIR (``git archive <commit> agent | tar -x -C DIR``), on its own paced mic, in
-the same run, so that a change is judged side by side (the ``agent/base`` column).
+the same run, so that a change is judged side by side (the ``agent/base`` column);
+with ``--baseline-job agent-hf`` it runs the hands-free job instead and the column is
+``agent-hf/base``.
 
 After a warm-up, the run measures for ``--seconds``: CPU of each process
 (``/proc/<pid>/stat``) per second of audio, and as a ratio to the floor (an empty 20 ms
@@ -730,10 +732,11 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         if args.baseline is not None:  # the same job on other code (a checkout), same run
             base_env = {**env, "PYTHONPATH": str(args.baseline.resolve())}
             agents.insert(1, ("baseline", "basemic", True, base_env))
+        hf_jobs = {"agent-hf"} | ({"baseline"} if args.baseline_job == "agent-hf" else set())
         for name, mic, orgo, peer_env in agents:
             ports[name] = free_port()
             cfg = work / f"{name}.toml"
-            cfg.write_text(agent_toml(name, mic, api, ports[name], orgo, name == "agent-hf"))
+            cfg.write_text(agent_toml(name, mic, api, ports[name], orgo, name in hf_jobs))
             children[name] = Child(
                 name, ["--role", "agent", str(cfg), str(creds)], peer_env, work / f"{name}.log"
             )
@@ -879,6 +882,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "goals": GOALS,
         "server_down_s": t_restart - t_kill,
         "baseline_dir": str(args.baseline) if args.baseline is not None else None,
+        "baseline_job": args.baseline_job,
     }
 
 
@@ -954,6 +958,7 @@ def print_table(res: dict[str, Any]) -> None:
     names = list(peers)
     a = peers["agent"]
     base = peers.get("baseline")
+    job = peers.get(res.get("baseline_job") or "agent", a)  # what the baseline is compared with
     print(
         f"machine: {m['arch']}, {m['cores']} cores ({m['cpu']}), Python {m['python']}; "
         f"load avg {m['loadavg_start']:.1f} -> {m['loadavg_end']:.1f}, "
@@ -966,9 +971,10 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"measured {res['seconds']:.1f} s after {res['warmup_s']:g} s warm-up ({res['git']})")
     print("agent: VideoSDK full duplex + Orgo 24 kHz, mixed to 48 kHz; agent-vsdk: VideoSDK only;")
     if base is not None:
-        print(f"baseline: the agent's job on the code in {res.get('baseline_dir')}; ")
+        job_name, where = res.get("baseline_job"), res.get("baseline_dir")
+        print(f"baseline: the {job_name} job on the code in {where}; ")
     print("naive: the docs' example (20 ms timer, one thread, no jitter buffer)")
-    ratio_head = "agent/base" if base is not None else "vsdk/naive"
+    ratio_head = f"{res.get('baseline_job') or 'agent'}/base" if base is not None else "vsdk/naive"
     cols = f"{'':38}" + "".join(f"{n:>11}" for n in names) + f"{ratio_head:>11}  goal (agent)"
     print(cols)
     print("-" * len(cols))
@@ -986,7 +992,7 @@ def print_table(res: dict[str, Any]) -> None:
         r = ""
         if rat:
             with contextlib.suppress(KeyError, TypeError):
-                x, y = (a, base) if base is not None else (peers["agent-vsdk"], peers["naive"])
+                x, y = (job, base) if base is not None else (peers["agent-vsdk"], peers["naive"])
                 r = ratio(abs(get(x)), abs(get(y)))
         print(f"{label:38}" + "".join(f"{c:>11}" for c in cells) + f"{r:>11}  {goal}")
 
@@ -1082,6 +1088,11 @@ def main() -> int:
         "--baseline", type=Path, default=None, metavar="DIR",
         help="also run the full agent from the code in DIR (e.g. `git archive` of an older "
         "commit), side by side in the same run",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-job", choices=("agent", "agent-hf"), default="agent",
+        help="the job the baseline runs, and is compared with (default agent; agent-hf: "
+        "with hands-free on, to judge a change to the processing)",
     )  # fmt: skip
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()

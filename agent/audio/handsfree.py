@@ -52,11 +52,11 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.audio.resample import StreamResampler
+from agent.audio.resample import Floats, StreamResampler
 from agent.config_checks import HANDSFREE_DISTRIBUTION, HANDSFREE_INSTALL, HANDSFREE_MODULE
 from agent.errors import AgentError
 from agent.metrics import Metrics
-from agent.pcm import UPLINK_RATE, Pcm, downmix, to_int16
+from agent.pcm import UPLINK_RATE, Pcm, to_int16
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Processor(Protocol):
 
     stream_delay_ms: int
 
-    def process(self, near: Pcm, far: Pcm | None = None) -> Pcm: ...
+    def process(self, near: Floats, far: Floats | None = None) -> Floats: ...
 
     @property
     def speech_probability(self) -> float: ...
@@ -191,11 +191,15 @@ class _Throttle:
         return True
 
 
-def _power(x: Pcm) -> float:
-    if x.size == 0:
-        return 0.0
-    f = x.astype(np.float32)
-    return float(np.dot(f, f)) / x.size
+_TO_UNIT = np.float32(1.0 / 32768.0)  # int16 -> the library's +-1.0 floats
+_TO_INT16 = np.float32(32768.0)
+_LSB_POWER = (1.0 / 32768.0) ** 2  # one int16 step, squared, in +-1.0 units
+_FAR_ACTIVE_POWER = (10.0 ** (FAR_ACTIVE_DBFS / 20.0)) ** 2
+
+
+def _power(x: Floats) -> float:
+    """Mean square of +-1.0 floats (0 for none)."""
+    return float(np.dot(x, x)) / x.size if x.size else 0.0
 
 
 class HandsFree:
@@ -211,11 +215,12 @@ class HandsFree:
         self.settings = settings
         self._metrics = metrics
         self._processor = processor(settings)  # HandsFreeUnavailable without the library
-        self._mic = np.zeros(0, np.int16)
-        self._far = np.zeros(0, np.int16)
+        self._mic: Floats = np.zeros(0, np.float32)  # under a block, waiting for the next
+        self._far: Floats = np.zeros(0, np.float32)
         self._throttle = _Throttle()
         self._cpu_s = 0.0
         self._audio_samples = 0
+        self._published_samples = 0  # counted into handsfree_audio_seconds_total
         self._errors = 0
         self._erle_db = 0.0
         self._erle_weight = 0.0
@@ -227,27 +232,36 @@ class HandsFree:
     def process(self, mic: Pcm, far: Pcm, playout_delay_s: float | None = None) -> Pcm:
         """Feed ``mic`` and the ``far`` end heard with it; return the processed blocks ready.
 
-        Both mono at 16 kHz and of one length (a shorter ``far`` is padded with
-        silence, a longer one cut, and counted). The output is whole 10 ms blocks:
-        up to 10 ms of the input waits for the next call.
+        Both mono int16 at 16 kHz and of one length (a shorter ``far`` is padded with
+        silence, a longer one cut, and counted; floats are converted, NaN zeroed, and
+        counted). The output is whole 10 ms blocks: up to 10 ms of the input waits for
+        the next call.
         """
-        mic = self._clean(mic, "mic")
-        far = self._clean(far, "far")
+        near = self._clean(mic, "mic").astype(np.float32) * _TO_UNIT
+        ref = self._clean(far, "far").astype(np.float32) * _TO_UNIT
+        return to_int16(self.process_floats(near, ref, playout_delay_s) * _TO_INT16)
+
+    def process_floats(
+        self, mic: Floats, far: Floats, playout_delay_s: float | None = None
+    ) -> Floats:
+        """:meth:`process` for float32 in +-1.0 (the library's own float format) in and
+        out, as the capture stage's resamplers give and take them: no conversion on
+        the way. ``mic`` and ``far`` must be finite (a resampler's output of int16 is)."""
         if far.size != mic.size:
             self._bad("far_length", "far end of %d samples for %d mic samples", far.size, mic.size)
             far = far[: mic.size] if far.size > mic.size else np.pad(far, (0, mic.size - far.size))
-        self._mic = mic if self._mic.size == 0 else np.concatenate((self._mic, mic))
-        self._far = far if self._far.size == 0 else np.concatenate((self._far, far))
-        n = self._mic.size - self._mic.size % BLOCK
+        if self._mic.size:  # a 20 ms read is two whole blocks: nothing waits, no copy
+            mic, far = np.concatenate((self._mic, mic)), np.concatenate((self._far, far))
+        n = mic.size - mic.size % BLOCK
+        near, self._mic = mic[:n], mic[n:]
+        ref, self._far = far[:n], far[n:]
         if n == 0:
-            return np.zeros(0, np.int16)
-        near, self._mic = self._mic[:n], self._mic[n:]
-        ref, self._far = self._far[:n], self._far[n:]
+            return near
         self._set_delay(playout_delay_s)
         t0 = time.thread_time()
         try:
             out = self._processor.process(near, ref)
-            if not isinstance(out, np.ndarray) or out.dtype != np.int16 or out.size != n:
+            if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.size != n:
                 raise ValueError(f"library returned {type(out).__name__} of the wrong shape")
             self._voice = float(self._processor.speech_probability)
             if self.settings.auto_gain:
@@ -258,8 +272,6 @@ class HandsFree:
         self._cpu_s += time.thread_time() - t0
         self._audio_samples += n
         self._update_erle(near, ref, out)
-        if self._metrics is not None:
-            self._metrics.inc("handsfree_audio_seconds_total", n / PROCESS_RATE)
         return out
 
     def stats(self) -> HandsFreeStats:
@@ -278,6 +290,10 @@ class HandsFree:
     def publish(self, metrics: Metrics) -> HandsFreeStats:
         """Gauges for /metrics (call now and then, not per block); returns the figures."""
         s = self.stats()
+        fresh = self._audio_samples - self._published_samples
+        if fresh:
+            self._published_samples = self._audio_samples
+            metrics.inc("handsfree_audio_seconds_total", fresh / PROCESS_RATE)
         if s.erle_db is not None:
             metrics.set("handsfree_erle_db", round(s.erle_db, 1))
         if s.gain_db is not None:
@@ -309,17 +325,17 @@ class HandsFree:
             except Exception as exc:
                 self._bad("library", "delay hint refused: %s", exc)
 
-    def _update_erle(self, near: Pcm, far: Pcm, out: Pcm) -> None:
+    def _update_erle(self, near: Floats, far: Floats, out: Floats) -> None:
         """ERLE estimate: mic-to-uplink level ratio (dB) while the far end plays, averaged
         in dB over ~2 s (so a transient while the canceller adapts does not dominate)."""
         if not self.settings.echo_cancel:
             return
-        if _power(far) <= (32768.0 * 10.0 ** (FAR_ACTIVE_DBFS / 20.0)) ** 2:
+        if _power(far) <= _FAR_ACTIVE_POWER:
             return
         pm, po = _power(near), _power(out)
-        if pm <= 1.0:  # the mic hears nothing of it (speaker off, unplugged): no figure
+        if pm <= _LSB_POWER:  # the mic hears nothing of it (speaker off, unplugged): no figure
             return
-        ratio_db = 10.0 * math.log10(pm / max(po, 1e-2))
+        ratio_db = 10.0 * math.log10(pm / max(po, 1e-2 * _LSB_POWER))
         a = min(1.0, near.size / (ERLE_TIME_CONSTANT_S * PROCESS_RATE))
         if self._erle_weight == 0.0:
             self._erle_db = ratio_db
@@ -371,7 +387,7 @@ class FarEndTap:
         self._window = 0
         self._check_every = rate // 10  # the start's order shows in the first takes
         self._lock = threading.Lock()
-        self._chunks: deque[Pcm] = deque()
+        self._chunks: deque[Floats] = deque()  # mono +-1.0 at ``rate``
         self._queued = 0
         self._resampler: StreamResampler | None = None
         self._delay_s: float | None = None
@@ -386,11 +402,14 @@ class FarEndTap:
         """One period just written to the speaker (interleaved int16 at ``rate``)."""
         if not self.listening:
             return
-        mono = downmix(np.asarray(pcm).reshape(-1), channels) if channels > 1 else pcm
         with self._lock:
-            if self._resampler is None or self._resampler.in_rate != rate:
-                self._resampler = StreamResampler(rate, self.rate)
-            x = self._resampler.process(mono)
+            r = self._resampler
+            if r is None or r.in_rate != rate or r.channels != channels:
+                # the device's int16 (any channels) -> mono +-1.0 at 16 kHz, in one filter
+                r = self._resampler = StreamResampler(
+                    rate, self.rate, channels, gain=float(_TO_UNIT), mono=True
+                )
+            x = r.process_floats(np.asarray(pcm).reshape(-1))
             if x.size:
                 self._chunks.append(x)
                 self._queued += x.size
@@ -413,9 +432,15 @@ class FarEndTap:
                 excess = 0
 
     def take(self, n: int) -> tuple[Pcm, float | None]:
-        """``n`` samples of reference (silence where there is none) and the playout delay."""
+        """``n`` samples of reference as int16 (silence where there is none) and the
+        playout delay."""
+        ref, delay = self.take_floats(n)
+        return to_int16(ref * _TO_INT16), delay
+
+    def take_floats(self, n: int) -> tuple[Floats, float | None]:
+        """:meth:`take` as the library's +-1.0 floats (what the capture stage feeds it)."""
         with self._lock:
-            parts: list[Pcm] = []
+            parts: list[Floats] = []
             need = n
             while need > 0 and self._chunks:
                 head = self._chunks[0]
@@ -429,7 +454,7 @@ class FarEndTap:
             self._queued -= n - need
             if need:
                 self.padded_samples += need
-                parts.append(np.zeros(need, np.int16))
+                parts.append(np.zeros(need, np.float32))
                 # The speaker has not started or ran dry: its lead is measured afresh
                 # (quickly) once it plays again. (Counting on the padding to match
                 # the device's silence instead drifted the reference after its echo
@@ -476,22 +501,24 @@ class HandsFreeStage:
         self._active = active
         if tap is not None:
             tap.listening = True
-        self._to_process = StreamResampler(mic_rate, PROCESS_RATE)
-        self._to_uplink = StreamResampler(PROCESS_RATE, UPLINK_RATE)
+        self._to_process = StreamResampler(mic_rate, PROCESS_RATE, gain=float(_TO_UNIT))
+        self._to_uplink = StreamResampler(PROCESS_RATE, UPLINK_RATE, gain=float(_TO_INT16))
         self._bypass = StreamResampler(mic_rate, UPLINK_RATE)
 
     def process(self, mono: Pcm) -> Pcm:
         """One mic read (mono int16 at ``mic_rate``) -> uplink samples (8 kHz mono int16)."""
         if self._active is not None and not self._active():
             if self.tap is not None:
-                self.tap.take(round(mono.size * PROCESS_RATE / self.mic_rate))
+                self.tap.take_floats(round(mono.size * PROCESS_RATE / self.mic_rate))
             return self._bypass.process(mono)
-        x = self._to_process.process(mono)
+        # int16 -> +-1.0 at 16 kHz -> the library -> int16 at 8 kHz: the scaling is in
+        # the resamplers' taps, so the period costs one product each way
+        x = self._to_process.process_floats(mono)
         if self.tap is not None:
-            far, delay = self.tap.take(x.size)
+            far, delay = self.tap.take_floats(x.size)
         else:
-            far, delay = np.zeros(x.size, np.int16), None
-        return self._to_uplink.process(self.handsfree.process(x, far, delay))
+            far, delay = np.zeros(x.size, np.float32), None
+        return self._to_uplink.process(self.handsfree.process_floats(x, far, delay))
 
     def publish(self, metrics: Metrics) -> HandsFreeStats:
         """ERLE, gain, voice probability, CPU and the reference's realignments as gauges."""

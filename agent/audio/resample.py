@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -81,8 +81,8 @@ def _windows(buf: Floats, start: int, count: int, taps: int, step: int) -> Float
 class _Upsampler:
     """Integer interpolation by ``factor``: every input sample becomes ``factor`` outputs."""
 
-    def __init__(self, factor: int, channels: int) -> None:
-        h = _design(factor) * factor  # interpolation loses 1/factor of the energy
+    def __init__(self, factor: int, channels: int, gain: float = 1.0) -> None:
+        h = _design(factor) * (factor * gain)  # interpolation loses 1/factor of the energy
         self.taps = h.size // factor
         # bank[j, p]: tap applied to the j-th oldest of ``taps`` inputs for output phase p
         self._bank = np.ascontiguousarray(h.reshape(self.taps, factor)[::-1])
@@ -111,14 +111,23 @@ class _Upsampler:
 
 
 class _Downsampler:
-    """Integer decimation by ``factor``: one output per ``factor`` inputs."""
+    """Integer decimation by ``factor``: one output per ``factor`` inputs.
 
-    def __init__(self, factor: int, channels: int) -> None:
-        self._h = _design(factor)[::-1].copy()  # reversed: windows run oldest -> newest
+    ``mono``: interleaved ``channels`` in, their average out, in the same one product
+    (the filter's taps repeated per channel), not a downmix and then a filter.
+    """
+
+    def __init__(self, factor: int, channels: int, gain: float = 1.0, mono: bool = False) -> None:
+        self._h = (_design(factor)[::-1] * gain).astype(np.float32)  # oldest -> newest
         self.taps = self._h.size
         self.factor = factor
         self.channels = channels
-        self._history = [np.zeros(self.taps - 1, np.float32) for _ in range(channels)]
+        self._mixed: Floats | None = None
+        if mono and channels > 1:
+            self._mixed = np.repeat(self._h / np.float32(channels), channels)
+            self._history = [np.zeros((self.taps - 1) * channels, np.float32)]
+        else:
+            self._history = [np.zeros(self.taps - 1, np.float32) for _ in range(channels)]
         self._skip = 0  # where in the next buffer the next output's window starts
 
     def reset(self) -> None:
@@ -129,6 +138,16 @@ class _Downsampler:
     def process(self, x: Floats) -> Floats:
         starts = x.shape[0]  # windows that fit: history is taps - 1 long
         count = max(0, -(-(starts - self._skip) // self.factor))
+        if self._mixed is not None:  # interleaved frames in, one mono product out
+            c = self.channels
+            buf = np.concatenate((self._history[0], x.reshape(-1)))
+            self._history[0] = buf[starts * c :]
+            skip, self._skip = self._skip, self._skip + count * self.factor - starts
+            if not count:
+                return np.zeros((0, 1), np.float32)
+            rows = _windows(buf, skip * c, count, self.taps * c, self.factor * c)
+            mixed: Floats = np.dot(rows, self._mixed)
+            return mixed.reshape(-1, 1)
         if self.channels == 1:  # the common case, without the per-channel copies
             buf = np.concatenate((self._history[0], x.reshape(-1)))
             self._history[0] = buf[starts:]
@@ -171,9 +190,18 @@ class StreamResampler:
     """Resample interleaved int16 audio from ``in_rate`` to ``out_rate``, chunk by chunk.
 
     Identity (no copy, no delay) when the rates are equal.
+
+    ``gain`` scales the output (folded into the filter's taps: no extra pass), and
+    ``mono`` averages the ``channels`` to one (folded into the decimating filter). The
+    hands-free path uses both, to go from the speaker's int16 stereo to the canceller's
+    +-1.0 mono, and back, in one product per period: on a board that sleeps between
+    periods every numpy call costs several times what it does back to back.
     """
 
-    def __init__(self, in_rate: int, out_rate: int, channels: int = 1) -> None:
+    def __init__(
+        self, in_rate: int, out_rate: int, channels: int = 1, *, gain: float = 1.0,
+        mono: bool = False,
+    ) -> None:  # fmt: skip
         if in_rate <= 0 or out_rate <= 0:
             raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
         if channels < 1:
@@ -181,21 +209,31 @@ class StreamResampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.channels = channels
+        self.out_channels = 1 if mono else channels
+        self._gain = np.float32(gain)
         self._engine: _Engine | None = None
+        self._mix_before = mono and channels > 1  # engines that do not mix themselves
+        self._gain_after = gain != 1.0
         self.latency_s = 0.0  # group delay of the filter
+        engine_channels = 1 if self._mix_before else channels
         if in_rate == out_rate:
+            self._engine_channels = engine_channels
             return
         if out_rate % in_rate == 0 and out_rate // in_rate <= MAX_INTEGER_RATIO:
-            up = _Upsampler(out_rate // in_rate, channels)
+            up = _Upsampler(out_rate // in_rate, engine_channels, gain)
             self.latency_s = (up.taps * up.factor - 1) / 2.0 / out_rate
             self._engine = up
+            self._gain_after = False
         elif in_rate % out_rate == 0 and in_rate // out_rate <= MAX_INTEGER_RATIO:
-            down = _Downsampler(in_rate // out_rate, channels)
+            down = _Downsampler(in_rate // out_rate, channels, gain, mono)
             self.latency_s = (down.taps - 1) / 2.0 / in_rate
             self._engine = down
+            self._mix_before = self._gain_after = False
         else:
-            self._engine = _Soxr(in_rate, out_rate, channels)
+            self._engine = _Soxr(in_rate, out_rate, engine_channels)
             self.latency_s = 0.030
+        # what the engine is fed: one channel when mixed before it, else the input's
+        self._engine_channels = 1 if self._mix_before else channels
 
     @property
     def identity(self) -> bool:
@@ -208,25 +246,26 @@ class StreamResampler:
             return "identity"
         return "soxr" if isinstance(self._engine, _Soxr) else "polyphase"
 
-    def process(self, pcm: Pcm) -> Pcm:
+    def process(self, pcm: npt.NDArray[Any]) -> Pcm:
         """Resample one chunk (``len % channels == 0``); returns the output ready now.
 
         Non-int16 input is first converted with saturation (NaN -> 0).
         """
-        if self._engine is None:
+        if self._engine is None and not (self._mix_before or self._gain_after):
             return to_int16(pcm)
-        floats = np.asarray(pcm, dtype=np.float32).reshape(-1, self.channels)
-        return to_int16(self._engine.process(floats).reshape(-1))
+        return to_int16(self.process_floats(np.asarray(pcm, dtype=np.float32)))
 
-    def process_floats(self, samples: Floats) -> Floats:
-        """Like :meth:`process` for int16-scaled float32 in and out (no rounding, no clipping).
-
-        For pipelines that convert to int16 once at the end (the mixer).
-        """
-        if self._engine is None:
-            return samples
-        out: Floats = self._engine.process(samples.reshape(-1, self.channels)).reshape(-1)
-        return out
+    def process_floats(self, samples: npt.NDArray[Any]) -> Floats:
+        """Like :meth:`process`, float32 out (no rounding, no clipping); int16 or
+        float32 in. For pipelines that convert to int16 once at the end (the mixer)."""
+        x = np.asarray(samples, dtype=np.float32)
+        if self._mix_before:
+            x = x.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        if self._engine is not None:
+            x = self._engine.process(x.reshape(-1, self._engine_channels)).reshape(-1)
+        if self._gain_after:
+            x = x * self._gain
+        return x
 
     def flush(self) -> Pcm:
         """The audio still inside the filter (end of stream); the stream starts afresh."""
@@ -236,9 +275,9 @@ class StreamResampler:
             tail = self._engine.finish()
         else:  # push the filter's delay worth of zeros through
             zeros = math.ceil(self.latency_s * self.in_rate) + 1
-            tail = self._engine.process(np.zeros((zeros, self.channels), np.float32))
+            tail = self._engine.process(np.zeros((zeros, self._engine_channels), np.float32))
         self._engine.reset()
-        return to_int16(tail.reshape(-1))
+        return to_int16(tail.reshape(-1) * self._gain if self._gain_after else tail.reshape(-1))
 
     def reset(self) -> None:
         """Forget the filter state (after a gap, so old audio is not smeared into new)."""

@@ -111,3 +111,46 @@ def test_nonsense_rates_are_refused() -> None:
         StreamResampler(0, 8000)
     with pytest.raises(ValueError):
         StreamResampler(8000, 48000, channels=0)
+
+
+@pytest.mark.parametrize(
+    ("in_rate", "out_rate", "channels"),
+    [(48000, 16000, 2), (32000, 16000, 2), (16000, 16000, 2), (8000, 16000, 2),
+     (44100, 16000, 2), (8000, 16000, 1), (16000, 8000, 1), (48000, 16000, 1)],
+)  # fmt: skip
+def test_mono_and_gain_give_what_a_downmix_a_resample_and_a_scale_would(
+    in_rate: int, out_rate: int, channels: int
+) -> None:
+    """The hands-free path's shortcut (the speaker's stereo to +-1.0 mono at 16 kHz in
+    one filter) hears the same audio as the long way round, over odd chunk sizes."""
+    left = tone(in_rate, 700, 1.0, dbfs=-12.0)
+    right = tone(in_rate, 1300, 1.0, dbfs=-18.0)
+    x = np.stack((left, right), axis=1)[:, :channels].reshape(-1)
+    gain = 1.0 / 32768.0
+    fused = StreamResampler(in_rate, out_rate, channels, gain=gain, mono=True)
+    plain = StreamResampler(in_rate, out_rate, 1)
+    assert fused.out_channels == 1
+    got, want = [], []
+    sizes = itertools.cycle([in_rate // 50, 7, in_rate // 50 + 13, 1, in_rate // 100])
+    i = 0
+    while i < x.size // channels:
+        n = next(sizes)
+        chunk = x[i * channels : (i + n) * channels]
+        got.append(fused.process_floats(chunk))
+        mono = chunk.reshape(-1, channels).astype(np.float32).mean(axis=1)
+        want.append(plain.process_floats(mono) * np.float32(gain))
+        i += n
+    a, b = np.concatenate(got), np.concatenate(want)
+    assert a.dtype == np.float32 and a.size == b.size
+    assert np.max(np.abs(a - b)) < 1e-5  # float32 rounding, nothing more
+    assert 0.05 < np.max(np.abs(a)) <= 1.0  # +-1.0 scale: the canceller's float input
+
+
+def test_gain_applies_to_int16_output_and_flush() -> None:
+    x = tone(8000, 500, 0.2, dbfs=-20.0)
+    r = StreamResampler(8000, 16000, gain=0.5)
+    out = np.concatenate([*stream(r, x, 160), r.flush()])
+    ref = StreamResampler(8000, 16000)
+    full = np.concatenate([*stream(ref, x, 160), ref.flush()])
+    assert out.dtype == np.int16 and out.size == full.size
+    assert np.max(np.abs(out.astype(np.int32) - np.round(full * 0.5).astype(np.int32))) <= 1
