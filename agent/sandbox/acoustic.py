@@ -69,6 +69,7 @@ class Take:
     tap_padded: int = 0
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    underruns: dict[str, int] = field(default_factory=dict)  # per stream, after the start
 
     @property
     def disturbed(self) -> bool:
@@ -76,8 +77,11 @@ class Take:
         all (underruns), so the take measures the load, not the processing. (Each
         underrun moves the echo against its reference and the canceller takes a few
         hundred ms to find it again: 60 ms of them in one take, at load 3.8, left an
-        ERLE of 10.6 dB over the window.)"""
-        return self.tap_padded >= MIC_RATE // 50 or bool(self.errors)
+        ERLE of 10.6 dB over the window.) Likewise a talker or fan stream that ran dry
+        (it plays on, later: its windows no longer hold what they should)."""
+        return self.tap_padded >= MIC_RATE // 50 or bool(self.errors) or any(
+            self.underruns.values()
+        )
 
 
 NICE = -5  # the systemd unit's Nice=: the agent's audio threads run at this priority
@@ -135,6 +139,7 @@ class _Start:
     stop: threading.Event
     go: threading.Event = field(default_factory=threading.Event)
     ready: list[threading.Event] = field(default_factory=list)
+    underruns: dict[str, int] = field(default_factory=dict)  # per player, after the go
 
     def player(self) -> threading.Event:
         event = threading.Event()
@@ -182,6 +187,7 @@ def _play(
     try:
         sink.open()
         _warm_up(sink, period, start, ready)
+        xruns_at_start = sink.xruns
         i = 0
         while not stop.is_set():
             chunk = signal[i : i + period]
@@ -191,6 +197,7 @@ def _play(
             if tap is not None:
                 tap.rendered(chunk, rate, 1, None)
             i += period
+            start.underruns[name] = sink.xruns - xruns_at_start
     except AudioError as exc:
         errors.append(f"{name}: {exc}")
     finally:
@@ -284,9 +291,11 @@ def record(
         stats=[hf.stats() for hf in processors],
         far=np.concatenate(far_parts) if keep_far else None,
         tap_dropped=tap.dropped_samples,
-        tap_padded=tap.padded_samples,
+        # without a speaker stream the tap gives silence throughout: not a starved speaker
+        tap_padded=tap.padded_samples if scene.far is not None else 0,
         wall_s=time.monotonic() - t0,
         errors=errors,
+        underruns=dict(start.underruns),
     )
 
 

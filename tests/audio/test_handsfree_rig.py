@@ -90,7 +90,8 @@ def room_then_double_talk(rig: PulseRig) -> Take:
 
 def _load(take: Take) -> str:
     return (
-        f" (speaker starved for {take.tap_padded / RATE:.2f} s in the take"
+        f" (speaker starved for {take.tap_padded / RATE:.2f} s in the take, underruns"
+        f" {take.underruns}"
         f"{': the machine is overloaded' if take.disturbed else ''}; load {os.getloadavg()[0]:.1f})"
     )
 
