@@ -79,8 +79,8 @@ class Take:
         hundred ms to find it again: 60 ms of them in one take, at load 3.8, left an
         ERLE of 10.6 dB over the window.) Likewise a talker or fan stream that ran dry
         (it plays on, later: its windows no longer hold what they should)."""
-        return self.tap_padded >= MIC_RATE // 50 or bool(self.errors) or any(
-            self.underruns.values()
+        return (
+            self.tap_padded >= MIC_RATE // 50 or bool(self.errors) or any(self.underruns.values())
         )
 
 
@@ -153,17 +153,19 @@ class _Start:
 
 def _player(
     name: str, pcm: Pcm, rate: int, start_s: float, start: _Start, ready: threading.Event,
-    errors: list[str], tap: FarEndTap | None = None,
+    errors: list[str],
 ) -> None:  # fmt: skip
     with thread_nice():
-        _play(name, pcm, rate, start_s, start, ready, errors, tap)
+        _play(name, pcm, rate, start_s, start, ready, errors)
 
 
-def _warm_up(sink: AlsaSink, period: int, start: _Start, ready: threading.Event) -> None:
-    """Silence until the stream plays in real time and every player is ready (or stop)."""
+def _warm_up(
+    sink: AlsaSink, period: int, start: _Start, ready: threading.Event, *, hold: bool = True
+) -> None:
+    """Silence until the stream plays in real time and (``hold``) every player is ready."""
     silence = np.zeros(period, np.int16)
     blocking_since: float | None = None
-    while not start.stop.is_set() and not start.go.is_set():
+    while not start.stop.is_set() and not start.go.is_set() and (hold or not ready.is_set()):
         t = time.monotonic()
         sink.write(silence)
         now = time.monotonic()
@@ -175,11 +177,12 @@ def _warm_up(sink: AlsaSink, period: int, start: _Start, ready: threading.Event)
 
 def _play(
     name: str, pcm: Pcm, rate: int, start_s: float, start: _Start, ready: threading.Event,
-    errors: list[str], tap: FarEndTap | None,
+    errors: list[str],
 ) -> None:  # fmt: skip
+    """A talker or a fan: a stream of its own into the sink, as a person in the room."""
     from agent.hw.alsa import AlsaSink  # pyalsaaudio: only where the rig plays
 
-    sink = AlsaSink("paspk", rate, metrics=Metrics(), label=name)
+    sink = AlsaSink("paspk", rate, metrics=Metrics(), label=name, clocked=True)
     period = samples_per_frame(rate)
     lead = np.zeros(round(start_s * rate), np.int16)
     signal = np.concatenate((lead, pcm))
@@ -194,14 +197,57 @@ def _play(
             if chunk.size < period:
                 chunk = np.pad(chunk, (0, period - chunk.size))
             sink.write(chunk)
-            if tap is not None:
-                tap.rendered(chunk, rate, 1, None)
             i += period
             start.underruns[name] = sink.xruns - xruns_at_start
     except AudioError as exc:
         errors.append(f"{name}: {exc}")
     finally:
         sink.close()
+
+
+class _Tick:
+    """The speaker, written from the mic's loop: one period after each mic read, as the
+    agent's capture thread ticks its speaker (:mod:`agent.audio.duplex`), so the
+    reference and its echo run on one clock. (Written by a thread of its own, a late
+    write left the tap without reference while the device still played its buffer: the
+    tap gave silence, the reference slid against the echo, and under load one take in
+    two lost 10-20 dB of ERLE to it.)"""
+
+    def __init__(self, signal: Pcm, tap: FarEndTap) -> None:
+        from agent.hw.alsa import AlsaSink
+
+        self.sink = AlsaSink(
+            "paspk", SPEAKER_RATE, metrics=Metrics(), label="speaker", clocked=True
+        )
+        self.period = samples_per_frame(SPEAKER_RATE)
+        self.signal = signal
+        self.tap = tap
+        self._i = 0
+        self._silence = np.zeros(self.period, np.int16)
+        self._xruns_at_start = 0
+
+    def open(self, start: _Start) -> None:
+        self.sink.open()
+        _warm_up(self.sink, self.period, start, threading.Event(), hold=False)
+
+    def write_silence(self) -> None:
+        self.sink.write(self._silence)
+        self._xruns_at_start = self.sink.xruns
+
+    def tick(self) -> None:
+        chunk = self.signal[self._i : self._i + self.period]
+        if chunk.size < self.period:
+            chunk = np.pad(chunk, (0, self.period - chunk.size))
+        self._i += self.period
+        self.sink.write(chunk)
+        self.tap.rendered(chunk, SPEAKER_RATE, 1, None)
+
+    @property
+    def underruns(self) -> int:
+        return self.sink.xruns - self._xruns_at_start
+
+    def close(self) -> None:
+        self.sink.close()
 
 
 def record_steady(
@@ -244,18 +290,21 @@ def record(
     with alsa_env(rig), thread_nice():
         source = AlsaSource("pamon", MIC_RATE, metrics=Metrics())
         source.open()
+        far_signal = _far(scene)
+        speaker = _Tick(far_signal, tap) if far_signal is not None else None
         try:
-            streams: list[tuple[str, Pcm | None, int, float, FarEndTap | None]] = [
-                ("speaker", _far(scene), SPEAKER_RATE, 0.0, tap),
-                ("talker", scene.near, MIC_RATE, scene.near_start_s, None),
-                ("noise", scene.noise, MIC_RATE, 0.0, None),
+            if speaker is not None:
+                speaker.open(start)
+            streams: list[tuple[str, Pcm | None, float]] = [
+                ("talker", scene.near, scene.near_start_s),
+                ("noise", scene.noise, 0.0),
             ]
-            for name, pcm, rate, start_s, stream_tap in streams:
+            for name, pcm, start_s in streams:
                 if pcm is None:
                     continue
                 t = threading.Thread(
                     target=_player,
-                    args=(name, pcm, rate, start_s, start, start.player(), errors, stream_tap),
+                    args=(name, pcm, MIC_RATE, start_s, start, start.player(), errors),
                     name=f"rig-{name}", daemon=True,
                 )  # fmt: skip
                 t.start()
@@ -266,12 +315,16 @@ def record(
                     errors.append(f"the rig's streams did not start in {START_TIMEOUT_S:g} s")
                     break
                 source.read()
+                if speaker is not None:
+                    speaker.write_silence()
             start.go.set()
             t0 = time.monotonic()
             captured = 0
             want = round(scene.seconds * MIC_RATE)
             while captured < want:
                 x = source.read()
+                if speaker is not None:
+                    speaker.tick()
                 far, delay = tap.take(x.size)
                 mic_parts.append(x)
                 if keep_far:
@@ -279,10 +332,15 @@ def record(
                 for hf, out in zip(processors, outs, strict=True):
                     out.append(hf.process(x, far, delay))
                 captured += x.size
+        except AudioError as exc:  # the speaker (the players keep their own)
+            errors.append(f"speaker: {exc}")
         finally:
             stop.set()
             for t in players:
                 t.join(5.0)
+            if speaker is not None:
+                start.underruns["speaker"] = speaker.underruns
+                speaker.close()
             source.close()
     mic = np.concatenate(mic_parts)
     return Take(

@@ -99,6 +99,27 @@ def test_an_unpaced_pcm_is_detected_and_paced_in_software(
     ]
 
 
+def test_a_sink_declared_clocked_is_never_paced_in_software(
+    alsa: AlsaTestbed, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``clocked=True`` (the acoustic rig's pulse streams, which stall and then take a
+    burst): the judgement is skipped, so a burst is written as fast as the device takes
+    it and nothing is logged or counted."""
+    metrics = Metrics()
+    sink = AlsaSink("null", 48000, metrics=metrics, clocked=True)
+    sink.open()
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="agent.hw.alsa"):
+        for _ in range(100):  # 2 s of audio
+            sink.write(np.zeros(960, np.int16))
+    elapsed = time.monotonic() - t0
+    sink.close()
+    assert not sink.unpaced
+    assert elapsed < 1.0, elapsed  # not slowed to real time
+    assert metrics.total("audio_unpaced_total", device="speaker") == 0
+    assert "not paced" not in caplog.text
+
+
 def test_a_paced_mic_is_left_alone(pulse: AlsaTestbed) -> None:
     pulse.write_mic(np.ones(8000 * 3, np.int16))
     source = AlsaSource("pacedmic", 8000, metrics=Metrics())
