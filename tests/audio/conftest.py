@@ -11,6 +11,6 @@ from tests.support import run_only_when_selected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_only_when_selected(
         config, items, "acoustic",
-        "the acoustic-loop rig (hands-free goals, tests/audio/test_handsfree_rig.py): by "
-        "hand, `.venv/bin/pytest -m acoustic tests/audio`",
+        "the acoustic-loop rig (hands-free goals, tests/audio/test_handsfree_rig.py): its "
+        "own tier, `.venv/bin/pytest -m acoustic tests/audio` (CI runs it)",
     )  # fmt: skip
