@@ -4,9 +4,9 @@ snd-aloop, or a device): issue #18's figures on real kernel ``hw:`` devices, no 
     python3 guest_cpu.py [--pid PID] [--seconds 60] [--warmup 10] [--no-room-audio]
 
 Needs ``agent_bench.py`` next to it (the host benchmark: its floor, its /proc readers).
-Takes the agent's pid from ``--pid`` or ``systemctl show -P MainPID field-agent``; starts
-the floor, ``agent_bench.py --role idle`` (an empty 20 ms asyncio timer, the host
-benchmark's own), in its own process; when the sandbox's control API answers
+Takes the agent's pid from ``--pid`` or ``systemctl show -P MainPID field-agent`` (starting
+the service if it is not running); starts the floor, ``agent_bench.py --role idle`` (an
+empty 20 ms asyncio timer, the host benchmark's own), in its own process; when the sandbox's control API answers
 (127.0.0.1:7000, the VM tier's and the arm64 check's), waits for the agent's links and
 has the fake VideoSDK send room audio (a tone, paced at 20 ms) for the whole run, so the
 agent carries uplink, room audio and Orgo as in the host benchmark. After ``--warmup`` it
@@ -84,9 +84,15 @@ def links_up() -> bool:
 
 
 def agent_pid() -> int:
-    """The field-agent service's MainPID (0: not running)."""
+    """The field-agent service's MainPID; the service is started first if it is not running
+    (the VM checks leave it failed: their bad-config check is among the last)."""
     show = ["systemctl", "show", "-P", "MainPID", "field-agent"]
-    return int(subprocess.run(show, capture_output=True, text=True).stdout.strip() or 0)
+    pid = int(subprocess.run(show, capture_output=True, text=True).stdout.strip() or 0)
+    if not pid:
+        print("guest_cpu: field-agent is not running: systemctl start field-agent", flush=True)
+        subprocess.run(["systemctl", "start", "field-agent"], timeout=300)
+        pid = int(subprocess.run(show, capture_output=True, text=True).stdout.strip() or 0)
+    return pid
 
 
 async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
