@@ -4,17 +4,17 @@ snd-aloop, or a device): issue #18's figures on real kernel ``hw:`` devices, no 
     python3 guest_cpu.py [--pid PID] [--seconds 60] [--warmup 10] [--no-room-audio]
 
 Needs ``agent_bench.py`` next to it (the host benchmark: its floor, its /proc readers).
-Takes the agent's pid from ``--pid`` or ``systemctl show -P MainPID field-agent`` (starting
-the service if it is not running); starts the floor, ``agent_bench.py --role idle`` (an
-empty 20 ms asyncio timer, the host benchmark's own), in its own process; when the sandbox's control API answers
-(127.0.0.1:7000, the VM tier's and the arm64 check's), waits for the agent's links and
-has the fake VideoSDK send room audio (a tone, paced at 20 ms) for the whole run, so the
-agent carries uplink, room audio and Orgo as in the host benchmark. After ``--warmup`` it
-measures for ``--seconds``: CPU (utime + stime of all threads, /proc/PID/stat) in ms per
-second and as a ratio to the floor's, context switches/s (voluntary + involuntary) per
-thread with its name (tid == pid: MainThread; else /proc comm) and the kernel function it
-sleeps in most (/proc/.../wchan, sampled every 0.25 s: Python 3.11 does not name its
-threads for the kernel), RSS. Prints a table and one line ``GUESTCPU {json}``.
+The agent: ``--pid`` or ``systemctl show -P MainPID field-agent`` (the service is started
+if it is not running). The floor: ``agent_bench.py --role idle``, the host benchmark's
+empty 20 ms asyncio timer, in its own process. When the sandbox's control API answers
+(127.0.0.1:7000: the VM tier, the arm64 check), it waits for the agent's links and has
+the fake VideoSDK send room audio (a tone, paced at 20 ms) for the whole run: the agent
+carries uplink, room audio and Orgo, as in the host benchmark. After ``--warmup`` it
+measures for ``--seconds``: CPU (utime + stime, /proc/PID/stat) in ms/s and as a ratio
+to the floor's; context switches/s (voluntary + involuntary) per thread, named by what
+the kernel shows (tid == pid: MainThread; comm; the function it sleeps in most,
+/proc/.../wchan sampled every 0.25 s; for poll(), the file polled: Python 3.11 names no
+thread for the kernel); RSS. Prints a table and one line ``GUESTCPU {json}``.
 """
 
 from __future__ import annotations
@@ -67,14 +67,31 @@ def usage(pid: int) -> dict[str, Any]:
     return Child.usage(cast(Child, SimpleNamespace(proc=SimpleNamespace(pid=pid))))
 
 
-def wchan(pid: int, counts: dict[int, collections.Counter[str]]) -> None:
+def polled(pid: int, task: Path) -> str:
+    """The file a thread blocked in poll()/ppoll() waits on (its first pollfd's), e.g.
+    /dev/snd/pcmC0D1c: tells the audio threads apart (Python 3.11 names no thread for
+    the kernel)."""
+    try:
+        _, fds, *_ = (task / "syscall").read_text().split()  # "NR fds nfds ... sp pc"
+        with open(f"/proc/{pid}/mem", "rb") as mem:
+            mem.seek(int(fds, 16))
+            (fd,) = struct.unpack("=i", mem.read(4))
+        return os.readlink(f"/proc/{pid}/fd/{fd}")
+    except (OSError, ValueError, struct.error):
+        return ""
+
+
+def wchan(pid: int, counts: dict[int, collections.Counter[str]], files: dict[int, str]) -> None:
+    """One sample of where each thread sleeps (/proc/.../wchan) and what it polls."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             where = (task / "wchan").read_text().strip()
         except OSError:
             continue
-        seen = counts.setdefault(int(task.name), collections.Counter())
-        seen[where if where != "0" else "(running)"] += 1
+        tid = int(task.name)
+        counts.setdefault(tid, collections.Counter())[where if where != "0" else "(running)"] += 1
+        if "poll" in where and not files.get(tid):
+            files[tid] = polled(pid, task)
 
 
 def links_up() -> bool:
@@ -114,9 +131,10 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
     floor_pid = (await floor.read())["pid"]
     await asyncio.sleep(args.warmup)
     counts: dict[int, collections.Counter[str]] = {}
+    files: dict[int, str] = {}
     a0, f0, m0, t0 = usage(pid), usage(floor_pid), machine_busy(), time.monotonic()
     while time.monotonic() - t0 < args.seconds:
-        wchan(pid, counts)
+        wchan(pid, counts, files)
         await asyncio.sleep(0.25)
     a1, f1, m1, t1 = usage(pid), usage(floor_pid), machine_busy(), time.monotonic()
     await floor.ask("quit")
@@ -129,6 +147,7 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
         _, cpu0, n0 = a0["by_tid"].get(tid, ("", 0.0, 0))
         where = counts.get(tid, collections.Counter()).most_common(1)
         threads.append({"tid": tid, "name": names[tid], "wchan": where[0][0] if where else "?",
+                        "polls": files.get(tid, ""),
                         "cpu_ms_per_s": (cpu_s - cpu0) * 1000 / s,
                         "switches_per_s": (n - n0) / s})  # fmt: skip
     agent_ms = (a1["cpu_s"] - a0["cpu_s"]) * 1000 / s
@@ -158,11 +177,11 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"  floor (empty 20 ms asyncio timer): {r['floor_cpu_ms_per_s']:.2f} ms/s, "
           f"{r['floor_us_per_wakeup']:.0f} us per wakeup, "
           f"{r['floor_switches_per_s']:.0f} switches/s")  # fmt: skip
-    head = f"{'tid':>7} {'thread':<16} {'sleeps in (most)':<28} {'CPU ms/s':>9} {'switches/s':>10}"
-    print("  " + head)
+    print(f"  {'tid':>7} {'thread':<12} {'sleeps in (most)':<24} {'CPU ms/s':>9} "
+          f"{'switches/s':>10}  polls")  # fmt: skip
     for t in r["threads"]:
-        print(f"  {t['tid']:>7} {t['name']:<16} {t['wchan']:<28} "
-              f"{t['cpu_ms_per_s']:>9.1f} {t['switches_per_s']:>10.1f}")  # fmt: skip
+        print(f"  {t['tid']:>7} {t['name']:<12} {t['wchan'][:24]:<24} {t['cpu_ms_per_s']:>9.1f} "
+              f"{t['switches_per_s']:>10.1f}  {t['polls']}")  # fmt: skip
 
 
 def main() -> int:
