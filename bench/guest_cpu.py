@@ -67,12 +67,17 @@ def usage(pid: int) -> dict[str, Any]:
     return Child.usage(cast(Child, SimpleNamespace(proc=SimpleNamespace(pid=pid))))
 
 
+POLL_NR = {"x86_64": {"7", "271"}, "aarch64": {"73"}}.get(platform.machine(), set())  # (p)poll
+
+
 def polled(pid: int, task: Path) -> str:
     """The file a thread blocked in poll()/ppoll() waits on (its first pollfd's), e.g.
     /dev/snd/pcmC0D1c: tells the audio threads apart (Python 3.11 names no thread for
-    the kernel)."""
+    the kernel). "" if the thread is in another system call."""
     try:
-        _, fds, *_ = (task / "syscall").read_text().split()  # "NR fds nfds ... sp pc"
+        nr, fds, *_ = (task / "syscall").read_text().split()  # "NR fds nfds ... sp pc"
+        if nr not in POLL_NR:
+            return ""
         with open(f"/proc/{pid}/mem", "rb") as mem:
             mem.seek(int(fds, 16))
             (fd,) = struct.unpack("=i", mem.read(4))
@@ -81,22 +86,25 @@ def polled(pid: int, task: Path) -> str:
         return ""
 
 
-def wchan(pid: int, counts: dict[int, collections.Counter[str]], files: dict[int, str]) -> None:
-    """One sample of where each thread sleeps (/proc/.../wchan) and what it polls."""
+def sample(pid: int, counts: dict[int, collections.Counter[str]]) -> None:
+    """Where each thread sleeps (/proc/.../wchan), and what it polls, once."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             where = (task / "wchan").read_text().strip()
         except OSError:
             continue
-        tid = int(task.name)
-        counts.setdefault(tid, collections.Counter())[where if where != "0" else "(running)"] += 1
-        if "poll" in where and not files.get(tid):
-            files[tid] = polled(pid, task)
+        seen = counts.setdefault(int(task.name), collections.Counter())
+        seen[where if where != "0" else "(running)"] += 1
+        if "poll" in where and (file := polled(pid, task)):
+            seen["polls " + file] += 1
 
 
 def links_up() -> bool:
     """The agent's links to the sandbox (the VM tier's checks.links_up)."""
-    state = control("/state")
+    try:
+        state = control("/state")
+    except OSError:  # (the sandbox restarting)
+        return False
     return bool(state["videosdk"]["active"] >= 1 and state["orgo"]["accepted"] >= 1)
 
 
@@ -131,10 +139,9 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
     floor_pid = (await floor.read())["pid"]
     await asyncio.sleep(args.warmup)
     counts: dict[int, collections.Counter[str]] = {}
-    files: dict[int, str] = {}
     a0, f0, m0, t0 = usage(pid), usage(floor_pid), machine_busy(), time.monotonic()
     while time.monotonic() - t0 < args.seconds:
-        wchan(pid, counts, files)
+        sample(pid, counts)
         await asyncio.sleep(0.25)
     a1, f1, m1, t1 = usage(pid), usage(floor_pid), machine_busy(), time.monotonic()
     await floor.ask("quit")
@@ -145,9 +152,11 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
     threads = []
     for tid, (_, cpu_s, n) in sorted(a1["by_tid"].items()):
         _, cpu0, n0 = a0["by_tid"].get(tid, ("", 0.0, 0))
-        where = counts.get(tid, collections.Counter()).most_common(1)
+        seen = counts.get(tid, collections.Counter())
+        where = [(k, n) for k, n in seen.most_common() if not k.startswith("polls ")]
+        polls = [k[6:] for k, n in seen.most_common() if k.startswith("polls ")]
         threads.append({"tid": tid, "name": names[tid], "wchan": where[0][0] if where else "?",
-                        "polls": files.get(tid, ""),
+                        "polls": polls[0] if polls else "",
                         "cpu_ms_per_s": (cpu_s - cpu0) * 1000 / s,
                         "switches_per_s": (n - n0) / s})  # fmt: skip
     agent_ms = (a1["cpu_s"] - a0["cpu_s"]) * 1000 / s
