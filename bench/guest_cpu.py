@@ -99,6 +99,18 @@ def sample(pid: int, counts: dict[int, collections.Counter[str]]) -> None:
             seen["polls " + file] += 1
 
 
+def involuntary(pid: int) -> dict[int, int]:
+    """nonvoluntary_ctxt_switches of each thread (preempted, not waiting: a busy CPU)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            line = (task / "status").read_text().split("nonvoluntary_ctxt_switches:")[1]
+        except (OSError, IndexError):
+            continue
+        out[int(task.name)] = int(line.split()[0])
+    return out
+
+
 def links_up() -> bool:
     """The agent's links to the sandbox (the VM tier's checks.links_up)."""
     try:
@@ -139,11 +151,15 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
     floor_pid = (await floor.read())["pid"]
     await asyncio.sleep(args.warmup)
     counts: dict[int, collections.Counter[str]] = {}
-    a0, f0, m0, t0 = usage(pid), usage(floor_pid), machine_busy(), time.monotonic()
+
+    def snap() -> tuple[Any, ...]:
+        return involuntary(pid), usage(pid), usage(floor_pid), machine_busy(), time.monotonic()
+
+    i0, a0, f0, m0, t0 = snap()
     while time.monotonic() - t0 < args.seconds:
         sample(pid, counts)
         await asyncio.sleep(0.25)
-    a1, f1, m1, t1 = usage(pid), usage(floor_pid), machine_busy(), time.monotonic()
+    i1, a1, f1, m1, t1 = snap()
     await floor.ask("quit")
     floor.close()
     s = t1 - t0
@@ -158,7 +174,8 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
         threads.append({"tid": tid, "name": names[tid], "wchan": where[0][0] if where else "?",
                         "polls": polls[0] if polls else "",
                         "cpu_ms_per_s": (cpu_s - cpu0) * 1000 / s,
-                        "switches_per_s": (n - n0) / s})  # fmt: skip
+                        "switches_per_s": (n - n0) / s,
+                        "involuntary_per_s": (i1.get(tid, 0) - i0.get(tid, 0)) / s})  # fmt: skip
     agent_ms = (a1["cpu_s"] - a0["cpu_s"]) * 1000 / s
     floor_ms = (f1["cpu_s"] - f0["cpu_s"]) * 1000 / s
     floor_sw = sum(t[2] for t in f1["by_tid"].values()) - sum(t[2] for t in f0["by_tid"].values())
@@ -169,6 +186,7 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
         "cpu_x_floor": agent_ms / floor_ms if floor_ms else float("nan"),
         "floor_us_per_wakeup": floor_ms * 1000 / FLOOR_HZ, "floor_switches_per_s": floor_sw / s,
         "agent_switches_per_s": total, "threads": threads,
+        "agent_involuntary_per_s": (sum(i1.values()) - sum(i0.values())) / s,
         "agent_rss_mb": [a0["rss_mb"], a1["rss_mb"]], "agent_hwm_mb": a1["hwm_mb"],
         "guest_busy_pct": 100 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
     }  # fmt: skip
@@ -181,16 +199,18 @@ def print_table(r: dict[str, Any]) -> None:
         f"{'on' if r['room_audio'] else 'off'}, guest busy {r['guest_busy_pct']:.0f} %"
     )
     print(f"  agent (pid {r['agent_pid']}): {r['agent_cpu_ms_per_s']:.1f} ms/s = "
-          f"{r['cpu_x_floor']:.2f} x floor, {r['agent_switches_per_s']:.0f} switches/s, "
+          f"{r['cpu_x_floor']:.2f} x floor, {r['agent_switches_per_s']:.0f} switches/s "
+          f"({r['agent_involuntary_per_s']:.0f} involuntary), "
           f"RSS {r['agent_rss_mb'][0]:.1f} -> {r['agent_rss_mb'][1]:.1f} MB")  # fmt: skip
     print(f"  floor (empty 20 ms asyncio timer): {r['floor_cpu_ms_per_s']:.2f} ms/s, "
           f"{r['floor_us_per_wakeup']:.0f} us per wakeup, "
           f"{r['floor_switches_per_s']:.0f} switches/s")  # fmt: skip
     print(f"  {'tid':>7} {'thread':<12} {'sleeps in (most)':<24} {'CPU ms/s':>9} "
-          f"{'switches/s':>10}  polls")  # fmt: skip
+          f"{'switches/s':>10} {'invol./s':>8}  polls")  # fmt: skip
     for t in r["threads"]:
-        print(f"  {t['tid']:>7} {t['name']:<12} {t['wchan'][:24]:<24} {t['cpu_ms_per_s']:>9.1f} "
-              f"{t['switches_per_s']:>10.1f}  {t['polls']}")  # fmt: skip
+        print(f"  {t['tid']:>7} {t['name']:<12} {t['wchan'][:24]:<24} "
+              f"{t['cpu_ms_per_s']:>9.1f} {t['switches_per_s']:>10.1f} "
+              f"{t['involuntary_per_s']:>8.1f}  {t['polls']}")  # fmt: skip
 
 
 def main() -> int:
