@@ -14,6 +14,9 @@ units=$root/etc/systemd/system
 
 install -D -m 0644 "$here/checks.py" "$lib/checks.py"
 install -m 0644 "$here/cpuinfo" "$lib/cpuinfo"
+# the CPU benchmark in the guest (image/vm-run --bench: checks.py runs it after the checks)
+install -D -m 0644 "$here/../../bench/guest_cpu.py" "$lib/bench/guest_cpu.py"
+install -m 0644 "$here/../../bench/agent_bench.py" "$lib/bench/agent_bench.py"
 # snd-aloop is NOT loaded at boot: check 10 plugs the "sound card" in (modprobe) while
 # the agent runs, as a USB card would be; the audio checks after it use it.
 rm -f "$root/etc/modules-load.d/field-agent-vm.conf"
