@@ -579,7 +579,10 @@ def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
+    # arm64 has no "model name": a Pi names itself in the device tree; else the machine
+    with contextlib.suppress(OSError):
+        return Path("/sys/firmware/devicetree/base/model").read_text().strip("\x00\n ")
+    return platform.processor() or platform.machine() or "?"
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
+from agent.audio.device import (
+    DEVICE_BACKOFF,
+    STOP_TIMEOUT_S,
+    DeviceRetry,
+    ThreadLoop,
+    name_for_the_kernel,
+    settle,
+)
 from agent.audio.duplex import Duplex
 from agent.audio.resample import StreamResampler
 from agent.backoff import BackoffPolicy
@@ -244,6 +251,7 @@ class Capture:
         deliver: Callable[[list[Frame] | BaseException, float | None], None],
         done: asyncio.Future[None],
     ) -> None:
+        name_for_the_kernel()
         error: BaseException | None = None
         try:
             self._capture(loop, deliver)

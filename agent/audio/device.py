@@ -47,6 +47,19 @@ class ThreadLoop:
             self.stop.set()
 
 
+def name_for_the_kernel() -> None:
+    """Give the calling thread its Python name in the kernel too, so ``top -H``,
+    ``ps -L`` and ``/proc/PID/task/TID/comm`` tell the audio threads apart (Python 3.11
+    leaves every thread named after the process). Written to the thread's own ``comm``
+    (15 bytes at most), no ctypes; where /proc refuses it, the name stays as it was."""
+    name = threading.current_thread().name.encode("ascii", "replace")[:15]
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "wb") as comm:
+            comm.write(name)
+    except OSError as exc:
+        logger.debug("thread name %r not set: %s", name, exc)
+
+
 def settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
     """Complete the future a pipeline awaits (on the event loop), once."""
     if done.done():

@@ -23,7 +23,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from agent.audio.device import DEVICE_BACKOFF, STOP_TIMEOUT_S, DeviceRetry, ThreadLoop, settle
+from agent.audio.device import (
+    DEVICE_BACKOFF,
+    STOP_TIMEOUT_S,
+    DeviceRetry,
+    ThreadLoop,
+    name_for_the_kernel,
+    settle,
+)
 from agent.audio.duplex import Duplex, FarEndPeriod
 from agent.audio.mixer import Mixer
 from agent.audio.resample import StreamResampler
@@ -93,6 +100,7 @@ class Playback:
                     await asyncio.wait([done], timeout=STOP_TIMEOUT_S)
 
     def _thread_main(self, loop: ThreadLoop, done: asyncio.Future[None]) -> None:
+        name_for_the_kernel()
         error: BaseException | None = None
         try:
             self._play(loop)

@@ -408,3 +408,33 @@ async def test_a_mic_read_by_the_event_loop_that_vanishes_is_shown_and_retried(
     assert readers == {"MainThread"}  # frames are consumed on the loop, as always
     assert loop.is_running()
     assert not capture.source.is_open  # type: ignore[attr-defined]
+
+
+def _kernel_names() -> set[str]:
+    names = set()
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as comm:
+            names.add(comm.read().strip())
+    return names
+
+
+async def test_the_audio_threads_carry_their_names_in_the_kernel(
+    metrics: Metrics, status: StatusBoard
+) -> None:
+    """`top -H`, `ps -L` and a profiler outside the process tell the audio threads
+    apart by name (Python 3.11 would leave them all named after the process)."""
+    seen: set[str] = set()
+    capture = Capture(ToneSource(freq_hz=440.0), metrics=metrics, status=status, queue_frames=ROOMY)
+    async with contextlib.aclosing(capture.frames()) as stream:
+        async for _ in stream:
+            seen |= _kernel_names()
+            break
+    assert "audio-capture" in seen
+    playback = Playback(
+        RecordingSink(), Mixer(8000, metrics=metrics), metrics=metrics, status=status
+    )
+    task = asyncio.create_task(playback.run())
+    await wait_for(lambda: "audio-playback" in _kernel_names())
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
