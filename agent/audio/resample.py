@@ -215,9 +215,9 @@ class StreamResampler:
         self._mix_before = mono and channels > 1  # engines that do not mix themselves
         self._gain_after = gain != 1.0
         self.latency_s = 0.0  # group delay of the filter
-        engine_channels = 1 if self._mix_before else channels
+        # what the engine is fed: one channel when mixed before it, else the input's
+        self._engine_channels = engine_channels = 1 if self._mix_before else channels
         if in_rate == out_rate:
-            self._engine_channels = engine_channels
             return
         if out_rate % in_rate == 0 and out_rate // in_rate <= MAX_INTEGER_RATIO:
             up = _Upsampler(out_rate // in_rate, engine_channels, gain)
@@ -228,12 +228,11 @@ class StreamResampler:
             down = _Downsampler(in_rate // out_rate, channels, gain, mono)
             self.latency_s = (down.taps - 1) / 2.0 / in_rate
             self._engine = down
-            self._mix_before = self._gain_after = False
+            self._mix_before = self._gain_after = False  # both done in its one product
+            self._engine_channels = channels  # it takes the interleaved frames
         else:
             self._engine = _Soxr(in_rate, out_rate, engine_channels)
             self.latency_s = 0.030
-        # what the engine is fed: one channel when mixed before it, else the input's
-        self._engine_channels = 1 if self._mix_before else channels
 
     @property
     def identity(self) -> bool:

@@ -15,6 +15,7 @@ same samples, so "with" and "without" are compared on one capture.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import threading
@@ -175,6 +176,13 @@ def _warm_up(
             ready.set()
 
 
+def _periods(signal: Pcm, period: int) -> Iterator[Pcm]:
+    """``signal`` in periods of ``period`` samples, the last padded, then silence."""
+    for i in itertools.count(0, period):
+        chunk = signal[i : i + period]
+        yield chunk if chunk.size == period else np.pad(chunk, (0, period - chunk.size))
+
+
 def _play(
     name: str, pcm: Pcm, rate: int, start_s: float, start: _Start, ready: threading.Event,
     errors: list[str],
@@ -191,13 +199,10 @@ def _play(
         sink.open()
         _warm_up(sink, period, start, ready)
         xruns_at_start = sink.xruns
-        i = 0
-        while not stop.is_set():
-            chunk = signal[i : i + period]
-            if chunk.size < period:
-                chunk = np.pad(chunk, (0, period - chunk.size))
+        for chunk in _periods(signal, period):
+            if stop.is_set():
+                break
             sink.write(chunk)
-            i += period
             start.underruns[name] = sink.xruns - xruns_at_start
     except AudioError as exc:
         errors.append(f"{name}: {exc}")
@@ -220,9 +225,8 @@ class _Tick:
             "paspk", SPEAKER_RATE, metrics=Metrics(), label="speaker", clocked=True
         )
         self.period = samples_per_frame(SPEAKER_RATE)
-        self.signal = signal
         self.tap = tap
-        self._i = 0
+        self._chunks = _periods(signal, self.period)
         self._silence = np.zeros(self.period, np.int16)
         self._xruns_at_start = 0
 
@@ -232,13 +236,13 @@ class _Tick:
 
     def write_silence(self) -> None:
         self.sink.write(self._silence)
+
+    def go(self) -> None:
+        """The scene starts: underruns count from here."""
         self._xruns_at_start = self.sink.xruns
 
     def tick(self) -> None:
-        chunk = self.signal[self._i : self._i + self.period]
-        if chunk.size < self.period:
-            chunk = np.pad(chunk, (0, self.period - chunk.size))
-        self._i += self.period
+        chunk = next(self._chunks)
         self.sink.write(chunk)
         self.tap.rendered(chunk, SPEAKER_RATE, 1, None)
 
@@ -318,6 +322,8 @@ def record(
                 if speaker is not None:
                     speaker.write_silence()
             start.go.set()
+            if speaker is not None:
+                speaker.go()
             t0 = time.monotonic()
             captured = 0
             want = round(scene.seconds * MIC_RATE)
@@ -350,7 +356,7 @@ def record(
         far=np.concatenate(far_parts) if keep_far else None,
         tap_dropped=tap.dropped_samples,
         # without a speaker stream the tap gives silence throughout: not a starved speaker
-        tap_padded=tap.padded_samples if scene.far is not None else 0,
+        tap_padded=tap.padded_samples if speaker is not None else 0,
         wall_s=time.monotonic() - t0,
         errors=errors,
         underruns=dict(start.underruns),
