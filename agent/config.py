@@ -142,13 +142,23 @@ class GpioConfig:
             one_of("", "lgpio", "rpigpio", "pigpio", "native", "mock"),
         ),
     )
+    button_events: str = field(
+        default="auto",
+        metadata=doc(
+            "Where button edges are read: 'chardev' (the kernel's GPIO character device, "
+            "edge events on the event loop, no polling thread), 'gpiozero' (the pin "
+            "factory), 'auto' (chardev when pin_factory is '' or 'lgpio' and a "
+            "/dev/gpiochip* is there, else gpiozero).",
+            one_of("auto", "chardev", "gpiozero"),
+        ),
+    )
 
     def pins(self) -> dict[str, int]:
         """The configured controls and LEDs, by key name."""
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name != "pin_factory" and getattr(self, f.name) is not None
+            if f.name.endswith(("_button", "_led")) and getattr(self, f.name) is not None
         }
 
 
@@ -541,6 +551,12 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
         bad(
             "gpio.emergency_button",
             "an emergency alert needs videosdk.enabled = true and a videosdk.alert_topic",
+        )
+    if cfg.gpio.button_events == "chardev" and cfg.gpio.pin_factory == "mock":
+        bad(
+            "gpio.button_events",
+            "'chardev' reads the kernel's GPIO lines; pin_factory 'mock' has none "
+            "(use 'auto' or 'gpiozero')",
         )
     audio = cfg.audio
     if audio.handsfree_asked or (audio.echo_cancel == "auto" and cfg.ptt.mode in ("open", "vox")):

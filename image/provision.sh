@@ -82,7 +82,7 @@ fi
 # on PATH for the owner (a login shell's PATH and sudo's secure_path have /usr/local/bin)
 ln -sfn "$VENV/bin/field-agent" /usr/local/bin/field-agent
 # every native module loads on this machine (wheels of the right platform, libraries there)
-"$VENV/bin/python" -c 'import numpy, soxr, alsaaudio, lgpio, systemd.journal, agent.app'
+"$VENV/bin/python" -c 'import numpy, soxr, alsaaudio, lgpio, gpiod, systemd.journal, agent.app'
 
 if [ -n "$installed_build_pkgs" ]; then
   say "apt: removing the build dependencies"

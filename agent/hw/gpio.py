@@ -1,8 +1,20 @@
-"""Buttons and LEDs over gpiozero, behind one typed class.
+"""Buttons and LEDs, behind one typed class.
 
-gpiozero is untyped and calls back on its own threads; :class:`GpioPanel` keeps
-both facts inside: callers get typed methods, and every button event is handed
-to the asyncio loop with ``call_soon_threadsafe``.
+LEDs are gpiozero's. Buttons are read one of two ways (``gpio.button_events``):
+
+- **chardev** (the default wherever gpiozero would use lgpio): the button lines are
+  requested from the kernel's GPIO character device (``/dev/gpiochipN``, with the
+  maintained ``gpiod`` bindings of libgpiod v2) with edge detection, and the request's
+  file descriptor is registered on the asyncio loop. The kernel timestamps each edge;
+  nothing wakes while no button moves. (gpiozero's lgpio factory instead runs an alert
+  thread that polls every 0.5 ms as long as any button exists: about 1000-2000
+  wakeups a second on an idle device.)
+- **gpiozero**: ``gpiozero.Button`` on the pin factory; gpiozero is untyped and calls
+  back on its own threads, so every edge is handed to the loop with
+  ``call_soon_threadsafe``.
+
+Either way the loop gets ``(key, pressed, monotonic time)`` and :class:`GpioPanel`
+debounces it, so the callers see one typed event stream.
 
 The simulated twin is gpiozero's own MockFactory (``gpio.pin_factory = "mock"`` or
 ``GPIOZERO_PIN_FACTORY=mock``): the same code path as on a Pi, with pins a test
@@ -19,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import glob
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +45,6 @@ from agent.errors import GpioUnavailable
 from agent.status import BLINK_HALF_S, Led
 
 logger = logging.getLogger(__name__)
-
 
 
 class ButtonEvent(enum.Enum):
@@ -55,6 +68,133 @@ def pin_factory(name: str) -> Any:
         raise GpioUnavailable(
             f"pin factory {name!r} cannot start: {e.__class__.__name__}: {e}"
         ) from None
+
+
+EdgeHandler = Callable[[str, bool, float], None]  # (button key, pressed, monotonic time)
+
+# The Raspberry Pi's 40-pin header controllers, by gpiochip label: BCM numbers are their
+# line offsets. Pi 0-3, Pi 4, Pi 5 (RP1; gpiochip4 on early Pi 5 kernels, gpiochip0 later).
+HEADER_CHIP_LABELS = ("pinctrl-bcm2835", "pinctrl-bcm2711", "pinctrl-rp1")
+CONSUMER = "field-agent"
+
+
+def header_chip() -> str | None:
+    """The gpiochip whose lines are the header's BCM numbers: the Pi's header controller
+    by label, else ``/dev/gpiochip0`` (what gpiozero's lgpio factory opens); None without
+    any chip (or without the ``gpiod`` package)."""
+    try:
+        import gpiod
+    except ImportError:
+        return None
+    chips = sorted(glob.glob("/dev/gpiochip*"), key=lambda p: (len(p), p))
+    for path in chips:
+        try:
+            if not gpiod.is_gpiochip_device(path):
+                continue
+            with gpiod.Chip(path) as chip:
+                if chip.get_info().label in HEADER_CHIP_LABELS:
+                    return path
+        except OSError:  # a chip we may not open: not ours to judge here
+            continue
+    return "/dev/gpiochip0" if "/dev/gpiochip0" in chips else (chips[0] if chips else None)
+
+
+def chardev_chip(cfg: GpioConfig) -> str | None:
+    """Where the buttons' edges are read from the character device, or None for gpiozero.
+
+    ``gpio.button_events``: "gpiozero" never; "chardev" always (GpioUnavailable if it
+    cannot: no ``gpiod``, no chip); "auto" when the pin factory would be lgpio
+    (``gpio.pin_factory`` "" or "lgpio", and no other ``GPIOZERO_PIN_FACTORY`` or
+    ``gpiozero.Device.pin_factory`` chosen before) and a chip is there.
+    """
+    mode = cfg.button_events
+    if mode == "gpiozero":
+        return None
+    if mode == "auto":
+        from gpiozero import Device
+
+        chosen = cfg.pin_factory or os.environ.get("GPIOZERO_PIN_FACTORY", "")
+        preset = Device.pin_factory  # set by a program (the demo, tests) before us
+        if chosen not in ("", "lgpio") or (
+            not cfg.pin_factory and preset is not None and type(preset).__name__ != "LGPIOFactory"
+        ):
+            return None
+    path = header_chip()
+    if path is None and mode == "chardev":
+        try:
+            import gpiod  # noqa: F401
+        except ImportError:
+            raise GpioUnavailable(
+                "gpio.button_events = 'chardev' needs the gpiod package "
+                "(pip install 'field-agent[gpio]')"
+            ) from None
+        raise GpioUnavailable("gpio.button_events = 'chardev': no /dev/gpiochip* on this machine")
+    return path
+
+
+class ChardevButtons:
+    """Button lines requested from a gpiochip, their edge events read on the loop.
+
+    The lines are inputs with the pull-up on and active-low (a button to ground reads
+    "pressed" as active), edges both ways, timestamped by the kernel on CLOCK_MONOTONIC
+    (``time.monotonic()``'s clock). One request holds every button, so one descriptor
+    on the loop serves them all.
+    """
+
+    def __init__(
+        self, path: str, pins: dict[str, int], *, loop: asyncio.AbstractEventLoop,
+        on_edge: EdgeHandler,
+    ) -> None:
+        import gpiod
+        from gpiod.line import Bias, Direction, Edge, Value
+
+        self._active = Value.ACTIVE
+        self._rising = gpiod.EdgeEvent.Type.RISING_EDGE
+        self._loop = loop
+        self._on_edge = on_edge
+        self._keys = {offset: key for key, offset in pins.items()}
+        self._offsets = dict(pins)
+        settings = gpiod.LineSettings(
+            direction=Direction.INPUT,
+            edge_detection=Edge.BOTH,
+            bias=Bias.PULL_UP,
+            active_low=True,
+        )
+        try:
+            self._request = gpiod.request_lines(
+                path, consumer=CONSUMER, config={tuple(pins.values()): settings}
+            )
+        except (OSError, ValueError) as e:  # EBUSY: a line taken; EINVAL: no such line
+            raise GpioUnavailable(
+                f"{path}: cannot request lines {sorted(pins.values())} for the buttons: "
+                f"{e.__class__.__name__}: {e}"
+            ) from None
+        self.path = path
+        self._fd = self._request.fd
+        loop.add_reader(self._fd, self._read)
+
+    def _read(self) -> None:
+        try:
+            events = self._request.read_edge_events()
+        except OSError as e:  # the chip went away (an unbound driver, a hot-unplugged board)
+            logger.error(
+                "gpio: reading button edges from %s failed (%s); buttons are off", self.path, e
+            )
+            self._loop.remove_reader(self._fd)
+            return
+        for ev in events:
+            key = self._keys.get(ev.line_offset)
+            if key is not None:
+                self._on_edge(key, ev.event_type == self._rising, ev.timestamp_ns / 1e9)
+
+    def is_pressed(self, key: str) -> bool:
+        return bool(self._request.get_value(self._offsets[key]) == self._active)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._fd)
+        with contextlib.suppress(Exception):  # closing must not fail a shutdown
+            self._request.release()
 
 
 @dataclass
@@ -84,19 +224,32 @@ class GpioPanel:
         self._buttons: dict[str, Any] = {}
         self._leds: dict[str, Any] = {}
         self._led_state: dict[str, Led] = {}
-        self._state: dict[str, _Debounced] = {}
-        factory = factory if factory is not None else pin_factory(cfg.pin_factory)
+        self._chardev: ChardevButtons | None = None
+        pins = cfg.pins()
+        buttons = {k: pin for k, pin in pins.items() if k.endswith("_button")}
+        leds = {k: pin for k, pin in pins.items() if not k.endswith("_button")}
+        self._state: dict[str, _Debounced] = {key: _Debounced() for key in buttons}
         try:
-            for key, pin in cfg.pins().items():
-                if key.endswith("_button"):
+            # a factory object handed in (tests, the demo) is gpiozero's by definition
+            path = chardev_chip(cfg) if factory is None and buttons else None
+            if path is not None:
+                try:
+                    self._chardev = ChardevButtons(path, buttons, loop=loop, on_edge=self._on_edge)
+                except GpioUnavailable as e:
+                    if cfg.button_events == "chardev":
+                        raise
+                    logger.warning("gpio: %s; reading the buttons through gpiozero", e)
+            if factory is None and (leds or self._chardev is None):
+                factory = pin_factory(cfg.pin_factory)
+            if self._chardev is None:
+                for key, pin in buttons.items():
                     b = Button(pin, pull_up=True, pin_factory=factory)
                     b.when_pressed = lambda _d=None, k=key: self._edge(k, True)
                     b.when_released = lambda _d=None, k=key: self._edge(k, False)
                     self._buttons[key] = b
-                    self._state[key] = _Debounced()
-                else:
-                    self._leds[key] = LED(pin, pin_factory=factory)
-                    self._led_state[key] = Led.OFF
+            for key, pin in leds.items():
+                self._leds[key] = LED(pin, pin_factory=factory)
+                self._led_state[key] = Led.OFF
         except GpioUnavailable:
             self.close()
             raise
@@ -104,10 +257,16 @@ class GpioPanel:
             self.close()
             raise GpioUnavailable(f"GPIO unavailable: {e.__class__.__name__}: {e}") from None
         logger.info(
-            "gpio: buttons %s, leds %s",
-            sorted(self._buttons) or "none",
+            "gpio: buttons %s (%s), leds %s",
+            sorted(buttons) or "none",
+            f"edge events from {self._chardev.path}" if self._chardev else "gpiozero",
             sorted(self._leds) or "none",
         )
+
+    @property
+    def button_source(self) -> str:
+        """Where button edges come from: a gpiochip path, or "gpiozero"."""
+        return self._chardev.path if self._chardev is not None else "gpiozero"
 
     # -- buttons -------------------------------------------------------------------
     def _edge(self, key: str, pressed: bool) -> None:
@@ -129,10 +288,16 @@ class GpioPanel:
         """End of the debounce window: act on the pin's real state if it differs."""
         st = self._state[key]
         st.check = None
-        button = self._buttons.get(key)
-        if button is None:
-            return
-        actual = bool(button.is_pressed)
+        if self._chardev is not None:
+            try:
+                actual = self._chardev.is_pressed(key)
+            except OSError:
+                return  # the chip is gone; _read has said so
+        else:
+            button = self._buttons.get(key)
+            if button is None:
+                return
+            actual = bool(button.is_pressed)
         if actual != st.pressed:
             st.last_edge = float("-inf")
             self._on_edge(key, actual, time.monotonic())
@@ -175,6 +340,9 @@ class GpioPanel:
                 b.close()
             except Exception:
                 logger.debug("closing a button failed", exc_info=True)
+        if self._chardev is not None:
+            self._chardev.close()
+            self._chardev = None
         for st in self._state.values():
             if st.check is not None:
                 st.check.cancel()

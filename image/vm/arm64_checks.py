@@ -151,10 +151,10 @@ def check_growroot() -> str:
 def check_native() -> str:
     expect(platform.machine() == "aarch64", f"machine {platform.machine()}")
     code = (
-        "import numpy, soxr, alsaaudio, lgpio, systemd.journal, websockets, platform; "
+        "import numpy, soxr, alsaaudio, lgpio, gpiod, systemd.journal, websockets, platform; "
         "from importlib.metadata import version as v; "
         "print(platform.machine(), *(f'{n} {v(n)}' for n in "
-        "('numpy', 'soxr', 'pyalsaaudio', 'lgpio', 'systemd-python', 'websockets')))"
+        "('numpy', 'soxr', 'pyalsaaudio', 'lgpio', 'gpiod', 'systemd-python', 'websockets')))"
     )
     r = sh("/opt/field-agent/bin/python", "-c", code)
     expect(r.returncode == 0, f"import failed: {r.stderr.strip()[-300:]}")

@@ -441,10 +441,49 @@ def check_no_network() -> str:
     )
 
 
+def thread_wakeups(pid: int, seconds: float) -> dict[str, float]:
+    """Context switches per second of each of ``pid``'s threads, by name (name/tid)."""
+
+    def sample() -> dict[str, int]:
+        counts = {}
+        for task in glob.glob(f"/proc/{pid}/task/*"):
+            try:
+                name = Path(task, "comm").read_text().strip()
+                status = Path(task, "status").read_text()
+            except OSError:  # the thread ended
+                continue
+            n = sum(
+                int(line.split()[1]) for line in status.splitlines()
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))
+            )  # fmt: skip
+            counts[f"{name}/{os.path.basename(task)}"] = n
+        return counts
+
+    a = sample()
+    time.sleep(seconds)
+    b = sample()
+    return {k: (b[k] - a[k]) / seconds for k in b if k in a}
+
+
 @check("2-ptt-tone-reaches-room")
 def check_ptt() -> str:
     ensure_sound()
     set_pull(PTT, "pull-up")  # released (the button is active-low)
+    # the buttons are read from the gpiochip's edge events on the agent's loop
+    # (gpio.button_events): the journal says so, and while no button moves no thread of
+    # the agent polls the lines (lgpio's alert thread woke ~1000/s, every 0.5 ms)
+    log = sh("journalctl", "-u", UNIT, "-b", "-o", "cat").stdout
+    source = re.findall(r"gpio: buttons .*\((edge events from \S+|gpiozero)\)", log)
+    expect(
+        bool(source) and source[-1].startswith("edge events from /dev/gpiochip"),
+        f"buttons read by: {source[-1] if source else 'no gpio line in the journal'}",
+    )
+    idle = thread_wakeups(agent_pid(), 3.0)
+    busiest = max(idle, key=lambda k: idle[k])
+    info("idle_thread_wakeups", " ".join(f"{k}={v:.0f}" for k, v in sorted(idle.items())))
+    expect(
+        idle[busiest] < 500, f"thread {busiest} wakes {idle[busiest]:.0f}/s with no button moving"
+    )
     mic = MicTone(MIC_TONE_HZ)
     mic.start()
     try:
@@ -498,6 +537,7 @@ def check_ptt() -> str:
     expect(
         talk_led_held == 1 and talk_led_after == 0, f"talk LED {talk_led_held}->{talk_led_after}"
     )
+    idle_note = f"buttons: {source[-1]}, busiest idle thread {busiest} {idle[busiest]:.0f}/s"
     tone_pcm = np.concatenate([p for (_, p), k in zip(pcm, shape, strict=True) if k == "v"])
     level = rms_dbfs(tone_pcm)
     expect(abs(level - (-15.0)) < 0.5, f"the tone arrives at {level:.2f} dBFS rms, sent at -15.0")
@@ -508,7 +548,7 @@ def check_ptt() -> str:
         f"{before} silent frames, then {voiced} frames ({voiced / 50:.2f} s) of the "
         f"{MIC_TONE_HZ:.0f} Hz tone at {level:.2f} dBFS rms for a {held_s:.2f} s press, then "
         f"{after} silent; first tone frame arrived {latency:.0f} ms after the press; "
-        f"talk LED on while held, off after"
+        f"talk LED on while held, off after; {idle_note}"
     )
 
 
