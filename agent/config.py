@@ -142,13 +142,13 @@ class GpioConfig:
             one_of("", "lgpio", "rpigpio", "pigpio", "native", "mock"),
         ),
     )
-    button_events: str = field(
+    backend: str = field(
         default="auto",
         metadata=doc(
-            "Where button edges are read: 'chardev' (the kernel's GPIO character device, "
-            "edge events on the event loop, no polling thread), 'gpiozero' (the pin "
-            "factory), 'auto' (chardev when pin_factory is '' or 'lgpio' and a "
-            "/dev/gpiochip* is there, else gpiozero).",
+            "What drives the buttons and LEDs: 'chardev' (the kernel's GPIO character "
+            "device, served by the event loop: no thread wakes while no button moves), "
+            "'gpiozero' (the pin factory), 'auto' (chardev when pin_factory is '' or "
+            "'lgpio' and a /dev/gpiochip* is there, else gpiozero).",
             one_of("auto", "chardev", "gpiozero"),
         ),
     )
@@ -552,9 +552,9 @@ def _cross_checks(cfg: Config, bad: Callable[[str, str], None]) -> None:
             "gpio.emergency_button",
             "an emergency alert needs videosdk.enabled = true and a videosdk.alert_topic",
         )
-    if cfg.gpio.button_events == "chardev" and cfg.gpio.pin_factory == "mock":
+    if cfg.gpio.backend == "chardev" and cfg.gpio.pin_factory == "mock":
         bad(
-            "gpio.button_events",
+            "gpio.backend",
             "'chardev' reads the kernel's GPIO lines; pin_factory 'mock' has none "
             "(use 'auto' or 'gpiozero')",
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,26 @@ class Led(enum.Enum):
 
 # each blinking pattern's half period (s on = s off), for every LED driver
 BLINK_HALF_S = {Led.BLINK_1HZ: 0.5, Led.BLINK_4HZ: 0.125, Led.BLINK_FAST: 0.05}
+
+
+def led_lit(pattern: Led, since: float, now: float) -> bool:
+    """Whether an LED showing ``pattern`` since ``since`` is lit at ``now`` (a blink
+    starts lit)."""
+    if pattern is Led.OFF:
+        return False
+    half = BLINK_HALF_S.get(pattern)
+    return half is None or int((now - since) / half) % 2 == 0
+
+
+def next_blink_edge(patterns: Iterable[tuple[Led, float]], now: float) -> float | None:
+    """The next time after ``now`` that any of the (pattern, since) LEDs turns on or off;
+    None if none blinks. LED drivers on the loop wake only then."""
+    edges = [
+        since + (int((now - since) / half) + 1) * half
+        for pattern, since in patterns
+        if (half := BLINK_HALF_S.get(pattern)) is not None
+    ]
+    return min(edges) if edges else None
 
 
 @dataclass

@@ -1,29 +1,22 @@
 """Buttons and LEDs, behind one typed class.
 
-LEDs are gpiozero's. Buttons are read one of two ways (``gpio.button_events``):
+Two ways to drive the lines (``gpio.backend``):
 
-- **chardev** (the default wherever gpiozero would use lgpio): the button lines are
-  requested from the kernel's GPIO character device (``/dev/gpiochipN``, with the
-  maintained ``gpiod`` bindings of libgpiod v2) with edge detection, and the request's
-  file descriptor is registered on the asyncio loop. The kernel timestamps each edge;
-  nothing wakes while no button moves. (gpiozero's lgpio factory instead runs an alert
-  thread that polls every 0.5 ms as long as any button exists: about 1000-2000
-  wakeups a second on an idle device.)
-- **gpiozero**: ``gpiozero.Button`` on the pin factory; gpiozero is untyped and calls
-  back on its own threads, so every edge is handed to the loop with
-  ``call_soon_threadsafe``.
+- **chardev** (the default wherever gpiozero would use lgpio): the lines are requested
+  from the kernel's GPIO character device (``/dev/gpiochipN``) with the maintained
+  ``gpiod`` bindings of libgpiod v2, and served by the asyncio loop: the request's file
+  descriptor is on the loop for the buttons' edge events (timestamped by the kernel),
+  and a blinking LED is a loop timer at each of its edges. Nothing wakes while no button
+  moves and no LED blinks. (lgpio, under gpiozero, runs two threads of its own from the
+  moment a chip is open: an alert thread that polls every 0.5 ms as long as any button
+  exists, and a transmit thread that wakes at least 50 times a second; plus gpiozero's
+  hold thread per button: about 1100 wakeups a second on an idle device.)
+- **gpiozero**: ``gpiozero.Button`` and ``LED`` on the pin factory (mock pins for the
+  tests and the demo, or a board's other factories). gpiozero is untyped and calls back
+  on its own threads; every edge is handed to the loop with ``call_soon_threadsafe``.
 
 Either way the loop gets ``(key, pressed, monotonic time)`` and :class:`GpioPanel`
 debounces it, so the callers see one typed event stream.
-
-The simulated twin is gpiozero's own MockFactory (``gpio.pin_factory = "mock"`` or
-``GPIOZERO_PIN_FACTORY=mock``): the same code path as on a Pi, with pins a test
-or the demo can drive.
-
-Debounce is done here, in software, because real buttons bounce and the mock
-ignores ``bounce_time``: the first edge acts at once (no added latency), edges in
-the next ``debounce_s`` are ignored, and when that window ends the pin is read
-again so a press or release that happened inside it is not lost.
 """
 
 from __future__ import annotations
@@ -34,15 +27,16 @@ import enum
 import glob
 import logging
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 from agent.config import GpioConfig
 from agent.errors import GpioUnavailable
-from agent.status import BLINK_HALF_S, Led
+from agent.status import BLINK_HALF_S, Led, led_lit, next_blink_edge
 
 logger = logging.getLogger(__name__)
 
@@ -100,21 +94,22 @@ def header_chip() -> str | None:
 
 
 def chardev_chip(cfg: GpioConfig) -> str | None:
-    """Where the buttons' edges are read from the character device, or None for gpiozero.
+    """The gpiochip to drive the lines through, or None for gpiozero.
 
-    ``gpio.button_events``: "gpiozero" never; "chardev" always (GpioUnavailable if it
+    ``gpio.backend``: "gpiozero" never; "chardev" always (GpioUnavailable if it
     cannot: no ``gpiod``, no chip); "auto" when the pin factory would be lgpio
     (``gpio.pin_factory`` "" or "lgpio", and no other ``GPIOZERO_PIN_FACTORY`` or
     ``gpiozero.Device.pin_factory`` chosen before) and a chip is there.
     """
-    mode = cfg.button_events
+    mode = cfg.backend
     if mode == "gpiozero":
         return None
     if mode == "auto":
-        from gpiozero import Device
-
         chosen = cfg.pin_factory or os.environ.get("GPIOZERO_PIN_FACTORY", "")
-        preset = Device.pin_factory  # set by a program (the demo, tests) before us
+        # a factory set by a program (the demo, tests) before us; gpiozero is not
+        # imported for the chardev path (it costs ~9 MB of RSS), so only if it is loaded
+        gz = sys.modules.get("gpiozero")
+        preset = getattr(getattr(gz, "Device", None), "pin_factory", None)
         if chosen not in ("", "lgpio") or (
             not cfg.pin_factory and preset is not None and type(preset).__name__ != "LGPIOFactory"
         ):
@@ -125,54 +120,69 @@ def chardev_chip(cfg: GpioConfig) -> str | None:
             import gpiod  # noqa: F401
         except ImportError:
             raise GpioUnavailable(
-                "gpio.button_events = 'chardev' needs the gpiod package "
+                "gpio.backend = 'chardev' needs the gpiod package "
                 "(pip install 'field-agent[gpio]')"
             ) from None
-        raise GpioUnavailable("gpio.button_events = 'chardev': no /dev/gpiochip* on this machine")
+        raise GpioUnavailable("gpio.backend = 'chardev': no /dev/gpiochip* on this machine")
     return path
 
 
-class ChardevButtons:
-    """Button lines requested from a gpiochip, their edge events read on the loop.
+class ChardevLines:
+    """The buttons and LEDs as one line request on a gpiochip, served by the loop.
 
-    The lines are inputs with the pull-up on and active-low (a button to ground reads
+    Buttons are inputs with the pull-up on and active-low (a button to ground reads
     "pressed" as active), edges both ways, timestamped by the kernel on CLOCK_MONOTONIC
-    (``time.monotonic()``'s clock). One request holds every button, so one descriptor
-    on the loop serves them all.
+    (``time.monotonic()``'s clock): the request's descriptor is on the loop, so nothing
+    wakes while no button moves. LEDs are outputs, active-high, off at first; a blink is
+    a loop timer at each of its edges (one timer for all LEDs), none while none blinks.
     """
 
     def __init__(
-        self, path: str, pins: dict[str, int], *, loop: asyncio.AbstractEventLoop,
+        self,
+        path: str,
+        buttons: dict[str, int],
+        leds: dict[str, int],
+        *,
+        loop: asyncio.AbstractEventLoop,
         on_edge: EdgeHandler,
     ) -> None:
         import gpiod
         from gpiod.line import Bias, Direction, Edge, Value
 
-        self._active = Value.ACTIVE
+        self._value = {True: Value.ACTIVE, False: Value.INACTIVE}
         self._rising = gpiod.EdgeEvent.Type.RISING_EDGE
         self._loop = loop
         self._on_edge = on_edge
-        self._keys = {offset: key for key, offset in pins.items()}
-        self._offsets = dict(pins)
-        settings = gpiod.LineSettings(
-            direction=Direction.INPUT,
-            edge_detection=Edge.BOTH,
-            bias=Bias.PULL_UP,
-            active_low=True,
-        )
-        try:
-            self._request = gpiod.request_lines(
-                path, consumer=CONSUMER, config={tuple(pins.values()): settings}
+        self._keys = {offset: key for key, offset in buttons.items()}
+        self._offsets = {**buttons, **leds}
+        self.leds = frozenset(leds)
+        self._patterns: dict[str, tuple[Led, float]] = {}  # LED key -> (pattern, since)
+        self._lit: dict[str, bool] = dict.fromkeys(leds, False)
+        self._timer: asyncio.TimerHandle | None = None
+        self._broken = False
+        config: dict[Iterable[int | str] | int | str, gpiod.LineSettings | None] = {}
+        if buttons:
+            config[tuple(buttons.values())] = gpiod.LineSettings(
+                direction=Direction.INPUT, edge_detection=Edge.BOTH, bias=Bias.PULL_UP,
+                active_low=True,
+            )  # fmt: skip
+        if leds:
+            config[tuple(leds.values())] = gpiod.LineSettings(
+                direction=Direction.OUTPUT, output_value=Value.INACTIVE
             )
+        try:
+            self._request = gpiod.request_lines(path, consumer=CONSUMER, config=config)
         except (OSError, ValueError) as e:  # EBUSY: a line taken; EINVAL: no such line
             raise GpioUnavailable(
-                f"{path}: cannot request lines {sorted(pins.values())} for the buttons: "
+                f"{path}: cannot request lines {sorted(self._offsets.values())}: "
                 f"{e.__class__.__name__}: {e}"
             ) from None
         self.path = path
         self._fd = self._request.fd
-        loop.add_reader(self._fd, self._read)
+        if buttons:
+            loop.add_reader(self._fd, self._read)
 
+    # -- buttons -------------------------------------------------------------------
     def _read(self) -> None:
         try:
             events = self._request.read_edge_events()
@@ -188,12 +198,49 @@ class ChardevButtons:
                 self._on_edge(key, ev.event_type == self._rising, ev.timestamp_ns / 1e9)
 
     def is_pressed(self, key: str) -> bool:
-        return bool(self._request.get_value(self._offsets[key]) == self._active)
+        return bool(self._request.get_value(self._offsets[key]) == self._value[True])
+
+    # -- LEDs ----------------------------------------------------------------------
+    def set_led(self, key: str, pattern: Led) -> None:
+        self._patterns[key] = (pattern, self._loop.time())
+        self._show()
+
+    def _show(self) -> None:
+        """Set each LED to what its pattern shows now; a timer for the next blink edge."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._broken:
+            return
+        now = self._loop.time()
+        for key, (pattern, since) in self._patterns.items():
+            lit = led_lit(pattern, since, now)
+            if lit == self._lit[key]:
+                continue
+            try:
+                self._request.set_value(self._offsets[key], self._value[lit])
+            except OSError as e:  # the chip went away: say it once, stop driving the LEDs
+                self._broken = True
+                logger.error("gpio: setting LED %s on %s failed (%s); LEDs stay as they are",
+                             key, self.path, e)  # fmt: skip
+                return
+            self._lit[key] = lit
+        edge = next_blink_edge(self._patterns.values(), now)
+        if edge is not None:
+            self._timer = self._loop.call_at(edge + 1e-4, self._show)
 
     def close(self) -> None:
+        """LEDs off, lines released (they keep no state after the release)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for key in self.leds:
+            self._patterns[key] = (Led.OFF, 0.0)
+        with contextlib.suppress(Exception):  # closing must not fail a shutdown
+            self._show()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
-        with contextlib.suppress(Exception):  # closing must not fail a shutdown
+        with contextlib.suppress(Exception):
             self._request.release()
 
 
@@ -216,40 +263,41 @@ class GpioPanel:
         debounce_s: float = 0.02,
         factory: Any = None,
     ) -> None:
-        from gpiozero import LED, Button
-
         self._loop = loop
         self._on_button = on_button
         self._debounce_s = debounce_s
         self._buttons: dict[str, Any] = {}
         self._leds: dict[str, Any] = {}
         self._led_state: dict[str, Led] = {}
-        self._chardev: ChardevButtons | None = None
+        self._chardev: ChardevLines | None = None
         pins = cfg.pins()
         buttons = {k: pin for k, pin in pins.items() if k.endswith("_button")}
         leds = {k: pin for k, pin in pins.items() if not k.endswith("_button")}
         self._state: dict[str, _Debounced] = {key: _Debounced() for key in buttons}
         try:
             # a factory object handed in (tests, the demo) is gpiozero's by definition
-            path = chardev_chip(cfg) if factory is None and buttons else None
+            path = chardev_chip(cfg) if factory is None else None
             if path is not None:
                 try:
-                    self._chardev = ChardevButtons(path, buttons, loop=loop, on_edge=self._on_edge)
+                    self._chardev = ChardevLines(
+                        path, buttons, leds, loop=loop, on_edge=self._on_edge
+                    )
                 except GpioUnavailable as e:
-                    if cfg.button_events == "chardev":
+                    if cfg.backend == "chardev":
                         raise
-                    logger.warning("gpio: %s; reading the buttons through gpiozero", e)
-            if factory is None and (leds or self._chardev is None):
-                factory = pin_factory(cfg.pin_factory)
+                    logger.warning("gpio: %s; driving the lines through gpiozero", e)
             if self._chardev is None:
+                from gpiozero import LED, Button
+
+                factory = factory if factory is not None else pin_factory(cfg.pin_factory)
                 for key, pin in buttons.items():
                     b = Button(pin, pull_up=True, pin_factory=factory)
                     b.when_pressed = lambda _d=None, k=key: self._edge(k, True)
                     b.when_released = lambda _d=None, k=key: self._edge(k, False)
                     self._buttons[key] = b
-            for key, pin in leds.items():
-                self._leds[key] = LED(pin, pin_factory=factory)
-                self._led_state[key] = Led.OFF
+                for key, pin in leds.items():
+                    self._leds[key] = LED(pin, pin_factory=factory)
+            self._led_state = dict.fromkeys(leds, Led.OFF)
         except GpioUnavailable:
             self.close()
             raise
@@ -257,15 +305,15 @@ class GpioPanel:
             self.close()
             raise GpioUnavailable(f"GPIO unavailable: {e.__class__.__name__}: {e}") from None
         logger.info(
-            "gpio: buttons %s (%s), leds %s",
+            "gpio: buttons %s, leds %s (%s)",
             sorted(buttons) or "none",
-            f"edge events from {self._chardev.path}" if self._chardev else "gpiozero",
-            sorted(self._leds) or "none",
+            sorted(leds) or "none",
+            f"the character device {self._chardev.path}" if self._chardev else "gpiozero",
         )
 
     @property
-    def button_source(self) -> str:
-        """Where button edges come from: a gpiochip path, or "gpiozero"."""
+    def source(self) -> str:
+        """What drives the lines: a gpiochip path, or "gpiozero"."""
         return self._chardev.path if self._chardev is not None else "gpiozero"
 
     # -- buttons -------------------------------------------------------------------
@@ -308,14 +356,17 @@ class GpioPanel:
     # -- LEDs ----------------------------------------------------------------------
     @property
     def leds(self) -> frozenset[str]:
-        return frozenset(self._leds)
+        return frozenset(self._led_state)
 
     def set_led(self, key: str, pattern: Led) -> None:
         """Show ``pattern`` on LED ``key`` (no-op for an LED that is not configured)."""
-        led = self._leds.get(key)
-        if led is None or self._led_state.get(key) is pattern:
+        if key not in self._led_state or self._led_state[key] is pattern:
             return
         self._led_state[key] = pattern
+        if self._chardev is not None:
+            self._chardev.set_led(key, pattern)
+            return
+        led = self._leds[key]
         if pattern is Led.ON:
             led.on()
         elif pattern is Led.OFF:
@@ -348,3 +399,4 @@ class GpioPanel:
                 st.check.cancel()
         self._leds.clear()
         self._buttons.clear()
+        self._led_state.clear()

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from agent.config import PixelsConfig
 from agent.errors import PixelsUnavailable
-from agent.status import BLINK_HALF_S, Led
+from agent.status import Led, led_lit, next_blink_edge
 
 logger = logging.getLogger(__name__)
 
@@ -215,13 +215,9 @@ class PixelLeds:
 
     def _colour(self, role: str, now: float) -> Rgb:
         pattern, since = self._patterns.get(role, (Led.OFF, 0.0))
-        if pattern is Led.OFF or not role:
+        if not role or not led_lit(pattern, since, now):
             return DARK
-        colour = COLOURS.get(role, {}).get(pattern, WHITE)
-        half = BLINK_HALF_S.get(pattern)
-        if half is None:
-            return colour
-        return colour if int((now - since) / half) % 2 == 0 else DARK
+        return COLOURS.get(role, {}).get(pattern, WHITE)
 
     def _show(self) -> None:
         """Write the frame for now if it changed; schedule the next blink edge."""
@@ -243,13 +239,9 @@ class PixelLeds:
                 )
                 return
             self._last = frame
-        edges = [
-            since + (int((now - since) / half) + 1) * half
-            for pattern, since in self._patterns.values()
-            if (half := BLINK_HALF_S.get(pattern)) is not None
-        ]
-        if edges:
-            self._timer = self._loop.call_at(min(edges) + 1e-4, self._show)
+        edge = next_blink_edge(self._patterns.values(), now)
+        if edge is not None:
+            self._timer = self._loop.call_at(edge + 1e-4, self._show)
 
     def close(self) -> None:
         """LEDs dark, bus released."""

@@ -350,7 +350,7 @@ def check_starts() -> str:
     # MemoryDenyWriteExecute=yes with numpy and soxr loaded (and running: see check 3)
     expect(p["MemoryDenyWriteExecute"] == "yes", "MemoryDenyWriteExecute is off")
     maps = Path(f"/proc/{pid}/maps").read_text()
-    loaded = [m for m in ("numpy", "soxr", "_lgpio", "alsaaudio", "_journal") if m in maps]
+    loaded = [m for m in ("numpy", "soxr", "gpiod", "_lgpio", "alsaaudio", "_journal") if m in maps]
     expect("numpy" in loaded and "soxr" in loaded, f"native modules mapped: {loaded}")
     for unit in ("field-agent-vm-gpio.service", "field-agent-sandbox.service", UNIT):
         q = props("InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic", unit=unit)
@@ -469,13 +469,14 @@ def thread_wakeups(pid: int, seconds: float) -> dict[str, float]:
 def check_ptt() -> str:
     ensure_sound()
     set_pull(PTT, "pull-up")  # released (the button is active-low)
-    # the buttons are read from the gpiochip's edge events on the agent's loop
-    # (gpio.button_events): the journal says so, and while no button moves no thread of
-    # the agent polls the lines (lgpio's alert thread woke ~1000/s, every 0.5 ms)
+    # the buttons and LEDs are the gpiochip's lines, served by the agent's loop
+    # (gpio.backend): the journal says so, and while no button moves no thread of the
+    # agent polls the lines (lgpio's alert thread woke ~1000/s, every 0.5 ms; its
+    # transmit thread 50/s)
     log = sh("journalctl", "-u", UNIT, "-b", "-o", "cat").stdout
-    source = re.findall(r"gpio: buttons .*\((edge events from \S+|gpiozero)\)", log)
+    source = re.findall(r"gpio: buttons .*\((the character device \S+|gpiozero)\)", log)
     expect(
-        bool(source) and source[-1].startswith("edge events from /dev/gpiochip"),
+        bool(source) and source[-1].startswith("the character device /dev/gpiochip"),
         f"buttons read by: {source[-1] if source else 'no gpio line in the journal'}",
     )
     idle = thread_wakeups(agent_pid(), 3.0)
@@ -537,7 +538,7 @@ def check_ptt() -> str:
     expect(
         talk_led_held == 1 and talk_led_after == 0, f"talk LED {talk_led_held}->{talk_led_after}"
     )
-    idle_note = f"buttons: {source[-1]}, busiest idle thread {busiest} {idle[busiest]:.0f}/s"
+    idle_note = f"lines: {source[-1]}, busiest idle thread {busiest} {idle[busiest]:.0f}/s"
     tone_pcm = np.concatenate([p for (_, p), k in zip(pcm, shape, strict=True) if k == "v"])
     level = rms_dbfs(tone_pcm)
     expect(abs(level - (-15.0)) < 0.5, f"the tone arrives at {level:.2f} dBFS rms, sent at -15.0")

@@ -234,7 +234,7 @@ async def test_gpio_unavailable_is_a_clear_error(gpio_mock: Any) -> None:
 async def test_buttons_read_from_the_chardev_only_where_a_chip_is(
     gpio_mock: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Where buttons are read (gpio.button_events) on this machine, which has no
+    """Where buttons are read (gpio.backend) on this machine, which has no
     /dev/gpiochip*: 'auto' and 'gpiozero' read them through gpiozero (the mock here) and
     say so; 'chardev' is a clear GpioUnavailable, which the agent logs and goes on
     without buttons. The chardev path itself runs in the VM tier on gpio-sim (check 2)."""
@@ -251,7 +251,7 @@ async def test_buttons_read_from_the_chardev_only_where_a_chip_is(
         events.append((key, ev.value))
 
     for mode, factory in (("auto", ""), ("auto", "lgpio"), ("gpiozero", "")):
-        cfg = GpioConfig(ptt_button=17, button_events=mode, pin_factory=factory)
+        cfg = GpioConfig(ptt_button=17, backend=mode, pin_factory=factory)
         assert chardev_chip(cfg) is None, (mode, factory)
     # 'auto' with a mock chosen by the program: gpiozero, whatever the chip situation
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
@@ -259,7 +259,7 @@ async def test_buttons_read_from_the_chardev_only_where_a_chip_is(
     caplog.set_level("INFO", logger="agent.hw.gpio")
     panel = GpioPanel(GpioConfig(ptt_button=17, talk_led=22), loop=loop, on_button=on_button)
     try:
-        assert panel.button_source == "gpiozero"
+        assert panel.source == "gpiozero"
         assert "(gpiozero)" in caplog.text
         gpio_mock.pin(17).drive_low()
         await settle()
@@ -267,7 +267,7 @@ async def test_buttons_read_from_the_chardev_only_where_a_chip_is(
     finally:
         panel.close()
     with pytest.raises(GpioUnavailable, match="'chardev': no /dev/gpiochip"):
-        GpioPanel(GpioConfig(ptt_button=17, button_events="chardev"), loop=loop, on_button=on_button)
+        GpioPanel(GpioConfig(ptt_button=17, backend="chardev"), loop=loop, on_button=on_button)
 
 
 def _command(text: str) -> TopicMessage:

@@ -79,10 +79,10 @@ def test_defaults_match_design() -> None:
             "already used by gpio.ptt_button",
         ),
         ('[device]\nid="d"\n[ptt]\nmode="push"', "ptt.mode", "must be one of"),
-        ('[device]\nid="d"\n[gpio]\nbutton_events="poll"', "gpio.button_events", "one of"),
+        ('[device]\nid="d"\n[gpio]\nbackend="poll"', "gpio.backend", "one of"),
         (
-            '[device]\nid="d"\n[gpio]\nbutton_events="chardev"\npin_factory="mock"',
-            "gpio.button_events",
+            '[device]\nid="d"\n[gpio]\nbackend="chardev"\npin_factory="mock"',
+            "gpio.backend",
             "pin_factory 'mock' has none",
         ),
         ('[device]\nid="d"\n[videosdk]\nenabled=true', "videosdk.room_id", "required when"),
