@@ -103,6 +103,7 @@ HEALTHY_KEYS = {  # counter name prefix -> what the healthy-start line calls it
     "frames_dropped_total": "uplink drops",
     "capture_frames_dropped_total": "uplink drops",
     "audio_underruns_total": "underruns",
+    "playout_stalls_total": "stalls",  # shown, not a goal: the speaker starting
 }
 
 
@@ -1034,6 +1035,7 @@ def print_table(res: dict[str, Any]) -> None:
             print(
                 f"  {name} healthy start (first {h['seconds']:.0f} s): {h['resets']:g} jitter "
                 f"resets, {h['uplink drops']:g} uplink drops, {h['underruns']:g} underruns"
+                f" ({h.get('stalls', 0):g} playout stalls: audio cut while the speaker started)"
             )
     for name in names:
         issues = peers[name]["issues"]

@@ -23,6 +23,11 @@ Policy:
   by more than ``reset_excess_ms`` (the sender's clock runs fast, or it bursts),
   drop the oldest audio down to ``target``. The arriving chunk itself is not
   counted, so a sender of large chunks is not mistaken for drift.
+- **Stall**: the same drop, when the chunks that piled up arrived over at least
+  ``stall_ms`` with no render in between, is the renderer's doing, not the sender's
+  (a speaker that is starting, stalled or missing): it is counted as a stall, not a
+  reset, so that a jitter reset keeps meaning "the network or the sender". A burst
+  from the network arrives within a period, between two renders, and stays a reset.
 - **Trim**: if the buffer (measured before each pull) never fell below
   ``target + 1 period`` during a whole ``trim_window_ms``, the surplus is unused
   latency and is dropped.
@@ -58,6 +63,7 @@ class JitterPolicy:
     reset_excess_ms: float = 150.0  # buffered beyond target + this -> reset to target
     trim_window_ms: float = 2_000.0  # surplus unused this long is dropped
     late_ms: float = 500.0  # audio returning within this after running dry = underrun
+    stall_ms: float = 100.0  # pushes this far apart with no render between: a stall
     tail_periods: int = 2  # renders without new audio before a partial prebuffer plays
     capacity_ms: float = 2_000.0  # hard limit of buffered audio
     latency_samples: int = 500  # arrival->render latencies kept
@@ -81,6 +87,8 @@ class JitterBuffer:
         self._renders = 0
         self._periods_since_push = 0
         self._dry_since: int | None = None  # render count when the buffer ran dry
+        self._render_mark = 0  # the render count at the first push since a render
+        self._unrendered_since: float | None = None  # that push's arrival time
         self._late = False  # the audio now buffered came back after an underrun
         self._since_underrun = 0  # renders since the last underrun (for shrinking)
         self._window_min: int | None = None  # lowest depth seen in this trim window
@@ -90,6 +98,7 @@ class JitterBuffer:
         # event counters, read by the mixer
         self.underruns = 0
         self.resets = 0
+        self.stalls = 0  # resets while nothing rendered (see "Stall")
         self.dropped = 0  # samples per channel dropped (catch-up, reset, trim, overflow)
         self.latency_count = 0  # latencies recorded so far (the deque keeps the last ones)
         self.periods_played = 0  # renders that took audio from this buffer
@@ -123,9 +132,14 @@ class JitterBuffer:
             if self._renders - self._dry_since <= p.late_ms / FRAME_MS:
                 self._underrun()
             self._dry_since = None
+        if self._unrendered_since is None or self._renders != self._render_mark:
+            self._render_mark, self._unrendered_since = self._renders, t_arrival
         if self.depth > self.target + self._samples(p.reset_excess_ms):
             self._drop(self.depth - self.target)
-            self.resets += 1
+            if (t_arrival - self._unrendered_since) * 1000.0 >= p.stall_ms:
+                self.stalls += 1
+            else:
+                self.resets += 1
         if n > self.capacity:  # keep the newest part only
             samples = samples[-self.capacity * self.channels :]
             self._drop(self.depth + n - self.capacity)

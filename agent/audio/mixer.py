@@ -90,6 +90,9 @@ class MixerSource:
         self._seen_resets = 0
         self._reset_logged_at = -RESET_LOG_EVERY_S
         self._resets_unlogged = 0
+        self._seen_stalls = 0
+        self._stall_logged_at = -RESET_LOG_EVERY_S
+        self._stalls_unlogged = 0
         self._seen_underruns = 0
         self._seen_latencies = 0
         self._seen_played = 0
@@ -119,8 +122,10 @@ class MixerSource:
             with self._lock:
                 self._buffer.push(converted, t_arrival)
                 resets = self._buffer.resets
+                stalls = self._buffer.stalls
                 underruns = self._buffer.underruns
             new_resets, self._seen_resets = resets - self._seen_resets, resets
+            new_stalls, self._seen_stalls = stalls - self._seen_stalls, stalls
             new_underruns, self._seen_underruns = underruns - self._seen_underruns, underruns
         if new_resets:
             self._metrics.inc("jitter_resets_total", new_resets, source=self.name)
@@ -133,6 +138,17 @@ class MixerSource:
                     self._resets_unlogged,
                 )
                 self._reset_logged_at, self._resets_unlogged = t_arrival, 0
+        if new_stalls:
+            self._metrics.inc("playout_stalls_total", new_stalls, source=self.name)
+            self._stalls_unlogged += new_stalls
+            if t_arrival - self._stall_logged_at >= RESET_LOG_EVERY_S:
+                logger.info(
+                    "%s audio piled up while the speaker rendered nothing (starting, stalled "
+                    "or missing); cut to its target (%d time(s) since the last such line)",
+                    self.name,
+                    self._stalls_unlogged,
+                )
+                self._stall_logged_at, self._stalls_unlogged = t_arrival, 0
         if new_underruns:  # counted when the late audio arrives (it was late, not over)
             self._metrics.inc("audio_underruns_total", new_underruns, source=self.name)
 

@@ -48,6 +48,10 @@ HELP: dict[str, str] = {
     "xruns_total": "ALSA over- and underruns, recovered in place, per device.",
     "audio_underruns_total": "Jitter-buffer underruns (audio arrived late), per source.",
     "jitter_resets_total": "Jitter-buffer resets to target (audio piled up), per source.",
+    "playout_stalls_total": (
+        "Audio cut to the jitter target because the speaker rendered nothing while it "
+        "piled up (a device starting, stalled or missing), per source."
+    ),
     "jitter_depth_ms": "Audio buffered in the jitter buffer, per source.",
     "jitter_target_ms": "Jitter-buffer target depth, per source.",
     "audio_rejected_total": "Audio refused by the mixer or capture, per source and reason.",

@@ -109,6 +109,7 @@ def status_document(
             "target_ms": round(metrics.get("jitter_target_ms", source=name), 1),
             "underruns": metrics.total("audio_underruns_total", source=name),
             "resets": metrics.total("jitter_resets_total", source=name),
+            "stalls": metrics.total("playout_stalls_total", source=name),
             "frames_played": metrics.total("frames_played_total", source=name),
         }
         latency = window("playout_latency_seconds", source=name)

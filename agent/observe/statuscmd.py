@@ -175,15 +175,17 @@ def format_status(doc: dict[str, Any]) -> str:
 
     sources = doc.get("sources", {})
     if sources:
-        rows = [["SOURCE", "BUFFER", "TARGET", "PLAYED", "UNDERRUNS", "RESETS", "PLAYOUT p99"]]
+        rows = [[
+            "SOURCE", "BUFFER", "TARGET", "PLAYED", "UNDERRUNS", "RESETS", "STALLS", "PLAYOUT p99"
+        ]]  # fmt: skip
         for name, src in sources.items():
             latency = src.get("playout_latency_ms")
             rows.append([
                 name, f"{src.get('depth_ms', 0):.0f} ms", f"{src.get('target_ms', 0):.0f} ms",
                 _n(src.get("frames_played")), _n(src.get("underruns")), _n(src.get("resets")),
-                f"{latency['p99']:.1f} ms" if latency else "-",
+                _n(src.get("stalls")), f"{latency['p99']:.1f} ms" if latency else "-",
             ])  # fmt: skip
-        lines += ["", *_table(rows, right={1, 2, 3, 4, 5, 6})]
+        lines += ["", *_table(rows, right={1, 2, 3, 4, 5, 6, 7})]
 
     devices = doc.get("devices", {})
     if devices:

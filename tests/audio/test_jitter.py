@@ -104,6 +104,33 @@ def test_a_sender_running_fast_is_reset_to_the_target_and_counted() -> None:
     assert jb.depth_ms <= jb.target_ms + 150 + 80
 
 
+def test_audio_piling_up_while_nothing_renders_is_a_stall_and_a_burst_a_reset() -> None:
+    """A speaker that is starting or stalled: packets keep arriving every 20 ms and
+    nothing is rendered for 1 s. The buffer is cut to its target as for a reset, but
+    counted as a stall (the renderer's doing). The same second of audio arriving at once
+    while rendering goes on (a network burst) is a reset."""
+    policy = JitterPolicy(trim_window_ms=1e9)
+    jb, ramp = JitterBuffer(RATE, policy=policy), Ramp()
+    for i in range(20):
+        jb.push(ramp.packet(), i * 0.02)
+        render(jb)
+    for i in range(50):  # 1 s, no render
+        jb.push(ramp.packet(), 0.4 + i * 0.02)
+    assert jb.stalls >= 3 and jb.resets == 0
+    assert jb.depth_ms <= jb.target_ms + 150 + 20
+    newest = ramp.next - 1
+    after = np.concatenate([render(jb) for _ in range(10)])
+    assert after.max() == newest  # what plays once rendering resumes is the newest audio
+
+    jb, ramp = JitterBuffer(RATE, policy=policy), Ramp()
+    for i in range(20):
+        jb.push(ramp.packet(), i * 0.02)
+        render(jb)
+    for _ in range(50):  # a second of audio in one instant
+        jb.push(ramp.packet(), 0.4)
+    assert jb.resets >= 1 and jb.stalls == 0
+
+
 def test_unused_latency_is_trimmed_after_a_quiet_window() -> None:
     jb, ramp = JitterBuffer(RATE), Ramp()
     for _ in range(6):  # a 120 ms head start that the link never needs
