@@ -67,6 +67,51 @@ def next_blink_edge(patterns: Iterable[tuple[Led, float]], now: float) -> float 
     return min(edges) if edges else None
 
 
+class LedPatterns:
+    """What a set of LEDs shows, driven from the asyncio loop with one timer.
+
+    ``show(now)`` is the driver's write of every LED's state at loop time ``now`` (read
+    it with :meth:`lit`); it returns False when the device is gone, and then nothing is
+    shown again. It runs at each change and at each blink edge, never in between.
+    """
+
+    def __init__(self, loop: Any, show: Callable[[float], bool]) -> None:
+        self._loop = loop
+        self._show = show
+        self.patterns: dict[str, tuple[Led, float]] = {}  # key -> (pattern, since)
+        self._timer: Any = None  # asyncio.TimerHandle
+        self.broken = False
+
+    def set(self, key: str, pattern: Led) -> None:
+        self.patterns[key] = (pattern, self._loop.time())
+        self.update()
+
+    def get(self, key: str) -> Led:
+        entry = self.patterns.get(key)
+        return entry[0] if entry is not None else Led.OFF
+
+    def lit(self, key: str, now: float) -> bool:
+        pattern, since = self.patterns.get(key, (Led.OFF, 0.0))
+        return led_lit(pattern, since, now)
+
+    def update(self) -> None:
+        self.cancel()
+        if self.broken:
+            return
+        now = self._loop.time()
+        if not self._show(now):
+            self.broken = True
+            return
+        edge = next_blink_edge(self.patterns.values(), now)
+        if edge is not None:
+            self._timer = self._loop.call_at(edge + 1e-4, self.update)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 @dataclass
 class PartStatus:
     state: LinkState

@@ -59,6 +59,25 @@ def _check_format(name: str, rate: Any, channels: Any) -> None:
         raise ProtocolError(f"source {name!r}: {channels} channels outside 1..{MAX_CHANNELS}")
 
 
+class _Cuts:
+    """A kind of jitter-buffer cut (reset, stall): every one counted, one log line per
+    ``RESET_LOG_EVERY_S`` (a starved device cuts every few pushes)."""
+
+    def __init__(self, metric: str, line: str) -> None:
+        self.metric, self.line = metric, line
+        self.logged_at = -RESET_LOG_EVERY_S
+        self.unlogged = 0
+
+    def count(self, n: int, t: float, metrics: Metrics, source: str) -> None:
+        if not n:
+            return
+        metrics.inc(self.metric, n, source=source)
+        self.unlogged += n
+        if t - self.logged_at >= RESET_LOG_EVERY_S:
+            logger.info(self.line, source, self.unlogged)
+            self.logged_at, self.unlogged = t, 0
+
+
 class MixerSource:
     """One downlink stream of the mixer (a :class:`~agent.pcm.PcmSink`)."""
 
@@ -88,11 +107,17 @@ class MixerSource:
         self._push_lock = threading.Lock()  # guards _resampler against concurrent pushers
         self._max_push = int(MAX_PUSH_S * rate) * channels
         self._seen_resets = 0
-        self._reset_logged_at = -RESET_LOG_EVERY_S
-        self._resets_unlogged = 0
         self._seen_stalls = 0
-        self._stall_logged_at = -RESET_LOG_EVERY_S
-        self._stalls_unlogged = 0
+        self._resets = _Cuts(
+            "jitter_resets_total",
+            "jitter buffer of %s reset to its target (audio piled up; %d time(s) "
+            "since the last such line)",
+        )
+        self._stalls = _Cuts(
+            "playout_stalls_total",
+            "%s audio piled up while the speaker rendered nothing (starting, stalled "
+            "or missing); cut to its target (%d time(s) since the last such line)",
+        )
         self._seen_underruns = 0
         self._seen_latencies = 0
         self._seen_played = 0
@@ -127,28 +152,8 @@ class MixerSource:
             new_resets, self._seen_resets = resets - self._seen_resets, resets
             new_stalls, self._seen_stalls = stalls - self._seen_stalls, stalls
             new_underruns, self._seen_underruns = underruns - self._seen_underruns, underruns
-        if new_resets:
-            self._metrics.inc("jitter_resets_total", new_resets, source=self.name)
-            self._resets_unlogged += new_resets
-            if t_arrival - self._reset_logged_at >= RESET_LOG_EVERY_S:
-                logger.info(
-                    "jitter buffer of %s reset to its target (audio piled up; %d time(s) "
-                    "since the last such line)",
-                    self.name,
-                    self._resets_unlogged,
-                )
-                self._reset_logged_at, self._resets_unlogged = t_arrival, 0
-        if new_stalls:
-            self._metrics.inc("playout_stalls_total", new_stalls, source=self.name)
-            self._stalls_unlogged += new_stalls
-            if t_arrival - self._stall_logged_at >= RESET_LOG_EVERY_S:
-                logger.info(
-                    "%s audio piled up while the speaker rendered nothing (starting, stalled "
-                    "or missing); cut to its target (%d time(s) since the last such line)",
-                    self.name,
-                    self._stalls_unlogged,
-                )
-                self._stall_logged_at, self._stalls_unlogged = t_arrival, 0
+        self._resets.count(new_resets, t_arrival, self._metrics, self.name)
+        self._stalls.count(new_stalls, t_arrival, self._metrics, self.name)
         if new_underruns:  # counted when the late audio arrives (it was late, not over)
             self._metrics.inc("audio_underruns_total", new_underruns, source=self.name)
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from agent.config import GpioConfig
 from agent.errors import GpioUnavailable
-from agent.status import BLINK_HALF_S, Led, led_lit, next_blink_edge
+from agent.status import BLINK_HALF_S, Led, LedPatterns
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,8 @@ class ChardevLines:
         self._keys = {offset: key for key, offset in buttons.items()}
         self._offsets = {**buttons, **leds}
         self.leds = frozenset(leds)
-        self._patterns: dict[str, tuple[Led, float]] = {}  # LED key -> (pattern, since)
         self._lit: dict[str, bool] = dict.fromkeys(leds, False)
-        self._timer: asyncio.TimerHandle | None = None
-        self._broken = False
+        self._leds = LedPatterns(loop, self._write)
         config: dict[Iterable[int | str] | int | str, gpiod.LineSettings | None] = {}
         if buttons:
             config[tuple(buttons.values())] = gpiod.LineSettings(
@@ -202,42 +200,31 @@ class ChardevLines:
 
     # -- LEDs ----------------------------------------------------------------------
     def set_led(self, key: str, pattern: Led) -> None:
-        self._patterns[key] = (pattern, self._loop.time())
-        self._show()
+        self._leds.set(key, pattern)
 
-    def _show(self) -> None:
-        """Set each LED to what its pattern shows now; a timer for the next blink edge."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._broken:
-            return
-        now = self._loop.time()
-        for key, (pattern, since) in self._patterns.items():
-            lit = led_lit(pattern, since, now)
+    def _write(self, now: float) -> bool:
+        """Set each LED line to what its pattern shows at ``now``; False once the chip
+        is gone (said once; the LEDs stay as they are)."""
+        for key in self._leds.patterns:
+            lit = self._leds.lit(key, now)
             if lit == self._lit[key]:
                 continue
             try:
                 self._request.set_value(self._offsets[key], self._value[lit])
-            except OSError as e:  # the chip went away: say it once, stop driving the LEDs
-                self._broken = True
+            except OSError as e:
                 logger.error("gpio: setting LED %s on %s failed (%s); LEDs stay as they are",
                              key, self.path, e)  # fmt: skip
-                return
+                return False
             self._lit[key] = lit
-        edge = next_blink_edge(self._patterns.values(), now)
-        if edge is not None:
-            self._timer = self._loop.call_at(edge + 1e-4, self._show)
+        return True
 
     def close(self) -> None:
         """LEDs off, lines released (they keep no state after the release)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         for key in self.leds:
-            self._patterns[key] = (Led.OFF, 0.0)
+            self._leds.patterns[key] = (Led.OFF, 0.0)
         with contextlib.suppress(Exception):  # closing must not fail a shutdown
-            self._show()
+            self._leds.update()
+        self._leds.cancel()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
         with contextlib.suppress(Exception):

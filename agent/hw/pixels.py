@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from agent.config import PixelsConfig
 from agent.errors import PixelsUnavailable
-from agent.status import Led, led_lit, next_blink_edge
+from agent.status import Led, LedPatterns
 
 logger = logging.getLogger(__name__)
 
@@ -182,12 +182,9 @@ class PixelLeds:
         self.roles = tuple(cfg.leds) + ("",) * (cfg.count - len(cfg.leds))
         self.level = brightness_level(cfg.brightness)
         self._bus = bus
-        self._loop = loop
-        self._patterns: dict[str, tuple[Led, float]] = {}  # key -> (pattern, since)
-        self._timer: asyncio.TimerHandle | None = None
+        self._leds = LedPatterns(loop, self._write)
         self._last: bytes | None = None
-        self._broken = False
-        self._show()  # all dark: whatever the chain showed before is cleared
+        self._leds.update()  # all dark: whatever the chain showed before is cleared
         logger.info(
             "pixels: %d APA102 LEDs (%s)",
             len(self.roles),
@@ -202,54 +199,40 @@ class PixelLeds:
         """Show ``pattern`` on the LEDs of role ``key`` (no-op for a role none shows)."""
         if key not in self.roles or self.led_pattern(key) is pattern:
             return
-        self._patterns[key] = (pattern, self._loop.time())
-        self._show()
+        self._leds.set(key, pattern)
 
     def led_pattern(self, key: str) -> Led:
-        entry = self._patterns.get(key)
-        return entry[0] if entry is not None else Led.OFF
+        return self._leds.get(key)
 
     def colours(self, now: float) -> list[Rgb]:
         """What each LED shows at loop time ``now``."""
         return [self._colour(role, now) for role in self.roles]
 
     def _colour(self, role: str, now: float) -> Rgb:
-        pattern, since = self._patterns.get(role, (Led.OFF, 0.0))
-        if not role or not led_lit(pattern, since, now):
+        if not role or not self._leds.lit(role, now):
             return DARK
-        return COLOURS.get(role, {}).get(pattern, WHITE)
+        return COLOURS.get(role, {}).get(self._leds.get(role), WHITE)
 
-    def _show(self) -> None:
-        """Write the frame for now if it changed; schedule the next blink edge."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._broken:
-            return
-        now = self._loop.time()
+    def _write(self, now: float) -> bool:
+        """Write the frame for ``now`` if it changed; False once the device is gone."""
         frame = encode(self.colours(now), self.level)
         if frame != self._last:
             try:
                 self._bus.write(frame)
             except OSError as e:  # the device went away: say it once, stop driving it
-                self._broken = True
                 logger.error(
                     "pixels: writing to the LEDs failed (%s); they stay as they are",
                     e.strerror or e,
                 )
-                return
+                return False
             self._last = frame
-        edge = next_blink_edge(self._patterns.values(), now)
-        if edge is not None:
-            self._timer = self._loop.call_at(edge + 1e-4, self._show)
+        return True
 
     def close(self) -> None:
         """LEDs dark, bus released."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._patterns.clear()
-        if not self._broken:
+        self._leds.cancel()
+        self._leds.patterns.clear()
+        if not self._leds.broken:
             try:
                 self._bus.write(encode([DARK] * len(self.roles), 0))
             except OSError:
