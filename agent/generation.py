@@ -329,10 +329,9 @@ class Generation:
             heartbeat=agent.heartbeats.register("capture", 5.0).beat,
             duplex=self.duplex,
             handsfree=self._handsfree_stage(),
-            # the mic is read (and the speaker ticked) by the capture thread, not the loop:
-            # under QEMU TCG the loop-read path starved the loop into watchdog kills (VM
-            # tier, issue 18); kept and tested in agent/audio/capture.py until that is found
-            on_loop=False,
+            # the loop reads the mic and ticks the speaker in one wakeup (docs/architecture.md,
+            # "One clock per period"); mics it cannot poll fall back to the capture thread
+            on_loop=True,
         )
         self.capture = capture
 
