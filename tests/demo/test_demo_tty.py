@@ -89,7 +89,9 @@ def start_demo(pane: Pane, speaker: Path) -> None:
     demo = shlex.join([sys.executable, "-m", "agent", "demo", "--speaker-out", str(speaker)])
     w = pane.workdir
     pane.start(
-        f"stty -g > {w}/stty.before; {demo}; echo demo exited $?; stty -g > {w}/stty.after; "
+        # stty.after appears whole (mv), never empty: the test reads it once "demo exited" shows
+        f"stty -g > {w}/stty.before; {demo}; echo demo exited $?; "
+        f"stty -g > {w}/stty.tmp && mv {w}/stty.tmp {w}/stty.after; "
         "sleep 600"
     )
     pane.wait_for(
