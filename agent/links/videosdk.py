@@ -425,6 +425,11 @@ class VideoSDKLink:
                     self._silence_note = note
                     await ws.close(1011, "server silent")
                     return
+                # a quiet moment of a healthy call (the server heard within silence_s):
+                # progress, as Orgo's and FastRTC's quiet moments are. Without it a call
+                # with no uplink frames (no mic) and no downlink messages stalled its
+                # heartbeat 30 s after the join, and the watchdog restarted the agent.
+                self._hb.beat()
                 if not self._wake.is_set():
                     continue
                 self._wake.clear()

@@ -16,6 +16,7 @@ from agent.backoff import BackoffPolicy, Reconnector
 from agent.config import VideoSDKConfig
 from agent.pcm import UPLINK_SAMPLES
 from agent.sandbox.videosdk import FakeVideoSDK
+from agent.service import Heartbeat
 from agent.status import LinkState
 from tests.support import RecordedSource, RecordingMixer, wait_until
 
@@ -170,6 +171,20 @@ async def test_a_silent_server_is_dropped(harness: Harness) -> None:
     await harness.wait_up(sessions=2, within_s=4.0)
     dropped = harness.fake.started_sessions[0]
     assert dropped.client_close_code == 1011
+
+
+async def test_a_quiet_healthy_call_keeps_its_heartbeat(harness: Harness) -> None:
+    """No mic (no uplink frames) and a quiet room (no downlink messages): the call is
+    healthy (pings answered), so its heartbeat must not stall. It did: the uplink pump's
+    pause was undone by the join's beat, and nothing beat again, so the watchdog was
+    withheld 30 s after the join and systemd restarted a device booted without its mic
+    (VM tier, the mic appearing 30+ s after the join; same in either capture mode)."""
+    harness.heartbeat = Heartbeat("videosdk", 2.5, time.monotonic)
+    harness.start()
+    await harness.wait_up()
+    await asyncio.sleep(4.0)  # no harness.feed(): nothing on the uplink
+    assert not harness.heartbeat.stalled(time.monotonic()), "the watchdog would be withheld"
+    assert len(harness.fake.started_sessions) == 1
 
 
 async def test_a_session_url_older_than_80_s_is_never_used(harness: Harness) -> None:
