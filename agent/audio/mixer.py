@@ -65,10 +65,13 @@ class _Cuts:
 
     def __init__(self, metric: str, line: str) -> None:
         self.metric, self.line = metric, line
+        self.seen = 0  # the buffer's running total when last counted
         self.logged_at = -RESET_LOG_EVERY_S
         self.unlogged = 0
 
-    def count(self, n: int, t: float, metrics: Metrics, source: str) -> None:
+    def count(self, total: int, t: float, metrics: Metrics, source: str) -> None:
+        """Count what ``total`` (the buffer's running count) grew by since last time."""
+        n, self.seen = total - self.seen, total
         if not n:
             return
         metrics.inc(self.metric, n, source=source)
@@ -106,8 +109,6 @@ class MixerSource:
         self._lock = threading.Lock()  # guards _buffer (push thread vs render thread)
         self._push_lock = threading.Lock()  # guards _resampler against concurrent pushers
         self._max_push = int(MAX_PUSH_S * rate) * channels
-        self._seen_resets = 0
-        self._seen_stalls = 0
         self._resets = _Cuts(
             "jitter_resets_total",
             "jitter buffer of %s reset to its target (audio piled up; %d time(s) "
@@ -149,11 +150,9 @@ class MixerSource:
                 resets = self._buffer.resets
                 stalls = self._buffer.stalls
                 underruns = self._buffer.underruns
-            new_resets, self._seen_resets = resets - self._seen_resets, resets
-            new_stalls, self._seen_stalls = stalls - self._seen_stalls, stalls
             new_underruns, self._seen_underruns = underruns - self._seen_underruns, underruns
-        self._resets.count(new_resets, t_arrival, self._metrics, self.name)
-        self._stalls.count(new_stalls, t_arrival, self._metrics, self.name)
+            self._resets.count(resets, t_arrival, self._metrics, self.name)
+            self._stalls.count(stalls, t_arrival, self._metrics, self.name)
         if new_underruns:  # counted when the late audio arrives (it was late, not over)
             self._metrics.inc("audio_underruns_total", new_underruns, source=self.name)
 

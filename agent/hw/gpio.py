@@ -16,7 +16,12 @@ Two ways to drive the lines (``gpio.backend``):
   on its own threads; every edge is handed to the loop with ``call_soon_threadsafe``.
 
 Either way the loop gets ``(key, pressed, monotonic time)`` and :class:`GpioPanel`
-debounces it, so the callers see one typed event stream.
+debounces it, so the callers see one typed event stream. Debounce is done here, in
+software, because real buttons bounce and the mock ignores ``bounce_time``: the first
+edge acts at once (no added latency), edges in the next ``debounce_s`` are ignored, and
+when that window ends the pin is read again so a press or release that happened inside
+it is not lost. The simulated twin is gpiozero's MockFactory (``gpio.pin_factory =
+"mock"`` or ``GPIOZERO_PIN_FACTORY=mock``), with pins a test or the demo can drive.
 """
 
 from __future__ import annotations
@@ -145,6 +150,7 @@ class ChardevLines:
         *,
         loop: asyncio.AbstractEventLoop,
         on_edge: EdgeHandler,
+        on_lost: Callable[[], None],
     ) -> None:
         import gpiod
         from gpiod.line import Bias, Direction, Edge, Value
@@ -153,6 +159,8 @@ class ChardevLines:
         self._rising = gpiod.EdgeEvent.Type.RISING_EDGE
         self._loop = loop
         self._on_edge = on_edge
+        self._on_lost = on_lost
+        self._seqno: int | None = None  # the last edge event's (the request's numbering)
         self._keys = {offset: key for key, offset in buttons.items()}
         self._offsets = {**buttons, **leds}
         self.leds = frozenset(leds)
@@ -190,10 +198,23 @@ class ChardevLines:
             )
             self._loop.remove_reader(self._fd)
             return
+        lost = 0
         for ev in events:
+            if self._seqno is not None:
+                lost += max(0, ev.global_seqno - self._seqno - 1)
+            self._seqno = ev.global_seqno
             key = self._keys.get(ev.line_offset)
             if key is not None:
                 self._on_edge(key, ev.event_type == self._rising, ev.timestamp_ns / 1e9)
+        if lost:
+            # a flood (a chattering contact, noise on a line) overflowed the kernel's
+            # event buffer, which drops the oldest: the lines are read again, so a
+            # release among the lost edges cannot leave PTT held
+            logger.warning(
+                "gpio: the kernel dropped %d button edge(s) on %s (a flood); reading the "
+                "buttons again", lost, self.path,
+            )  # fmt: skip
+            self._on_lost()
 
     def is_pressed(self, key: str) -> bool:
         return bool(self._request.get_value(self._offsets[key]) == self._value[True])
@@ -235,7 +256,7 @@ class ChardevLines:
 class _Debounced:
     pressed: bool = False
     last_edge: float = float("-inf")
-    check: asyncio.TimerHandle | None = None
+    check: asyncio.Handle | None = None  # a settle scheduled (TimerHandle, or soon)
 
 
 class GpioPanel:
@@ -267,7 +288,8 @@ class GpioPanel:
             if path is not None:
                 try:
                     self._chardev = ChardevLines(
-                        path, buttons, leds, loop=loop, on_edge=self._on_edge
+                        path, buttons, leds, loop=loop, on_edge=self._on_edge,
+                        on_lost=self._resync,
                     )
                 except GpioUnavailable as e:
                     if cfg.backend == "chardev":
@@ -336,6 +358,13 @@ class GpioPanel:
         if actual != st.pressed:
             st.last_edge = float("-inf")
             self._on_edge(key, actual, time.monotonic())
+
+    def _resync(self) -> None:
+        """Edges were lost: read every button again (at once, or when its debounce
+        window ends)."""
+        for key, st in self._state.items():
+            if st.check is None:
+                st.check = self._loop.call_soon(self._settle, key)
 
     def is_pressed(self, key: str) -> bool:
         return self._state[key].pressed if key in self._state else False

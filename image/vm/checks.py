@@ -539,6 +539,18 @@ def check_ptt() -> str:
         talk_led_held == 1 and talk_led_after == 0, f"talk LED {talk_led_held}->{talk_led_after}"
     )
     idle_note = f"lines: {source[-1]}, busiest idle thread {busiest} {idle[busiest]:.0f}/s"
+    # a chattering contact (or a stranger rattling the button): 1000 edges as fast as
+    # gpio-sim takes them, ending released; the kernel's edge buffer may overflow (it
+    # drops the oldest), and the agent must still end with PTT released: talk LED off
+    line = line_dir(PTT) / "pull"
+    for i in range(1000):
+        line.write_text("pull-down" if i % 2 == 0 else "pull-up")
+    time.sleep(1.5)
+    after_flood = read_line(TALK_LED)
+    expect(after_flood == 0, "talk LED still on 1.5 s after a 1000-edge flood that ended released")
+    log = sh("journalctl", "-u", UNIT, "-b", "-o", "cat").stdout
+    dropped = re.findall(r"gpio: the kernel dropped (\d+) button edge", log)
+    idle_note += f"; a 1000-edge flood ended released (kernel dropped {sum(map(int, dropped))})"
     tone_pcm = np.concatenate([p for (_, p), k in zip(pcm, shape, strict=True) if k == "v"])
     level = rms_dbfs(tone_pcm)
     expect(abs(level - (-15.0)) < 0.5, f"the tone arrives at {level:.2f} dBFS rms, sent at -15.0")

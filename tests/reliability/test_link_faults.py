@@ -69,10 +69,14 @@ async def test_link_survives_and_recovers(
     agent_log.addHandler(scan)
     rig.status.add_listener(scan.status)
     try:
-        await _cycles(rig, scenario, fault_report, caplog, scan)
+        row = await _cycles(rig, scenario, fault_report, caplog, scan)
     finally:
         agent_log.removeHandler(scan)
         agent_log.setLevel(level0)
+    # what an operator sees of the whole run: every fault noticed and recovered from,
+    # no crash, no secret in the logs, status or metrics
+    assert row.cycles == CYCLES and len(row.recoveries) == CYCLES, row
+    assert row.crashes == 0 and row.secret_hits == 0, row
 
 
 class SecretScan(logging.Handler):
@@ -112,7 +116,7 @@ async def _cycles(
     fault_report: Report,
     caplog: pytest.LogCaptureFixture,
     scan: SecretScan,
-) -> None:
+) -> FaultRow:
     await rig.wait_flowing(FIRST_CONNECT_S)
     # Baselines once the link is streaming (first connect creates lasting tasks/fds).
     tasks0, fds0 = len(asyncio.all_tasks()), open_fds()
@@ -173,6 +177,7 @@ async def _cycles(
     row.secret_hits, row.records_scanned = scan.hits, scan.records
     assert scan.records > 0, "the link's records were scanned"
     assert scan.hits == 0, scan.examples
+    return row
     # Counters match what the other side saw.
     rig.check_counters()
     attempts = rig.attempts()
